@@ -1,0 +1,1 @@
+"""Lazy torch.compile support for int8 models in ComfyUI."""

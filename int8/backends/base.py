@@ -1,0 +1,81 @@
+"""What a W8A8 backend is: one object that computes a whole int8 linear layer, and says where it can run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..quantize import dequantize
+
+__all__ = ["Int8Weights", "Backend", "prepare_activation"]
+
+
+@dataclass
+class Int8Weights:
+    """The tensors of one quantized Linear, as the backends read them.
+
+    weight: int8 ``[N, K]`` row-major (already rotated/smoothed if the layer uses that);
+    weight_scale: fp32 ``[N, 1]`` (per output channel; per-tensor files are expanded at load);
+    bias: ``[N]`` in any float dtype, or None;
+    hadamard_group: 0, or the block size of the online Walsh-Hadamard rotation of the input;
+    smooth: fp32 ``[K]`` multiplier applied to the input before rotation/quantization, or None;
+    packed: whatever :meth:`Backend.prepack` returned for this weight, or None.
+    """
+
+    weight: torch.Tensor
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None = None
+    hadamard_group: int = 0
+    smooth: torch.Tensor | None = None
+    packed: object | None = None
+
+    @property
+    def out_features(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+
+def prepare_activation(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+    """Apply the layer's online input transforms (smoothing, then Hadamard rotation) in plain torch."""
+    if w.smooth is not None:
+        x = x * w.smooth.to(x.dtype)
+    if w.hadamard_group:
+        from ..hadamard import rotate_activation  # local: the rotation module is optional for plain layers
+
+        x = rotate_activation(x, w.hadamard_group)
+    return x
+
+
+class Backend:
+    """Base class. Subclasses set ``name``/``priority`` and implement :meth:`w8a8_linear`.
+
+    ``priority``: higher wins under ``auto`` among the backends available on the device.
+    """
+
+    name: str = "base"
+    priority: int = 0
+    description: str = ""
+
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        """None when this backend can run int8 layers on ``device``; otherwise why not, in words."""
+        return None
+
+    def prepack(self, weight: torch.Tensor) -> object | None:
+        """Build at load the weight layout this backend reads fastest (default: none needed)."""
+        return None
+
+    def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+        """``x`` is ``[M, K]`` float (bf16/fp16/fp32); returns ``[M, N]`` in ``x.dtype``."""
+        raise NotImplementedError
+
+    def weight_only_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+        """The small-batch path: 16-bit matmul on the dequantized weight (activations stay in x.dtype)."""
+        x = prepare_activation(x, w)
+        weight = dequantize(w.weight, w.weight_scale, x.dtype)
+        bias = w.bias.to(x.dtype) if w.bias is not None else None
+        return F.linear(x, weight, bias)

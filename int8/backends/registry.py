@@ -1,0 +1,89 @@
+"""The backend registry: a decorator fills it, ``resolve_backend`` picks one once at load."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import torch
+
+from .base import Backend
+
+__all__ = ["register_backend", "resolve_backend", "backend_names", "get_backend", "BackendUnavailableError"]
+
+log = logging.getLogger("comfy_int8_w8a8")
+_BACKENDS: dict[str, Backend] = {}
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly chosen runtime backend cannot run here."""
+
+
+def register_backend(cls: type[Backend]) -> type[Backend]:
+    """Class decorator: instantiate and register a backend under ``cls.name``."""
+    _BACKENDS[cls.name] = cls()
+    return cls
+
+
+def backend_names() -> list[str]:
+    """Choices for the ``runtime_backend`` input: ``auto`` then every registered backend, best first."""
+    _load_builtin_backends()
+    ordered = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+    return ["auto"] + [b.name for b in ordered]
+
+
+def get_backend(name: str) -> Backend:
+    _load_builtin_backends()
+    if name not in _BACKENDS:
+        raise ValueError(f"Unknown runtime_backend '{name}'. Choose one of: {', '.join(backend_names())}.")
+    return _BACKENDS[name]
+
+
+@functools.cache
+def _warn_once(msg: str) -> None:
+    log.warning(msg)
+
+
+@functools.cache
+def _info_once(msg: str) -> None:
+    log.info(msg)
+
+
+def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> Backend:
+    """Return the backend to use on ``device``.
+
+    ``auto`` takes the highest-priority backend that can run there and logs the choice once; where no
+    int8 tensor-core path exists (CPU, GPUs below sm_75) it also warns once. An explicit name that
+    cannot run raises :class:`BackendUnavailableError` with the reason; it never silently downgrades.
+    """
+    device = torch.device(device)
+    if name != "auto":
+        backend = get_backend(name)
+        reason = backend.unavailable_reason(device)
+        if reason is not None:
+            raise BackendUnavailableError(
+                f"runtime_backend '{name}' cannot run on {device}: {reason}. Choose 'auto' to use the best "
+                f"available backend ({', '.join(backend_names())})."
+            )
+        return backend
+    _load_builtin_backends()
+    skipped = []
+    for backend in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
+        reason = backend.unavailable_reason(device)
+        if reason is None:
+            _info_once(f"INT8 W8A8: runtime_backend auto chose '{backend.name}' on {device}.")
+            if backend.name == "reference" or device.type != "cuda":
+                _warn_once(
+                    f"INT8 W8A8: no int8 tensor-core path on {device} ({'; '.join(skipped) or 'CPU'}); "
+                    f"using '{backend.name}'. It gives the same results, but slower than on an NVIDIA GPU "
+                    "with int8 tensor cores (sm_75 or newer)."
+                )
+            return backend
+        skipped.append(f"{backend.name}: {reason}")
+    raise BackendUnavailableError("No INT8 backend can run on " + str(device) + ": " + "; ".join(skipped))
+
+
+@functools.cache
+def _load_builtin_backends() -> None:
+    # Importing the modules registers them; triton's module imports triton lazily, so this never fails.
+    from . import reference, torch_int_mm, triton_backend  # noqa: F401

@@ -1,0 +1,72 @@
+"""The ``torch_int_mm`` backend: per-token quant in torch, ``torch._int_mm`` (cuBLAS / CPU), dequant in torch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..quantize import quantize_per_token
+from .base import Backend, Int8Weights, prepare_activation
+from .registry import register_backend
+
+# cuBLAS int8 GEMM needs M > 16 and K, N multiples of 8 (measured on H100, see KERNEL_NOTES); the CPU
+# kernel takes any shape but we pad the same way so both devices run the same code path.
+_MIN_M = 17
+_ALIGN = 8
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return (n + multiple - 1) // multiple * multiple
+
+
+def int_mm_padded(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
+    """``a [M, K] int8 @ b_t.T`` where ``b_t`` is the int8 weight ``[N, K]``; returns int32 ``[M, N]``.
+
+    Pads M up to 17, K and N up to multiples of 8 with zeros (zeros add nothing to an integer dot product)
+    and slices the result back.
+    """
+    m, k = a.shape
+    n = b_t.shape[0]
+    k_pad, n_pad, m_pad = _round_up(k, _ALIGN), _round_up(n, _ALIGN), max(m, _MIN_M)
+    if k_pad != k:
+        a = F.pad(a, (0, k_pad - k))
+        b_t = F.pad(b_t, (0, k_pad - k))
+    if n_pad != n:
+        b_t = F.pad(b_t, (0, 0, 0, n_pad - n))
+    if m_pad != m:
+        a = F.pad(a, (0, 0, 0, m_pad - m))
+    out = torch._int_mm(a.contiguous(), b_t.t())
+    return out[:m, :n]
+
+
+@register_backend
+class TorchIntMMBackend(Backend):
+    name = "torch_int_mm"
+    priority = 10
+    description = "torch._int_mm (cuBLAS int8 GEMM on CUDA, oneDNN/ATen on CPU) with per-token quant and dequant in torch."
+
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        if not hasattr(torch, "_int_mm"):
+            return f"torch {torch.__version__} has no torch._int_mm (needs torch >= 2.2)"
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                return "CUDA is not available"
+            major, minor = torch.cuda.get_device_capability(device)
+            if (major, minor) < (7, 5):
+                return f"the GPU is sm_{major}{minor}; int8 tensor cores need sm_75 (Turing) or newer"
+            return None
+        if device.type == "cpu":
+            return None
+        return f"device type '{device.type}' has no int8 matmul in torch"
+
+    def prepack(self, weight: torch.Tensor) -> object | None:
+        return None  # cuBLAS reads the row-major [N, K] weight as the column-major B it wants, no copy.
+
+    def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+        x = prepare_activation(x, w)
+        xq, xs = quantize_per_token(x)
+        acc = int_mm_padded(xq, w.weight)
+        y = acc.float() * xs * w.weight_scale.reshape(1, -1)
+        if w.bias is not None:
+            y = y + w.bias.float()
+        return y.to(x.dtype)

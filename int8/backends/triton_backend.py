@@ -1,0 +1,45 @@
+"""The ``triton`` backend: fused per-token activation quant (+ optional smoothing / Hadamard rotation) and an
+int8 tensor-core GEMM with the dequant and bias in its epilogue. Kernels live in ``int8/kernels/``."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from .base import Backend, Int8Weights
+from .registry import register_backend
+
+
+@register_backend
+class TritonBackend(Backend):
+    name = "triton"
+    priority = 20
+    description = "Fused Triton kernels: per-token quant kernel + int8 GEMM with dequant and bias in the epilogue."
+
+    def unavailable_reason(self, device: torch.device) -> str | None:
+        if device.type != "cuda":
+            return f"Triton kernels run on CUDA GPUs only, the layer is on {device.type}"
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        if importlib.util.find_spec("triton") is None:
+            return "the 'triton' package is not installed (pip install triton; on Windows: triton-windows)"
+        major, minor = torch.cuda.get_device_capability(device)
+        if (major, minor) < (7, 5):
+            return f"the GPU is sm_{major}{minor}; int8 tensor cores need sm_75 (Turing) or newer"
+        return None
+
+    def prepack(self, weight: torch.Tensor) -> object | None:
+        from ..kernels import triton_w8a8
+
+        return triton_w8a8.prepack_weight(weight)
+
+    def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+        from ..kernels import triton_w8a8
+
+        return triton_w8a8.w8a8_linear(x, w)
+
+    def weight_only_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+        from ..kernels import triton_w8a8
+
+        return triton_w8a8.weight_only_linear(x, w)

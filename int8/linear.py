@@ -1,0 +1,174 @@
+"""``Int8Linear``: an nn.Module holding an int8 weight, computing W8A8 through the chosen backend."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn as nn
+
+from .backends.base import Backend, Int8Weights
+from .backends.registry import resolve_backend
+from .config import Int8Config
+from .hadamard import check_group_size, rotate_weight
+from .quantize import quantize_per_channel
+
+__all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def comfy_quant_bytes(hadamard_group: int) -> torch.Tensor:
+    """The per-layer ``comfy_quant`` entry of ComfyUI's native int8 format (a uint8 tensor of UTF-8 JSON)."""
+    meta: dict[str, object] = {"format": "int8_tensorwise"}
+    if hadamard_group:
+        meta["convrot"] = True
+        meta["convrot_groupsize"] = int(hadamard_group)
+    return torch.tensor(list(json.dumps(meta).encode("utf-8")), dtype=torch.uint8)
+
+
+def parse_comfy_quant(tensor: torch.Tensor, layer: str) -> dict:
+    """Decode a ``comfy_quant`` tensor; raise ``ValueError`` naming ``layer`` if it is not int8 JSON we know."""
+    try:
+        meta = json.loads(bytes(tensor.to(torch.uint8).tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"Layer '{layer}': its comfy_quant entry is not valid UTF-8 JSON ({exc}).") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "int8_tensorwise":
+        raise ValueError(f"Layer '{layer}': comfy_quant format {meta!r} is not int8_tensorwise.")
+    return meta
+
+
+class Int8Linear(nn.Module):
+    """W8A8 linear layer.
+
+    Buffers: ``weight`` int8 ``[N, K]``; ``weight_scale`` fp32 ``[N, 1]``; ``bias`` ``[N]`` (any float dtype) or
+    absent; ``input_smooth`` fp32 ``[K]`` (SmoothQuant multiplier on the input) or absent.
+    ``hadamard_group`` (0 = off) rotates the input online; the stored weight is already rotated.
+    Input ``[..., K]`` in fp16/bf16/fp32; output ``[..., N]`` in the input's dtype.
+    The state dict is ComfyUI's native int8 layout (``weight``, ``weight_scale``, ``comfy_quant``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        config: Int8Config | None = None,
+        hadamard_group: int = 0,
+        smooth: bool = False,
+        device: torch.device | str | None = None,
+        bias_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if hadamard_group:
+            check_group_size(hadamard_group, in_features)
+        self.in_features, self.out_features = in_features, out_features
+        self.config = config or Int8Config()
+        self.hadamard_group = int(hadamard_group)
+        self.register_buffer("weight", torch.zeros(out_features, in_features, dtype=torch.int8, device=device))
+        self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=torch.float32, device=device))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
+        self.register_buffer("input_smooth", torch.ones(in_features, device=device) if smooth else None)
+        self._backends: dict[torch.device, Backend] = {}
+        self._packed: dict[torch.device, object] = {}
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Module,
+        config: Int8Config | None = None,
+        hadamard_group: int = 0,
+        smooth: torch.Tensor | None = None,
+        name: str = "<linear>",
+    ) -> Int8Linear:
+        """Quantize any module with a 2-D ``weight`` (and optional ``bias``) like ``nn.Linear``.
+
+        ``smooth`` ([K], optional): SmoothQuant factor s; the layer computes ``(x / s) @ (W * s).T``.
+        ``hadamard_group``: fold a block Hadamard rotation into the weight. Raises ``NonFiniteWeightError``
+        (naming ``name``) on NaN/Inf weights.
+        """
+        weight = linear.weight.detach()
+        n, k = weight.shape
+        bias = getattr(linear, "bias", None)
+        layer = cls(k, n, bias is not None, config, hadamard_group, smooth is not None, weight.device,
+                    bias.dtype if bias is not None else torch.float32)
+        w = weight.double()
+        if smooth is not None:
+            w = w * smooth.double().reshape(1, -1)
+            layer.input_smooth.copy_((1.0 / smooth.double()).float())
+        if hadamard_group:
+            w = rotate_weight(w, hadamard_group)
+        q, scale = quantize_per_channel(w, name)
+        layer.weight.copy_(q)
+        layer.weight_scale.copy_(scale)
+        if bias is not None:
+            layer.bias.copy_(bias.detach())
+        return layer
+
+    def int8_weights(self, device: torch.device) -> Int8Weights:
+        return Int8Weights(self.weight, self.weight_scale, self.bias, self.hadamard_group, self.input_smooth,
+                           self._packed.get(device))
+
+    def backend_for(self, device: torch.device) -> Backend:
+        """The backend for ``device``, resolved once per device (``auto`` logs its choice once)."""
+        backend = self._backends.get(device)
+        if backend is None:
+            backend = resolve_backend(self.config.runtime_backend, device)
+            self._backends[device] = backend
+            if self.config.prepack_int8_weights:
+                self._packed[device] = backend.prepack(self.weight)
+        return backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Int8Linear expects input [..., {self.in_features}], got {tuple(x.shape)}.")
+        if x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"Int8Linear takes float16/bfloat16/float32 input, got {x.dtype}.")
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, self.in_features)
+        backend = self.backend_for(x.device)
+        w = self.int8_weights(x.device)
+        if self.config.uses_small_batch_path(x2.shape[0], self.weight.numel()):
+            y = backend.weight_only_linear(x2, w)
+        else:
+            y = backend.w8a8_linear(x2, w)
+        return y.reshape(*lead, self.out_features)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module signature
+        # A prepacked layout belongs to one device; drop it when the buffers move (rebuilt on next forward).
+        self._packed.clear()
+        self._backends.clear()
+        # module.to(bfloat16) must not round the fp32 scales: keep them, move them to the new device.
+        keep = {k: getattr(self, k) for k in ("weight_scale", "input_smooth") if getattr(self, k) is not None}
+        result = super()._apply(fn, recurse)
+        for k, v in keep.items():
+            setattr(self, k, v.to(self.weight.device))
+        return result
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):  # noqa: ANN001
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "comfy_quant"] = comfy_quant_bytes(self.hadamard_group)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # noqa: ANN001
+        meta_key = prefix + "comfy_quant"
+        if meta_key in state_dict:
+            meta = parse_comfy_quant(state_dict[meta_key], prefix.rstrip("."))
+            self.hadamard_group = int(meta.get("convrot_groupsize", 256)) if meta.get("convrot") else 0
+        scale_key = prefix + "weight_scale"
+        if scale_key in state_dict and state_dict[scale_key].numel() == 1:
+            # Per-tensor files (ComfyUI's default) become per-channel: same numbers, one kernel path.
+            state_dict = dict(state_dict)
+            state_dict[scale_key] = state_dict[scale_key].float().reshape(1, 1).expand(self.out_features, 1)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+        if meta_key in unexpected:
+            unexpected.remove(meta_key)
+
+    def extra_repr(self) -> str:
+        backend = next(iter(self._backends.values())).name if self._backends else self.config.runtime_backend
+        parts = [f"in_features={self.in_features}", f"out_features={self.out_features}",
+                 f"bias={self.bias is not None}", f"backend={backend}"]
+        if self.hadamard_group:
+            parts.append(f"hadamard_group={self.hadamard_group}")
+        if self.input_smooth is not None:
+            parts.append("smooth=True")
+        return ", ".join(parts)
