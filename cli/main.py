@@ -8,7 +8,12 @@ import logging
 import sys
 
 # name -> (module under cli/, one-line help). Each module defines add_arguments(parser) and run(args) -> int.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {}
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("convert", "Convert a checkpoint to a ComfyUI-native INT8 file (streams; never touches the input)."),
+    "inspect": ("inspect", "Show a checkpoint's format, model family, preset, dtypes, bytes and metadata."),
+    "bench": ("bench", "Benchmarks: kernels, e2e, fidelity (run the speed ones on a GPU)."),
+    "demo": ("demo", "Quantize a built-in tiny diffusion transformer and compare it with 16-bit (no model needed)."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
