@@ -7,6 +7,7 @@ import importlib.util
 
 import torch
 
+from ..kernels import custom_ops
 from .base import Backend, Int8Weights
 from .registry import register_backend
 
@@ -35,11 +36,7 @@ class TritonBackend(Backend):
         return triton_w8a8.prepack_weight(weight)
 
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
-        from ..kernels import triton_w8a8
-
-        return triton_w8a8.w8a8_linear(x, w)
+        return custom_ops.triton_w8a8(x, w)
 
     def weight_only_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
-        from ..kernels import triton_w8a8
-
-        return triton_w8a8.weight_only_linear(x, w)
+        return custom_ops.triton_w8a16(x, w)

@@ -1,0 +1,48 @@
+"""The Triton W8A8 linear: fused per-token activation quant (+ smoothing, + block Hadamard rotation) followed by
+the int8 GEMM with dequant and bias in its epilogue; and the W8A16 small-batch path.
+
+These are the plain launchers; ``custom_ops`` wraps them as ``torch.library`` ops so ``torch.compile`` sees one
+opaque node per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..backends.base import Int8Weights, prepare_activation
+from ..quantize import dequantize
+from .triton_gemm import int8_gemm_dequant
+from .triton_quant import quantize_per_token_triton
+from .triton_w8a16 import w8a16_linear
+
+__all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight"]
+
+
+def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    if bias is None:
+        return None
+    return bias if bias.device == device and bias.is_contiguous() else bias.to(device).contiguous()
+
+
+def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+    """``x2d [M, K]`` fp16/bf16/fp32 on CUDA -> ``[M, N]`` in ``x2d.dtype`` (whole W8A8 linear, two kernels)."""
+    x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
+    xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
+    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, _bias_arg(w.bias, x2d.device), x2d.dtype)
+
+
+def weight_only_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+    """Small-batch path: smoothing/rotation in torch, then the W8A16 kernel (fp16/bf16) or a dequantized fp32 matmul."""
+    x = prepare_activation(x2d, w)
+    if x.dtype == torch.float32:
+        # fp32 activations have no 16-bit tensor-core path worth a kernel; dequantize like the base backend.
+        y = x @ dequantize(w.weight, w.weight_scale, torch.float32).t()
+        return y + w.bias.float() if w.bias is not None else y
+    x = x if x.stride(-1) == 1 else x.contiguous()
+    return w8a16_linear(x, w.weight, w.weight_scale, _bias_arg(w.bias, x.device))
+
+
+def prepack_weight(weight: torch.Tensor) -> object | None:
+    """No prepacked layout: both kernels read the row-major ``[N, K]`` int8 weight directly (K-major tiles via
+    TMA on Hopper); see docs/results/kernels_h100.md for the measurement behind this choice."""
+    return None

@@ -1,0 +1,184 @@
+"""Each Triton kernel against the float64 / torch references, with bounds from the quantization step."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from comfy_int8_w8a8.int8 import (
+    Int8Weights,
+    int8_linear_reference,
+    quantize_per_channel,
+    quantize_per_token,
+    rotate_activation,
+)
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+    reason="needs a CUDA GPU with Triton",
+)
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+SHAPES = [(1, 3073, 971), (33, 3073, 971), (33, 256, 128), (130, 1024, 640), (300, 4096, 1536)]
+
+
+def _acts(m, k, dtype):
+    x = torch.randn(m, k, device="cuda") * 2
+    x[:, ::97] *= 30  # outlier channels, as in diffusion transformers
+    return x.to(dtype)
+
+
+def _layer(n, k, bias):
+    w = torch.randn(n, k, dtype=torch.float64, device="cuda") / k**0.5
+    q, s = quantize_per_channel(w)
+    return Int8Weights(q, s, torch.randn(n, device="cuda") if bias else None)
+
+
+def _cast_step(ref, bias, dtype):
+    # fp32 epilogue (acc * xs * ws + bias: a few fp32 roundings) then one cast to dtype (half an ulp).
+    b = bias.double().abs() if bias is not None else 0
+    magnitude = (ref - (bias.double() if bias is not None else 0)).abs() + b
+    return magnitude * 4 * torch.finfo(torch.float32).eps + ref.abs() * torch.finfo(dtype).eps + torch.finfo(dtype).tiny
+
+
+def _flip_step(xs, w):
+    # One int8 activation value rounded the other way on an exact tie moves the output by x_scale*max|Wq|*w_scale.
+    return xs.double() * w.weight.double().abs().amax(dim=1) * w.weight_scale.double().reshape(1, -1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 3073), (33, 3073), (130, 8192), (7, 20000)])
+def test_quant_kernel_plain_matches_quantize_per_token_exactly(m, k, dtype):
+    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+
+    x = _acts(m, k, dtype)
+    q, s = quantize_per_token_triton(x)
+    q_ref, s_ref = quantize_per_token(x)
+    assert torch.equal(s, s_ref)
+    assert torch.equal(q, q_ref)  # IEEE division and round-half-to-even, like torch.round
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_quant_kernel_with_smooth_matches_torch(dtype):
+    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+
+    x = _acts(33, 3073, dtype)
+    smooth = torch.rand(3073, device="cuda") + 0.5
+    q, s = quantize_per_token_triton(x, smooth)
+    q_ref, s_ref = quantize_per_token(x * smooth.to(dtype))
+    assert torch.equal(s, s_ref) and torch.equal(q, q_ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [64, 256, 1024])
+@pytest.mark.parametrize("m,k", [(1, 3072), (33, 5120), (16, 1024)])
+def test_quant_kernel_with_rotation_matches_rotate_activation(m, k, group, dtype):
+    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+
+    x = _acts(m, k, dtype)
+    q, s = quantize_per_token_triton(x, None, group)
+    xr = rotate_activation(x, group)
+    q_ref, s_ref = quantize_per_token(xr)
+    # The rotation sums in a different fp32 order than torch's matmul: the rotated value can differ by a few fp32
+    # ulps, which can move its rounding to x's dtype by one ulp of that dtype, so the scale by that much and an
+    # int8 value by at most one step.
+    ulp = torch.finfo(dtype).eps
+    assert torch.allclose(s, s_ref, rtol=ulp, atol=0)
+    diff = (q.int() - q_ref.int()).abs()
+    assert diff.max() <= 1
+    same_scale = (s == s_ref).reshape(-1)
+    if same_scale.any():  # with equal scales only values within a few ulps of a rounding tie may differ
+        assert (diff[same_scale] > 0).float().mean() < 0.01
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_w8a8_linear_matches_float64_reference(m, k, n, dtype, bias):
+    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import w8a8_linear
+
+    w = _layer(n, k, bias)
+    x = _acts(m, k, dtype)
+    y = w8a8_linear(x, w)
+    assert y.dtype == dtype and y.shape == (m, n)
+    ref = int8_linear_reference(x, w.weight, w.weight_scale, w.bias)
+    assert ((y.double() - ref).abs() <= _cast_step(ref, w.bias, dtype)).all()
+
+
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_gemm_kernels_agree_on_aligned_shape(use_tma):
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import hopper_tma_ok, int8_gemm_dequant
+
+    a = torch.randint(-127, 128, (257, 1024), dtype=torch.int8, device="cuda")
+    b = torch.randint(-127, 128, (384, 1024), dtype=torch.int8, device="cuda")
+    if use_tma and not hopper_tma_ok(a, b):
+        pytest.skip("TMA kernel needs sm_90 and Triton tensor descriptors")
+    xs = torch.rand(257, 1, device="cuda") + 0.5
+    ws = torch.rand(384, 1, device="cuda") + 0.5
+    y = int8_gemm_dequant(a, xs, b, ws, None, torch.float32, use_tma=use_tma)
+    ref = (a.double() @ b.double().t()) * xs.double() * ws.double().t()
+    assert ((y.double() - ref).abs() <= ref.abs() * 4 * torch.finfo(torch.float32).eps).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group", [64, 256])
+def test_w8a8_linear_with_rotation_and_smooth_matches_reference(dtype, group):
+    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import w8a8_linear
+
+    w = _layer(971, 3072, True)
+    w.hadamard_group = group
+    w.smooth = torch.rand(3072, device="cuda") + 0.5
+    x = _acts(33, 3072, dtype)
+    y = w8a8_linear(x, w)
+    xr = rotate_activation(x * w.smooth.to(dtype), group)
+    ref = int8_linear_reference(xr, w.weight, w.weight_scale, w.bias)
+    _, xs = quantize_per_token(xr)
+    # plus one int8 step per output for the rotation's summation order (see the quant-kernel test)
+    tol = _cast_step(ref, w.bias, dtype) + _flip_step(xs, w) * (1 + torch.finfo(dtype).eps * 127)
+    assert ((y.double() - ref).abs() <= tol).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,k,n", [(1, 3073, 971), (16, 3072, 3072), (33, 256, 128), (64, 3072, 18432)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_w8a16_kernel_matches_dequantized_linear(m, k, n, dtype, bias):
+    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import weight_only_linear
+
+    w = _layer(n, k, bias)
+    x = _acts(m, k, dtype)
+    y = weight_only_linear(x, w)
+    assert y.dtype == dtype and y.shape == (m, n)
+    ref = x.double() @ w.weight.double().t() * w.weight_scale.double().t()
+    if bias:
+        ref = ref + w.bias.double()
+    # fp32 accumulation of exact products (K roundings of at most |x||Wq| each) times the scale, then the cast.
+    acc_err = (x.double().abs() @ w.weight.double().abs().t()) * w.weight_scale.double().t() * k * torch.finfo(
+        torch.float32).eps
+    tol = acc_err + ref.abs() * torch.finfo(dtype).eps + torch.finfo(dtype).tiny
+    assert ((y.double() - ref).abs() <= tol).all()
+
+
+def test_w8a16_fp32_input_uses_dequantized_matmul():
+    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import weight_only_linear
+
+    w = _layer(96, 200, True)
+    x = torch.randn(3, 200, device="cuda")
+    y = weight_only_linear(x, w)
+    ref = x.double() @ (w.weight.double() * w.weight_scale.double()).t() + w.bias.double()
+    assert y.dtype == torch.float32
+    assert torch.allclose(y.double(), ref, rtol=4 * torch.finfo(torch.float32).eps * 200, atol=1e-5)
+
+
+def test_compiled_int8_linear_triton_has_no_graph_break():
+    from torch._dynamo.utils import counters
+
+    from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
+
+    torch._dynamo.reset()
+    counters.clear()
+    lin = torch.nn.Linear(512, 256).cuda()
+    layer = Int8Linear.from_linear(lin, Int8Config(runtime_backend="triton"), hadamard_group=256)
+    x = torch.randn(4, 77, 512, device="cuda", dtype=torch.bfloat16)
+    expected = layer(x)
+    out = torch.compile(layer, fullgraph=True)(x)
+    assert torch.equal(out, expected)
+    assert sum(counters["graph_break"].values()) == 0
