@@ -37,6 +37,7 @@ class Checkpoint:
         self.prefix = diffusion_model_prefix(header.tensors)
         key_map = strip_prefix(header.tensors)
         self._infos: dict[str, TensorInfo] = {bare: header.tensors[orig] for orig, bare in key_map.items()}
+        self.outside_keys = len(header.tensors) - len(key_map)  # VAE / text encoder keys of an all-in-one file
         self.layout = key_layout(self._infos)
         self._file: BinaryIO | None = None
         self.quant_configs = self._read_quant_configs()

@@ -30,7 +30,7 @@ from ..quantize import quantize_per_channel
 from .detect import FP8_DTYPES, FP8_FORMATS, INT8_FORMAT
 from .errors import CheckpointError
 
-__all__ = ["Int8Layer", "read_int8_layer", "dequantize_fp8_layer", "is_int8_layer", "is_fp8_layer",
+__all__ = ["Int8Layer", "read_int8_layer", "regular_hadamard_group", "dequantize_fp8_layer", "is_int8_layer", "is_fp8_layer",
            "FP8_DEQUANT_DTYPE"]
 
 log = logging.getLogger(__name__)
@@ -149,10 +149,19 @@ def read_int8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tensor], 
     if h.dim() != 2 or h.shape[0] != g or g == 0 or k % g:
         raise CheckpointError(path, f"layer '{layer}': quarot_hadamard {list(h.shape)} is not a square block dividing "
                               f"in_features {k}.", "The file is corrupt: re-download it.")
-    if g in HADAMARD_GROUP_SIZES and torch.allclose(h.double(), build_hadamard(g, dtype=torch.float64),
-                                                    atol=0.5 / math.sqrt(g), rtol=0.0):
-        return Int8Layer(w, scale, bias, g, smooth)  # entries are +-1/sqrt(g): any other matrix differs by 2/sqrt(g)
+    if regular_hadamard_group(h):
+        return Int8Layer(w, scale, bias, g, smooth)
     return _requantize_rotation(path, layer, w, scale, bias, h.double(), smooth)
+
+
+def regular_hadamard_group(h: torch.Tensor) -> int:
+    """The size of ``h`` if it is the engine's regular Hadamard matrix (64/256/1024), else 0."""
+    g = h.shape[-1]
+    if h.dim() != 2 or h.shape[0] != g or g not in HADAMARD_GROUP_SIZES:
+        return 0
+    # Entries are +-1/sqrt(g), so any other matrix differs by 2/sqrt(g) somewhere: half that is a safe tolerance.
+    same = torch.allclose(h.double(), build_hadamard(g, dtype=torch.float64), atol=0.5 / math.sqrt(g), rtol=0.0)
+    return g if same else 0
 
 
 def _requantize_rotation(path: str, layer: str, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
