@@ -1,12 +1,42 @@
-"""`comfy-int8 bench`: not built yet (see the issues)."""
+"""``comfy-int8 bench {kernels,e2e,fidelity} [options]``: each benchmark is ``bench/<name>.py`` with
+``add_arguments(parser)`` and ``run(args) -> int``.
+
+A benchmark module is imported only when its subcommand runs (``e2e`` pulls in ComfyUI model code, ``kernels``
+needs Triton), so ``comfy-int8 --help`` and the other subcommands work on any machine; its options are parsed
+from the rest of the command line by its own parser (``comfy-int8 bench kernels --help`` lists them).
+"""
+
+from __future__ import annotations
 
 import argparse
+import importlib
+
+BENCHES: dict[str, str] = {
+    "kernels": "Whole-linear speed and error of bf16, fp8, torch_int_mm, triton and ComfyUI native int8 (GPU).",
+    "e2e": "End-to-end step time, VRAM and fidelity of a Flux-dev-sized model (GPU).",
+    "fidelity": "Per-layer SQNR of none / hadamard / smooth on Gaussian and outlier activations (CPU or GPU).",
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    sub = parser.add_subparsers(dest="bench", metavar="BENCH")
+    for name, help_text in BENCHES.items():
+        # prefix_chars that no option uses: every token after the name (--out, --help, ...) is left for the
+        # benchmark's own parser in run().
+        p = sub.add_parser(name, help=help_text, description=help_text, add_help=False, prefix_chars="\x01")
+        p.add_argument("bench_args", nargs="*", help="options of this benchmark (see its --help)")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("comfy-int8 bench is not implemented yet.")
-    return 1
+    name = getattr(args, "bench", None)
+    if not name:
+        print(f"Choose a benchmark: comfy-int8 bench {{{','.join(BENCHES)}}} [options] (options: add --help).")
+        return 2
+    try:
+        module = importlib.import_module(f"..bench.{name}", __package__)
+    except ImportError as exc:
+        print(f"comfy-int8 bench {name}: its module could not be imported ({type(exc).__name__}: {exc}).")
+        return 1
+    parser = argparse.ArgumentParser(prog=f"comfy-int8 bench {name}", description=BENCHES[name])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(args.bench_args)) or 0)

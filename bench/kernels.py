@@ -1,0 +1,239 @@
+"""``comfy-int8 bench kernels``: whole-linear speed and error of every int8 path against bf16, on one GPU.
+
+Each method computes the whole layer from a bf16 activation (activation quantization included). Inputs carry
+outlier channels (every 97th channel x30), the error is ``||y - y_ref|| / ||y_ref||`` against an fp32 linear on
+the unquantized weight. Timing: ``eager`` = back-to-back calls timed with CUDA events (includes Python dispatch:
+this is what an uncompiled model sees at small M); ``graph`` = CUDA-graph replay of the same calls (GPU time
+only), measured for M <= 256. Several copies of the weights rotate the working set past the 50 MB L2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .timing import eager_time_ms, graph_time_ms
+
+SHAPES: list[tuple[str, int, int, int]] = [
+    ("Flux-1024 qkv", 4608, 3072, 9216),
+    ("Flux-1024 mlp_up", 4608, 3072, 12288),
+    ("Flux-1024 mlp_down", 4608, 12288, 3072),
+    ("Flux-512 mlp_up", 1536, 3072, 12288),
+    ("Wan-14B ffn", 32760, 5120, 13824),
+    ("M=256", 256, 3072, 3072),
+    ("M=64", 64, 3072, 3072),
+    ("M=16", 16, 3072, 3072),
+    ("M=1", 1, 3072, 3072),
+    ("M=1 mod", 1, 3072, 18432),
+]
+QUICK = {"Flux-1024 qkv", "Flux-1024 mlp_down", "M=64", "M=1"}
+SWEEP_ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256]
+SWEEP_SHAPES = [(3072, 3072), (3072, 12288), (3072, 18432)]
+GRAPH_MAX_M = 256
+L2_DEFEAT_BYTES = 256 << 20
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("bench_results"), help="folder for kernels.json")
+    parser.add_argument("--quick", action="store_true", help="four shapes, no small-batch sweep")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the small-batch threshold sweep")
+
+
+def _outlier_acts(m: int, k: int, device: str) -> torch.Tensor:
+    x = torch.randn(m, k, device=device)
+    x[:, ::97] *= 30.0
+    return x.to(torch.bfloat16)
+
+
+def _n_copies(m: int, k: int, n: int) -> int:
+    per_copy = m * k * 2 + n * k * 2 + m * n * 2  # bf16 path: its working set is the largest
+    return max(1, min(8, math.ceil(L2_DEFEAT_BYTES / per_copy)))
+
+
+def _fp8_rowwise(w: torch.Tensor, bias: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    if torch.cuda.get_device_capability()[0] * 10 + torch.cuda.get_device_capability()[1] < 89:
+        return None
+    fp8_max = torch.finfo(torch.float8_e4m3fn).max
+    ws = (w.abs().amax(dim=1, keepdim=True) / fp8_max).clamp(min=1e-12)
+    wq = (w / ws).to(torch.float8_e4m3fn)
+    ws_t = ws.t().contiguous()
+
+    @torch.compile
+    def fp8_linear(x: torch.Tensor) -> torch.Tensor:
+        xs = (x.float().abs().amax(dim=1, keepdim=True) / fp8_max).clamp(min=1e-12)
+        xq = (x.float() / xs).to(torch.float8_e4m3fn)
+        return torch._scaled_mm(xq, wq.t(), scale_a=xs, scale_b=ws_t, bias=bias, out_dtype=torch.bfloat16)
+
+    return fp8_linear
+
+
+def _comfy_kitchen():
+    try:
+        import comfy_kitchen
+    except ImportError as exc:  # the benchmark still runs; the JSON says why this column is empty
+        return None, f"comfy_kitchen not importable: {exc}"
+    return comfy_kitchen, getattr(comfy_kitchen, "__version__", "unknown")
+
+
+def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """name -> function of x for one weight copy (fp32 ``w`` [N, K])."""
+    from ..int8 import Int8Weights, quantize_per_channel, rotate_weight
+    from ..int8.backends.registry import get_backend
+    from ..int8.kernels import custom_ops
+
+    wb = w.to(torch.bfloat16)
+    q, s = quantize_per_channel(w)
+    qh, sh = quantize_per_channel(rotate_weight(w, 256))
+    plain, had = Int8Weights(q, s, bias), Int8Weights(qh, sh, bias, hadamard_group=256)
+    int_mm = get_backend("torch_int_mm")
+    out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "bf16 F.linear": lambda x: F.linear(x, wb, bias),
+        "torch_int_mm": lambda x: int_mm.w8a8_linear(x, plain),
+        "triton": lambda x: custom_ops.triton_w8a8(x, plain),
+        "triton +hadamard256": lambda x: custom_ops.triton_w8a8(x, had),
+    }
+    if m <= GRAPH_MAX_M:
+        out["triton W8A16 (small-batch path)"] = lambda x: custom_ops.triton_w8a16(x, plain)
+    fp8 = _fp8_rowwise(w, bias)
+    if fp8 is not None:
+        out["fp8 rowwise _scaled_mm (compiled)"] = fp8
+    ck, _ = _comfy_kitchen()
+    if ck is not None:
+        s_row = s.reshape(-1).contiguous()
+        sh_row = sh.reshape(-1).contiguous()
+        out["comfy native int8 (per-row)"] = lambda x: ck.int8_linear(x, q, s_row, bias, out_dtype=x.dtype)
+        out["comfy native int8 convrot256"] = lambda x: ck.int8_linear(
+            x, qh, sh_row, bias, out_dtype=x.dtype, convrot=True, convrot_groupsize=256)
+    return out
+
+
+def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
+    copies = _n_copies(m, k, n)
+    xs = [_outlier_acts(m, k, "cuda") for _ in range(copies)]
+    ws = [torch.randn(n, k, device="cuda") / k**0.5 for _ in range(copies)]
+    bs = [torch.randn(n, device="cuda").to(torch.bfloat16) for _ in range(copies)]
+    per_copy = [_methods(w, b, m) for w, b in zip(ws, bs)]
+    ref = (xs[0].float() @ ws[0].t() + bs[0].float())
+    rows = []
+    for name in per_copy[0]:
+        fns = [lambda f=pc[name], x=x: f(x) for pc, x in zip(per_copy, xs)]
+        row: dict = {"shape": label, "M": m, "K": k, "N": n, "method": name, "copies": copies}
+        try:
+            y = per_copy[0][name](xs[0])
+            row["rel_err"] = float((y.float() - ref).norm() / ref.norm())
+            row["eager_ms"] = eager_time_ms(fns)
+            if m <= GRAPH_MAX_M:
+                row["graph_ms"] = graph_time_ms(fns)
+        except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+        rows.append(row)
+        torch.cuda.empty_cache()
+    ops = 2.0 * m * k * n
+    by_name = {r["method"]: r for r in rows}
+    for r in rows:
+        for mode in ("eager", "graph"):
+            t = r.get(f"{mode}_ms")
+            if t is None:
+                continue
+            r[f"{mode}_tops"] = ops / (t * 1e-3) / 1e12
+            base = by_name["bf16 F.linear"].get(f"{mode}_ms")
+            r[f"{mode}_x_bf16"] = base / t if base else None
+            ck = by_name.get("comfy native int8 (per-row)", {}).get(f"{mode}_ms")
+            r[f"{mode}_x_comfy"] = ck / t if ck else None
+    return rows
+
+
+def _small_batch_sweep() -> list[dict]:
+    """W8A16 vs triton W8A8 vs bf16 over rows, graph-replayed (GPU time) and eager: where W8A16 stops winning."""
+    from ..int8 import Int8Weights, quantize_per_channel
+    from ..int8.kernels import custom_ops
+
+    rows = []
+    for k, n in SWEEP_SHAPES:
+        copies = _n_copies(1, k, n)
+        ws = [torch.randn(n, k, device="cuda") / k**0.5 for _ in range(copies)]
+        iw = [Int8Weights(*quantize_per_channel(w), None) for w in ws]
+        wb = [w.to(torch.bfloat16) for w in ws]
+        for m in SWEEP_ROWS:
+            xs = [_outlier_acts(m, k, "cuda") for _ in range(copies)]
+            paths = {
+                "bf16": [lambda x=x, w=w: F.linear(x, w) for x, w in zip(xs, wb)],
+                "w8a16": [lambda x=x, w=w: custom_ops.triton_w8a16(x, w) for x, w in zip(xs, iw)],
+                "w8a8": [lambda x=x, w=w: custom_ops.triton_w8a8(x, w) for x, w in zip(xs, iw)],
+            }
+            row = {"M": m, "K": k, "N": n}
+            for name, fns in paths.items():
+                row[f"{name}_graph_ms"] = graph_time_ms(fns)
+                row[f"{name}_eager_ms"] = eager_time_ms(fns, target_ms=20.0)
+            rows.append(row)
+    return rows
+
+
+def _versions() -> dict:
+    import triton
+
+    ck, ck_version = _comfy_kitchen()
+    return {
+        "device": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
+        "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton.__version__,
+        "comfy_kitchen": ck_version, "python": platform.python_version(),
+    }
+
+
+def _autotune_choices() -> dict:
+    from ..int8.kernels import triton_gemm, triton_w8a16
+
+    choices = {}
+    for name, kern in (("gemm_tma", triton_gemm._int8_gemm_tma_kernel), ("gemm_ptr", triton_gemm._int8_gemm_kernel),
+                       ("w8a16", triton_w8a16._w8a16_kernel)):
+        choices[name] = {str(key): str(cfg) for key, cfg in getattr(kern, "cache", {}).items()}
+    return choices
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return format(v, spec) if v is not None else "-"
+
+
+def format_table(rows: list[dict]) -> str:
+    head = (f"{'shape':<20} {'method':<34} {'eager ms':>9} {'TOP/s':>7} {'x bf16':>7} {'x comfy':>8} "
+            f"{'graph ms':>9} {'g TOP/s':>8} {'g x bf16':>8} {'rel err':>8}")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['shape']:<20} {r['method']:<34} ERROR {r['error'][:80]}")
+            continue
+        lines.append(
+            f"{r['shape']:<20} {r['method']:<34} {_fmt(r.get('eager_ms'), '9.4f')} {_fmt(r.get('eager_tops'), '7.1f')} "
+            f"{_fmt(r.get('eager_x_bf16'), '7.2f')} {_fmt(r.get('eager_x_comfy'), '8.2f')} "
+            f"{_fmt(r.get('graph_ms'), '9.4f')} {_fmt(r.get('graph_tops'), '8.1f')} "
+            f"{_fmt(r.get('graph_x_bf16'), '8.2f')} {_fmt(r.get('rel_err'), '8.4f')}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    if not torch.cuda.is_available():
+        print("comfy-int8 bench kernels needs a CUDA GPU (none is visible to torch).")
+        return 1
+    torch.manual_seed(0)
+    shapes = [s for s in SHAPES if not args.quick or s[0] in QUICK]
+    rows: list[dict] = []
+    for label, m, k, n in shapes:
+        rows.extend(_bench_shape(label, m, k, n))
+        print(format_table([r for r in rows if r["shape"] == label]).split("\n", 2)[-1], flush=True)
+    sweep = [] if (args.quick or args.no_sweep) else _small_batch_sweep()
+    result = {"versions": _versions(), "rows": rows, "small_batch_sweep": sweep, "autotune": _autotune_choices()}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kernels.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["versions"]))
+    print(format_table(rows))
+    for r in sweep:
+        print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    print(f"wrote {args.out / 'kernels.json'}")
+    return 0
