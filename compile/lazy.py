@@ -1,0 +1,144 @@
+"""The lazy compile: an APPLY_MODEL wrapper that builds the compiled modules at the first sampling call.
+
+By the time ComfyUI calls ``apply_model`` the patcher has loaded the model, swapped in the INT8 modules and baked
+LoRA weights, so compiling there compiles what will actually run. Compiling when the node runs would trace the
+model before those patches (the wrong graph) and pay the cost even if the prompt never samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+
+import torch
+import torch.nn as nn
+
+from .blocks import find_blocks, get_submodule, set_submodule
+from .fallback import CompiledWithFallback, FallbackState
+from .guards import TransformerOptionsGuardFilter
+from .settings import CompileSettings
+
+__all__ = ["LazyCompiler", "DIFFUSION_MODEL"]
+
+log = logging.getLogger("comfy_int8_w8a8")
+
+DIFFUSION_MODEL = "diffusion_model"  # the attribute of ComfyUI's BaseModel that holds the network
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _prime_per_device_state(root: nn.Module) -> None:
+    """Resolve each INT8 layer's per-device backend before tracing.
+
+    ``Int8Linear`` picks its backend on its first forward and caches it in a dict; traced first, dynamo guards on
+    that dict being empty and recompiles on the second step. Resolving it here (the weights are already on the
+    sampling device: the patcher loaded them before calling the model) lets the first trace see the steady state.
+    """
+    for module in root.modules():
+        backend_for = getattr(module, "backend_for", None)
+        weight = getattr(module, "weight", None)
+        if callable(backend_for) and isinstance(weight, torch.Tensor):
+            backend_for(weight.device)
+
+
+class LazyCompiler:
+    """Callable as ``wrapper(executor, *args, **kwargs)`` for ``WrappersMP.APPLY_MODEL``.
+
+    ``executor.class_obj`` is the model that owns ``diffusion_model`` (ComfyUI's BaseModel). On each call the
+    compiled stand-ins are swapped in for the call and the originals put back afterwards, as the stock
+    ``set_torch_compile_wrapper`` does, so the model outside sampling (saving, LoRA patching) is untouched.
+
+    The stand-ins are rebuilt only when what runs changed: another module at one of the compiled paths (an object
+    patch), or a new weight-patch state (``current_weight_patches_uuid``, which ComfyUI sets when it loads the
+    patched weights). Between steps and between runs with the same patches, nothing is rebuilt; dynamo's own
+    guards then decide whether a new input shape needs a new graph.
+    """
+
+    def __init__(self, settings: CompileSettings, block_names: tuple[str, ...] | None = None) -> None:
+        self.settings = settings
+        self.block_names = block_names
+        self.guard_filter = TransformerOptionsGuardFilter() if settings.use_guard_filter else None
+        self.fallback = FallbackState()
+        self.builds = 0
+        self._state: Hashable | None = None
+        self._standins: dict[str, CompiledWithFallback] = {}
+        self._warned_no_blocks = False
+
+    @property
+    def compiled_paths(self) -> list[str]:
+        """Paths (relative to the model owning ``diffusion_model``) of the modules compiled so far."""
+        return list(self._standins)
+
+    def target_paths(self, owner: nn.Module) -> list[str]:
+        """What to compile: every recognised block (blocks-only) or the whole diffusion model."""
+        if self.settings.blocks_only:
+            diffusion_model = getattr(owner, DIFFUSION_MODEL)
+            paths = find_blocks(diffusion_model, DIFFUSION_MODEL + ".", self.block_names)
+            if paths:
+                return paths
+            if not self._warned_no_blocks:
+                self._warned_no_blocks = True
+                log.warning(
+                    "INT8 Lazy Torch Compile: compile_transformer_blocks_only is on, but %s has none of the block "
+                    "lists %s; compiling the whole diffusion model instead.",
+                    type(diffusion_model).__name__, ", ".join(self.block_names or ()) or "known to the presets",
+                )
+        return [DIFFUSION_MODEL]
+
+    def __call__(self, executor, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN204 - ComfyUI wrapper API
+        if self.fallback.failed:
+            return executor(*args, **kwargs)
+        owner = executor.class_obj
+        standins = self._standins_for(owner)
+        originals: dict[str, nn.Module] = {}
+        graphs_before = _unique_graphs() if self.settings.log_compile else 0
+        start = time.perf_counter()
+        try:
+            for path, standin in standins.items():
+                originals[path] = get_submodule(owner, path)
+                set_submodule(owner, path, standin)
+            return executor(*args, **kwargs)
+        finally:
+            for path, module in originals.items():
+                set_submodule(owner, path, module)
+            if self.settings.log_compile:
+                new_graphs = _unique_graphs() - graphs_before
+                if new_graphs:
+                    log.info("INT8 Lazy Torch Compile: this call compiled %d new graph(s) in %.1f s.",
+                             new_graphs, time.perf_counter() - start)
+
+    def _standins_for(self, owner: nn.Module) -> dict[str, CompiledWithFallback]:
+        paths = self.target_paths(owner)
+        modules = {path: get_submodule(owner, path) for path in paths}
+        state = (getattr(owner, "current_weight_patches_uuid", None), tuple((p, id(m)) for p, m in modules.items()))
+        if state != self._state:
+            self._standins = self._build(modules)
+            self._state = state
+        return self._standins
+
+    def _build(self, modules: dict[str, nn.Module]) -> dict[str, CompiledWithFallback]:
+        settings = self.settings
+        if settings.cache_size_limit:
+            torch._dynamo.config.cache_size_limit = int(settings.cache_size_limit)
+        self.builds += 1
+        for module in modules.values():
+            _prime_per_device_state(module)
+        if settings.log_compile or self.builds > 1:
+            log.info(
+                "INT8 Lazy Torch Compile: %s %d module(s) (%s; backend=%s, mode=%s, dynamic=%s, fullgraph=%s)%s.",
+                "compiling" if self.builds == 1 else "the model's patches changed; recompiling",
+                len(modules), ", ".join(list(modules)[:3]) + (", ..." if len(modules) > 3 else ""),
+                settings.backend, settings.mode, settings.dynamic, settings.fullgraph,
+                "; the first call of each compiles it" if self.builds == 1 else "",
+            )
+        # torch.compile pops the guard filter out of ``options``: each module gets its own kwargs dict.
+        return {
+            path: CompiledWithFallback(torch.compile(module, **settings.torch_compile_kwargs(self.guard_filter)),
+                                       module, path, self.fallback)
+            for path, module in modules.items()
+        }
