@@ -30,6 +30,7 @@ class Checkpoint:
     """
 
     def __init__(self, path: str | Path) -> None:
+        self._file: BinaryIO | None = None  # first, so close() works even when the header check raises
         self.path = str(path)
         header = read_header(path)
         self.metadata: dict[str, str] = header.metadata
@@ -39,7 +40,6 @@ class Checkpoint:
         self._infos: dict[str, TensorInfo] = {bare: header.tensors[orig] for orig, bare in key_map.items()}
         self.outside_keys = len(header.tensors) - len(key_map)  # VAE / text encoder keys of an all-in-one file
         self.layout = key_layout(self._infos)
-        self._file: BinaryIO | None = None
         self.quant_configs = self._read_quant_configs()
         self.format = detect_format(self._infos, self.quant_configs)
 
