@@ -1,4 +1,255 @@
-"""Filled in by its issue; registers no node yet."""
+"""The "Load Diffusion Model INT8 (W8A8)" node: read the widgets, build a load plan, let ComfyUI load the model.
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+The inputs are data (:func:`loader_inputs`), turned into a V3 schema where the host has ``comfy_api.latest`` and
+into ``INPUT_TYPES`` otherwise (both register through ``NODE_CLASS_MAPPINGS``). ComfyUI is imported inside
+functions, so importing this module needs no ComfyUI.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from ..int8.backends.registry import backend_names, resolve_backend
+from ..int8.config import OUTLIER_METHODS, SMALL_BATCH_FALLBACKS, Int8Config
+from .comfy_ops import Int8LoadPlan
+from .errors import ModelFileNotFoundError, UnsupportedWeightDtypeError
+
+__all__ = [
+    "NODE_ID", "DISPLAY_NAME", "InputSpec", "LoaderOptions", "loader_inputs", "load_int8_diffusion_model",
+    "OTUNetLoaderW8A8", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS",
+]
+
+log = logging.getLogger("comfy_int8_w8a8")
+
+NODE_ID = "OTUNetLoaderW8A8"
+DISPLAY_NAME = "Load Diffusion Model INT8 (W8A8)"
+CATEGORY = "advanced/loaders"
+DESCRIPTION = ("Load a diffusion model (Flux, Wan, LTX, Qwen-Image, ...) with int8 weights and int8 activations "
+               "(W8A8): 16-bit files are quantized while loading, pre-quantized int8 files load as they are.")
+WEIGHT_DTYPES = ("default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2")
+_FP8_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e4m3fn_fast": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2"}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One widget: ``kind`` is ``COMBO`` (``choices``) or ``BOOLEAN``."""
+
+    name: str
+    kind: str
+    tooltip: str
+    choices: tuple[str, ...] = ()
+    default: object = None
+    advanced: bool = False
+
+
+@dataclass(frozen=True)
+class LoaderOptions:
+    """The widget values of one load (hashable: ComfyUI replays the load from it for ``clone(disable_dynamic=True)``)."""
+
+    weight_dtype: str = "default"
+    model_type: str = "auto"
+    on_the_fly_quantization: bool = True
+    outlier_method: str = "hadamard"  # QuantizeConfig's default, chosen from the fidelity measurements
+    small_batch_fallback: str = "always"
+    runtime_backend: str = "auto"
+    prepack_int8_weights: bool = False
+
+    def int8_config(self) -> Int8Config:
+        return Int8Config(runtime_backend=self.runtime_backend, small_batch_fallback=self.small_batch_fallback,
+                          prepack_int8_weights=self.prepack_int8_weights)
+
+
+def _diffusion_model_files() -> list[str]:
+    import folder_paths
+
+    return folder_paths.get_filename_list("diffusion_models")
+
+
+def _model_type_choices() -> tuple[str, ...]:
+    from ..presets import preset_names
+
+    return ("auto", *preset_names())
+
+
+def loader_inputs() -> list[InputSpec]:
+    """The node's inputs, in order; every choice list comes from a registry, not typed here."""
+    defaults = LoaderOptions()
+    cfg = Int8Config()
+    return [
+        InputSpec("unet_name", "COMBO", "The diffusion model file (models/diffusion_models): 16-bit, fp8, or "
+                  "int8 (ComfyUI native or INT8-Fast).", tuple(_diffusion_model_files())),
+        InputSpec("weight_dtype", "COMBO", "Storage of the layers kept in high precision (embedders, modulation, "
+                  "final layer), as in the stock Load Diffusion Model node. The int8 layers are unaffected.",
+                  WEIGHT_DTYPES, defaults.weight_dtype, advanced=True),
+        InputSpec("model_type", "COMBO", "Which layers stay in high precision: 'auto' detects the model family "
+                  "from the checkpoint keys; or name the family preset.", _model_type_choices(), defaults.model_type),
+        InputSpec("on_the_fly_quantization", "BOOLEAN", "Quantize 16-bit / fp8 layers to int8 while loading. Off: "
+                  "only layers already int8 in the file run in int8, the rest load as 16-bit.", (),
+                  defaults.on_the_fly_quantization),
+        InputSpec("outlier_method", "COMBO", "Outlier handling when quantizing at load: hadamard rotates each group "
+                  "of input channels (ComfyUI convrot), smooth migrates activation outliers into the weights, none "
+                  "quantizes as is. Pre-quantized files keep theirs.", tuple(OUTLIER_METHODS), defaults.outlier_method),
+        InputSpec("small_batch_fallback", "COMBO", "Calls with few rows (<= "
+                  f"{cfg.small_batch_rows} tokens) run a 16-bit matmul on the dequantized weight, where int8 is "
+                  "slower: always, only in small layers, or never.", tuple(SMALL_BATCH_FALLBACKS),
+                  cfg.small_batch_fallback, advanced=True),
+        InputSpec("runtime_backend", "COMBO", "The int8 kernels: auto picks the fastest that runs on this device "
+                  "(and warns once if there are no int8 tensor cores); a named backend that cannot run is an error.",
+                  tuple(backend_names()), cfg.runtime_backend, advanced=True),
+        InputSpec("prepack_int8_weights", "BOOLEAN", "Let the backend build its preferred weight layout at load "
+                  "(may cost extra memory; see the README for when it helps).", (), cfg.prepack_int8_weights,
+                  advanced=True),
+    ]
+
+
+def input_types_v1() -> dict:
+    """``INPUT_TYPES`` for hosts without the V3 API (same names, choices, defaults and tooltips)."""
+    required: dict[str, tuple] = {}
+    for spec in loader_inputs():
+        opts: dict[str, object] = {"tooltip": spec.tooltip}
+        if spec.default is not None:
+            opts["default"] = spec.default
+        if spec.advanced:
+            opts["advanced"] = True
+        required[spec.name] = (list(spec.choices) if spec.kind == "COMBO" else spec.kind, opts)
+    return {"required": required}
+
+
+def resolve_model_path(unet_name: str) -> str:
+    """Full path of ``unet_name`` in the ``diffusion_models`` folders, or :class:`ModelFileNotFoundError`."""
+    import folder_paths
+
+    path = folder_paths.get_full_path("diffusion_models", unet_name)
+    if path is None:
+        raise ModelFileNotFoundError(unet_name, folder_paths.get_folder_paths("diffusion_models"))
+    return path
+
+
+def weight_dtype_model_options(choice: str, load_device: torch.device) -> tuple[dict, torch.dtype | None, bool]:
+    """Map ``weight_dtype`` like the stock UNETLoader: ``(model_options, keep_dtype, fp8_fast)``."""
+    import comfy.model_management as mm
+
+    if choice not in WEIGHT_DTYPES:
+        raise UnsupportedWeightDtypeError(choice, mm.get_torch_device_name(load_device),
+                                          f"not one of {', '.join(WEIGHT_DTYPES)}")
+    if choice == "default":
+        return {}, None, False
+    dtype = getattr(torch, _FP8_DTYPES[choice], None)
+    if dtype is None:
+        raise UnsupportedWeightDtypeError(choice, mm.get_torch_device_name(load_device),
+                                          f"this PyTorch {torch.__version__} has no {_FP8_DTYPES[choice]}")
+    fast = choice.endswith("_fast")
+    if fast and not mm.supports_fp8_compute(load_device):
+        raise UnsupportedWeightDtypeError(choice, mm.get_torch_device_name(load_device),
+                                          "the _fast variant needs fp8 matrix multiply (NVIDIA sm_89 or newer: "
+                                          "RTX 40xx, L40, H100, RTX 50xx)")
+    options: dict = {"dtype": dtype}
+    if fast:
+        options["fp8_optimizations"] = True
+    return options, dtype, fast
+
+
+def load_int8_diffusion_model(path: str, options: LoaderOptions, disable_dynamic: bool = False):  # noqa: ANN201
+    """Load ``path`` through ``comfy.sd`` with our ops; returns ComfyUI's ModelPatcher.
+
+    This is also the patcher's ``cached_patcher_init``: ``clone(disable_dynamic=True)`` replays it.
+    """
+    import comfy.model_management as mm
+    import comfy.sd
+
+    from ..int8.formats import load_state_dict_for_comfy
+    from .comfy_ops import make_int8_ops
+
+    load_device = mm.get_torch_device()
+    model_options, keep_dtype, fp8_fast = weight_dtype_model_options(options.weight_dtype, load_device)
+    resolve_backend(options.runtime_backend, load_device)  # an explicit backend that cannot run fails here, early
+    sd, metadata = load_state_dict_for_comfy(path)
+    plan = build_load_plan(path, sd, options, keep_dtype, fp8_fast, load_device)
+    model_options["custom_operations"] = make_int8_ops(plan)
+    kwargs = {"disable_dynamic": disable_dynamic} if _accepts_disable_dynamic() else {}
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=model_options, metadata=metadata, **kwargs)
+    if patcher is None:
+        raise RuntimeError(f"Could not detect the model type of '{path}': ComfyUI knows no diffusion model with these "
+                           "keys. Check that it is a diffusion model (not a full checkpoint, LoRA or text encoder).")
+    summary = plan.report.summary(path)
+    if plan.report.quantized_at_load + plan.report.prequantized == 0:
+        log.warning(summary + " The model runs in high precision.")
+    else:
+        log.info(summary)
+    patcher.cached_patcher_init = (load_int8_diffusion_model, (path, options))
+    return patcher
+
+
+def build_load_plan(path: str, sd: dict, options: LoaderOptions, keep_dtype: torch.dtype | None, fp8_fast: bool,
+                    load_device: torch.device) -> Int8LoadPlan:
+    """Resolve the preset, wire the engine's per-layer decision and quantizer, and size the progress bar."""
+    import comfy.utils
+
+    from ..int8.quantize_model import QuantizeConfig, quantize_linear_weight, should_quantize
+    from ..presets.detect import resolve_preset
+
+    preset, message = resolve_preset(options.model_type, sd.keys())
+    log.info("INT8 W8A8: %s", message)
+    qconfig = QuantizeConfig(outlier_method=options.outlier_method, runtime=options.int8_config())
+
+    def decide(layer: str, weight: torch.Tensor) -> str | None:
+        return should_quantize(layer, weight.shape, preset, qconfig.min_weight_elements)
+
+    def quantize(layer: str, weight: torch.Tensor, bias: torch.Tensor | None) -> dict:
+        return quantize_linear_weight(layer, weight, bias, qconfig)
+
+    total = 0
+    if options.on_the_fly_quantization:
+        total = sum(1 for key, t in sd.items() if key.endswith(".weight") and t.dim() == 2 and t.is_floating_point()
+                    and key[: -len("weight")] + "comfy_quant" not in sd and decide(key[: -len(".weight")], t) is None)
+    progress = comfy.utils.ProgressBar(total) if total else None
+    return Int8LoadPlan(
+        file=path, int8_config=options.int8_config(), on_the_fly=options.on_the_fly_quantization,
+        decide=decide, quantize=quantize, keep_dtype=keep_dtype, fp8_fast=fp8_fast,
+        outlier_method=options.outlier_method,
+        quantize_device=load_device if load_device.type == "cuda" else None,
+        on_layer_quantized=(lambda: progress.update(1)) if progress is not None else None,
+    )
+
+
+def _accepts_disable_dynamic() -> bool:
+    import comfy.sd
+
+    return "disable_dynamic" in inspect.signature(comfy.sd.load_diffusion_model_state_dict).parameters
+
+
+class OTUNetLoaderW8A8:
+    """V1 form of the node, for hosts without ``comfy_api.latest``."""
+
+    CATEGORY = CATEGORY
+    DESCRIPTION = DESCRIPTION
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load_unet"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:  # noqa: N802 - ComfyUI's API name
+        return input_types_v1()
+
+    def load_unet(self, unet_name: str, **widgets: object) -> tuple:
+        return (load_int8_diffusion_model(resolve_model_path(unet_name), LoaderOptions(**widgets)),)
+
+
+def _node_class() -> type:
+    """The V3 node where the host has ``comfy_api.latest``, else the V1 one."""
+    if importlib.util.find_spec("comfy_api") is None:
+        return OTUNetLoaderW8A8
+    try:
+        from .v3 import build_v3_node
+    except ImportError as exc:  # an older host: comfy_api without .latest
+        log.debug("INT8 W8A8: V3 node API unavailable (%s); registering the V1 node.", exc)
+        return OTUNetLoaderW8A8
+    return build_v3_node()
+
+
+NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: _node_class()}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME}

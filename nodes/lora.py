@@ -1,0 +1,43 @@
+"""LoRA on int8 layers: ComfyUI bakes the patch into the weight, and we requantize it per output channel.
+
+ComfyUI's ModelPatcher applies a LoRA to a weight by ``convert_weight`` (our layer dequantizes: int8 * scale,
+un-rotated when a Hadamard rotation is folded in), ``comfy.lora.calculate_weight`` (adds the patch in float), then
+``set_weight`` (we requantize). Why bake rather than run the LoRA as a separate low-rank 16-bit path:
+- the sampling step keeps exactly one int8 GEMM per layer (no extra kernels, nothing new for torch.compile);
+- every patch type ComfyUI knows (LoRA, LoCon, LoHa, LoKr, full diffs) works through its own ``calculate_weight``;
+- the originals stay in ModelPatcher's backup, so a strength change restores them and re-bakes in place,
+  without reading the checkpoint again.
+The cost is a second rounding: against the 16-bit merged weight ``W + dW`` the error is at most half a step of
+the original scale (the int8 weight we start from) plus half a step of the new scale, per element.
+ComfyUI's own int8 requantization rounds stochastically; we round to nearest, which halves the worst case and is
+deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..int8.hadamard import rotate_weight
+from ..int8.quantize import quantize_per_channel
+
+__all__ = ["requantize_per_channel", "bake_error_bound"]
+
+
+def requantize_per_channel(
+    weight: torch.Tensor, hadamard_group: int = 0, name: str = "<layer>"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Quantize a patched float weight ``[N, K]`` back to ``(int8 [N, K], fp32 scale [N, 1])``.
+
+    ``hadamard_group`` > 0 folds the block Hadamard rotation in first (the layer rotates its input online), the
+    same transform the layer's original weight carries. Raises ``NonFiniteWeightError`` naming ``name`` when
+    the patch produced NaN/Inf (a broken LoRA file).
+    """
+    w = weight.float()
+    if hadamard_group:
+        w = rotate_weight(w, hadamard_group).float()
+    return quantize_per_channel(w, name)
+
+
+def bake_error_bound(old_scale: torch.Tensor, new_scale: torch.Tensor) -> torch.Tensor:
+    """Per-row worst case of ``|dequant(requant(deq(Wq) + dW)) - (W + dW)|``: half a step of each scale, ``[N, 1]``."""
+    return old_scale.double() / 2 + new_scale.double() / 2
