@@ -78,8 +78,10 @@ class SafetensorsHeader:
 
 
 def _refuse_non_safetensors(path: Path, head: bytes) -> None:
-    # zip (torch.save since 1.6) or a raw pickle stream: a pickled checkpoint, whatever its extension says.
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or path.suffix.lower() in PICKLE_SUFFIXES:
+    # zip (torch.save since 1.6) or a raw pickle stream (0x80, protocol byte): a pickled checkpoint, whatever its
+    # extension says. A safetensors header length can also start with 0x80, but its JSON then starts at byte 8.
+    raw_pickle = head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05") and head[8:9] != b"{"
+    if head[:4] == b"PK\x03\x04" or raw_pickle or path.suffix.lower() in PICKLE_SUFFIXES:
         raise pickle_refusal(path)
     if head[:4] == b"GGUF":
         raise CheckpointError(path, "is a GGUF file, not safetensors.", "Load it with ComfyUI-GGUF's loader instead.")
@@ -107,13 +109,15 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(9)
             _refuse_non_safetensors(path, head)
+            head = head[:8]
             if len(head) < 8:
                 raise _bad(path, f"only {len(head)} bytes long")
             (n,) = struct.unpack("<Q", head)
             if n > MAX_HEADER_BYTES or n < 2 or 8 + n > size:
                 raise _bad(path, f"header length {n} does not fit the file size {size}")
+            f.seek(8)
             raw = f.read(n)
     except PermissionError as exc:
         raise CheckpointError(path, f"cannot be read ({exc.strerror}).", "Check the file's permissions.") from exc

@@ -195,3 +195,11 @@ def test_fuzzed_file_reads_or_raises_checkpoint_error(tmp_path_factory, edits, c
         assert str(path) in str(exc)
     finally:
         os.unlink(path)
+
+
+def test_header_length_starting_with_pickle_byte_is_still_safetensors(tmp_path):
+    raw = json.dumps({"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    raw = raw.ljust(0x0280, b" ")  # length bytes 80 02 ...: looks like the start of a pickle stream
+    path = tmp_path / "x.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + struct.pack("<f", 1.5))
+    assert open_checkpoint(path).tensor("x").item() == 1.5
