@@ -65,6 +65,10 @@ class Backend:
         """None when this backend can run int8 layers on ``device``; otherwise why not, in words."""
         return None
 
+    def auto_eligible(self, device: torch.device) -> bool:
+        """Whether ``auto`` may pick this backend on ``device`` (it can run there and is worth running)."""
+        return True
+
     def prepack(self, weight: torch.Tensor) -> object | None:
         """Build at load the weight layout this backend reads fastest (default: none needed)."""
         return None

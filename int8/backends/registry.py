@@ -70,6 +70,8 @@ def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> B
     skipped = []
     for backend in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
         reason = backend.unavailable_reason(device)
+        if reason is None and not backend.auto_eligible(device):
+            reason = f"not picked automatically on {device.type}"
         if reason is None:
             _info_once(f"INT8 W8A8: runtime_backend auto chose '{backend.name}' on {device}.")
             if backend.name == "reference" or device.type != "cuda":
