@@ -34,9 +34,11 @@ from .writer import (
     padded_comfy_quant,
 )
 
-__all__ = ["ConvertReport", "convert_checkpoint", "plan_conversion", "Step"]
+__all__ = ["ConvertReport", "convert_checkpoint", "plan_conversion", "quantize_rows", "Step"]
 
 _DROPPED_KEYS = ("scaled_fp8",)
+# float64 working set of one quantization call (see quantize_rows): keeps peak RSS near the largest tensor.
+QUANT_CHUNK_BYTES = 64 << 20
 _DROPPED_SUFFIXES = ("scale_input", "input_scale", "comfy_quant", "scale_weight", "weight_scale")
 
 
@@ -198,11 +200,27 @@ def _run_step(ckpt: Checkpoint, step: Step, writer: SafetensorsStreamWriter, con
         if bias is not None:
             writer.write(f"{step.name}.bias", bias)
         return
-    q = quantize_linear_weight(step.name, weight.to(device), bias.to(device) if bias is not None else None, config)
+    q = quantize_rows(step.name, weight, config, device)
     if "input_smooth" in q:
         raise CheckpointError(writer.out_path, f"layer '{step.name}' was quantized with an input_smooth multiplier, "
                               "which stock ComfyUI cannot apply.", "Use --outlier-method hadamard or none.")
     _write_int8(writer, step.name, {k: v.cpu() for k, v in q.items()}, step.specs, bias)
+
+
+def quantize_rows(name: str, weight: torch.Tensor, config: QuantizeConfig, device: str,
+                  chunk_bytes: int = QUANT_CHUNK_BYTES) -> dict[str, torch.Tensor]:
+    """``quantize_linear_weight`` over blocks of output rows, so its float64 work copies (the Hadamard fold runs
+    in float64: ~4 copies of 8 bytes per weight) stay near ``chunk_bytes`` instead of 32x the layer's bf16 size.
+    Per-row scales and the per-row rotation make every row independent, so the result equals one whole call;
+    ``smooth`` (column statistics over all rows) is refused before this is reached. The bias is written from
+    the source as is."""
+    n, k = weight.shape
+    rows = max(1, chunk_bytes // (8 * k))
+    if n <= rows:
+        return quantize_linear_weight(name, weight.to(device), None, config)
+    parts = [quantize_linear_weight(name, weight[i:i + rows].to(device), None, config) for i in range(0, n, rows)]
+    return {"weight": torch.cat([p["weight"].cpu() for p in parts]),
+            "weight_scale": torch.cat([p["weight_scale"].cpu() for p in parts]), "comfy_quant": parts[0]["comfy_quant"]}
 
 
 def convert_checkpoint(source: str | Path, output: str | Path, preset: Preset, config: QuantizeConfig, *,

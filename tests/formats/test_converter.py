@@ -110,3 +110,14 @@ def test_diffusers_layout_is_refused_with_a_fix(tmp_path):
                   torch.randn(64, 64)}, str(path))
     with pytest.raises(CheckpointError, match="diffusers.*ModelSave"):
         convert_checkpoint(path, tmp_path / "o.safetensors", load_preset("flux"), QuantizeConfig(), progress=False)
+
+
+@pytest.mark.parametrize("method", ["hadamard", "none"])
+def test_quantize_rows_in_blocks_equals_one_call(method):
+    from comfy_int8_w8a8.int8.formats.converter import quantize_rows
+
+    w = torch.randn(1000, 512, dtype=torch.bfloat16)
+    config = QuantizeConfig(outlier_method=method)
+    whole = quantize_rows("l", w, config, "cpu", chunk_bytes=1 << 30)
+    blocks = quantize_rows("l", w, config, "cpu", chunk_bytes=8 * 512 * 97)  # 97 rows per block
+    assert all(torch.equal(whole[k], blocks[k]) for k in ("weight", "weight_scale", "comfy_quant"))
