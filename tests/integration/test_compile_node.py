@@ -1,0 +1,153 @@
+"""The INT8 Lazy Torch Compile node inside the real ComfyUI: wrappers, sampler, clone.
+
+Needs ComfyUI importable: run with ``COMFYUI_PATH=/opt/ComfyUI /work/ivenv/bin/python -m pytest
+tests/integration/test_compile_node.py`` (a venv holding ComfyUI's requirements); skipped otherwise.
+"""
+
+import inspect
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "/opt/ComfyUI")
+SKIP_REASON = ("ComfyUI is not importable: set COMFYUI_PATH to a ComfyUI checkout and run with a Python that has its "
+               "requirements (e.g. COMFYUI_PATH=/opt/ComfyUI /work/ivenv/bin/python -m pytest "
+               "tests/integration/test_compile_node.py)")
+
+
+def _import_comfy():
+    if COMFYUI_PATH not in sys.path:
+        sys.path.insert(0, COMFYUI_PATH)
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True  # before comfy.model_management probes for a GPU
+        import comfy.model_patcher
+        import comfy.sample
+        import comfy.sd
+    except ImportError:
+        return None
+    return comfy
+
+
+comfy = _import_comfy()
+pytestmark = pytest.mark.skipif(comfy is None, reason=SKIP_REASON)
+
+
+@pytest.fixture(scope="module")
+def node_module():
+    """The pack imported as ``comfy_int8_w8a8`` (a link in a temp dir when the venv has no install of it)."""
+    try:
+        import comfy_int8_w8a8  # noqa: F401
+    except ImportError:
+        root = Path(tempfile.mkdtemp())
+        (root / "comfy_int8_w8a8").symlink_to(Path(__file__).resolve().parents[2])
+        sys.path.insert(0, str(root))
+    from comfy_int8_w8a8.nodes import compile_node
+
+    return compile_node
+
+
+def _tiny_flux_patcher():
+    """A tiny Flux (HOST_NOTES: detected as Flux-dev), loaded through ComfyUI's own loader, float32 on CPU."""
+    import comfy.ldm.flux.model
+
+    torch.manual_seed(0)
+    net = comfy.ldm.flux.model.Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768,
+                                    context_in_dim=1024, hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1,
+                                    depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
+                                    qkv_bias=True, guidance_embed=True, txt_ids_dims=[], operations=torch.nn)
+    return comfy.sd.load_diffusion_model_state_dict(net.state_dict(), model_options={"dtype": torch.float32})
+
+
+def _sample(patcher, steps: int = 3) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    latent = torch.zeros(1, 16, 8, 8)
+    noise = torch.randn(latent.shape, generator=gen)
+    cond = [[torch.randn(1, 8, 1024, generator=gen), {"pooled_output": torch.randn(1, 768, generator=gen),
+                                                      "guidance": 3.5}]]
+    negative = [[torch.zeros(1, 8, 1024), {"pooled_output": torch.zeros(1, 768)}]]
+    return comfy.sample.sample(patcher, noise, steps, 1.0, "euler", "simple", cond, negative, latent, seed=1,
+                               disable_pbar=True)
+
+
+def _node_inputs(**overrides):
+    inputs = {"backend": "inductor", "fullgraph": False, "mode": "default", "dynamic": "true",
+              "compile_transformer_blocks_only": True, "dynamo_cache_size_limit": 640, "use_guard_filter": True,
+              "disable_dynamic_vram": True, "log_compile": False}
+    inputs.update(overrides)
+    return inputs
+
+
+def test_node_registers_with_a_tooltip_on_every_input(node_module):
+    from comfy_int8_w8a8.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+
+    assert NODE_DISPLAY_NAME_MAPPINGS["INT8LazyTorchCompile"] == "INT8 Lazy Torch Compile"
+    required = NODE_CLASS_MAPPINGS["INT8LazyTorchCompile"].INPUT_TYPES()["required"]
+    assert set(required) == {"model", *_node_inputs()}
+    assert all(spec[1].get("tooltip") for spec in required.values())
+    assert required["dynamo_cache_size_limit"][1] == {**required["dynamo_cache_size_limit"][1], "default": 640,
+                                                      "min": 0, "max": 2048}
+
+
+def test_node_compiles_at_first_sampling_call_blocks_only_without_recompiles(node_module):
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    patcher = _tiny_flux_patcher()
+    eager = _sample(patcher)
+    (compiled_patcher,) = node_module.INT8LazyTorchCompile().compile(patcher, **_node_inputs())
+    [compiler] = compiled_patcher.get_wrappers("apply_model", node_module.WRAPPER_KEY)
+    assert compiler.compiled_paths == [] and counters["stats"]["unique_graphs"] == 0  # nothing compiled yet
+    out = _sample(compiled_patcher)
+    assert compiler.compiled_paths == ["diffusion_model.double_blocks.0", "diffusion_model.single_blocks.0"]
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 2 and not compiler.fallback.failed
+    again = _sample(compiled_patcher)  # a second run at the same resolution: no new graph, no rebuild
+    assert counters["stats"]["unique_graphs"] == graphs and compiler.builds == 1
+    # fp32 rounding bound for reordered sums: gamma_n = n*u per reduction of length n (n <= 512 here), through
+    # the 2 blocks' ~8 chained reductions and 3 sampler steps.
+    bound = 3 * 8 * 512 * torch.finfo(torch.float32).eps * eager.abs().max()
+    assert (out - eager).abs().max() <= bound and torch.equal(out, again)
+    assert type(patcher.model.diffusion_model.double_blocks[0]).__name__ == "DoubleStreamBlock"  # restored
+
+
+def test_node_clones_with_disable_dynamic_on_this_host(node_module, monkeypatch):
+    from comfy.model_patcher import ModelPatcher
+
+    assert "disable_dynamic" in inspect.signature(ModelPatcher.clone).parameters
+    seen = []
+    original = ModelPatcher.clone
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("disable_dynamic"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ModelPatcher, "clone", spy)
+    node_module.INT8LazyTorchCompile().compile(_tiny_flux_patcher(), **_node_inputs())
+    assert seen == [True]
+
+
+def test_node_on_host_without_disable_dynamic_warns_with_the_fix(node_module, monkeypatch, caplog):
+    from comfy.model_patcher import ModelPatcher
+
+    from comfy_int8_w8a8.compile import NO_DISABLE_DYNAMIC_MESSAGE
+
+    original = ModelPatcher.clone
+
+    def old_clone(self):  # the signature of ComfyUI before v0.15.1
+        return original(self)
+
+    monkeypatch.setattr(ModelPatcher, "clone", old_clone)
+    with caplog.at_level(logging.WARNING, logger="comfy_int8_w8a8"):
+        (patched,) = node_module.INT8LazyTorchCompile().compile(_tiny_flux_patcher(), **_node_inputs())
+    messages = [r.getMessage() for r in caplog.records if NO_DISABLE_DYNAMIC_MESSAGE in r.getMessage()]
+    assert messages and "Update ComfyUI" in messages[0]
+    assert patched.get_wrappers("apply_model", node_module.WRAPPER_KEY)
