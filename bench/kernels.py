@@ -79,7 +79,12 @@ def _comfy_kitchen():
         import comfy_kitchen
     except ImportError as exc:  # the benchmark still runs; the JSON says why this column is empty
         return None, f"comfy_kitchen not importable: {exc}"
-    return comfy_kitchen, getattr(comfy_kitchen, "__version__", "unknown")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:  # the module has no __version__; unpacked wheels keep their dist-info
+        return comfy_kitchen, version("comfy-kitchen")
+    except PackageNotFoundError:
+        return comfy_kitchen, getattr(comfy_kitchen, "__version__", "unknown")
 
 
 def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

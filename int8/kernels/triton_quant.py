@@ -3,14 +3,15 @@ Hadamard rotation.
 
 Numerics follow :func:`int8.quantize.quantize_per_token` applied after :func:`int8.backends.base.prepare_activation`:
 the smoothed and the rotated activations are rounded to the input dtype (as the torch path does), the scale is
-``max(absmax / 127, 1e-12)`` in fp32, and ``q = rint(x / scale)`` with an IEEE division and round-half-to-even,
-like ``torch.round``. Only the fp32 summation order inside the rotation differs from the torch path.
+``max(absmax * fp32(1/127), 1e-12)`` (how torch divides by a scalar on CUDA), and ``q = rint(x / scale)`` with an
+IEEE division and round-half-to-even, like ``torch.round``. Only the fp32 summation order inside the rotation
+differs from the torch path.
 
 The rotation uses the Kronecker structure of the regular Hadamard matrix (``H_{4^k} = H4 (x) ... (x) H4``): every
-64-column block is multiplied by ``H64`` on the tensor cores (``tl.dot`` of ``[rows*G/64, 64] x [64, 64]``), then
-each ``H4`` level above 64 is a butterfly over 4 sub-blocks. With ``H4[i, k] = -1`` exactly when ``i + k == 3``,
-``y_k = 0.5 * sum_i z_i - z_{3-k}``; loading the sub-blocks in reversed order (column ``c ^ (G - 64)``) turns
-``z_{3-k}`` into ``z_k`` at position k, so each level is one reduction and one subtraction, with no shuffles.
+64-column block is multiplied by ``H64`` on the tensor cores (``tl.dot`` of ``[BLOCK_M, 64] x [64, 64]``), then
+each ``H4`` level above 64 is a butterfly over 4 sub-blocks: with ``H4[i, k] = -1`` exactly when ``i + k == 3``,
+``y_k = 0.5 * sum_i z_i - z_{3-k}``. Each block stays a separate tile in the dot's register layout, so the
+butterflies are elementwise adds, with no reshapes or shuffles.
 """
 
 from __future__ import annotations
@@ -46,57 +47,147 @@ def _quantize(y, scale, INTERPRETED: tl.constexpr):
 
 
 @triton.jit
-def _load_transformed(
-    x_ptr, smooth_ptr, h64_ptr, rows, row_mask, stride_xm, k0, K,
-    CHUNK: tl.constexpr, GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr,
-):
-    """Load rows x [k0, k0 + CHUNK) of x, smooth and rotate it; returns fp32 values rounded to x's dtype."""
-    cols = k0 + tl.arange(0, CHUNK)
-    if GROUP > 64:
-        cols = cols ^ (GROUP - 64)  # reversed sub-block order (see the module docstring)
+def _load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH: tl.constexpr):
+    """x[rows, cols], smoothed (rounded to x's dtype, like the torch path); zero outside the matrix."""
     col_mask = cols < K
-    ptrs = x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :]
-    x = tl.load(ptrs, mask=row_mask[:, None] & col_mask[None, :], other=0.0)
+    x = tl.load(x_ptr + rows.to(tl.int64)[:, None] * stride_xm + cols[None, :],
+                mask=row_mask[:, None] & col_mask[None, :], other=0.0)
     if HAS_SMOOTH:
         s = tl.load(smooth_ptr + cols, mask=col_mask, other=0.0)
         x = (x.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
-    if GROUP == 0:
-        return x.to(tl.float32)
-    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
-    xb = tl.reshape(x, [BLOCK_M * (CHUNK // 64), 64])
+    return x
+
+
+@triton.jit
+def _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH: tl.constexpr):
+    """One 64-column block times H64 on the tensor cores: fp32 ``[BLOCK_M, 64]``."""
+    x = _load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, col0 + tl.arange(0, 64), K, HAS_SMOOTH)
     if x.dtype == tl.float32:
-        z = tl.dot(xb, h, input_precision="ieee")
+        return tl.dot(x, h, input_precision="ieee")
+    return tl.dot(x, h.to(x.dtype))
+
+
+@triton.jit
+def _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH: tl.constexpr,
+            GROUP: tl.constexpr):
+    """Four 64-column blocks from col0, each times H64; with GROUP >= 256 also the H4 butterfly over them
+    (``y_k = 0.5 * sum_i z_i - z_{3-k}``, since ``H4[i, k] = -1`` exactly when ``i + k == 3``)."""
+    z0 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH)
+    z1 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 64, K, HAS_SMOOTH)
+    z2 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 128, K, HAS_SMOOTH)
+    z3 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 192, K, HAS_SMOOTH)
+    if GROUP >= 256:
+        t = 0.5 * (z0 + z1 + z2 + z3)
+        return t - z3, t - z2, t - z1, t - z0
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def _amax4(amax, y0, y1, y2, y3, DT: tl.constexpr):
+    # Round the rotated values to x's dtype first, as the torch path (rotate_activation) does.
+    m01 = tl.maximum(tl.abs(y0.to(DT).to(tl.float32)), tl.abs(y1.to(DT).to(tl.float32)))
+    m23 = tl.maximum(tl.abs(y2.to(DT).to(tl.float32)), tl.abs(y3.to(DT).to(tl.float32)))
+    return tl.maximum(amax, tl.max(tl.maximum(m01, m23), axis=1))
+
+
+@triton.jit
+def _store4(q_ptr, stride_qm, rows, row_mask, col0, y0, y1, y2, y3, scale, DT: tl.constexpr,
+            INTERPRETED: tl.constexpr):
+    base = q_ptr + rows.to(tl.int64)[:, None] * stride_qm + col0 + tl.arange(0, 64)[None, :]
+    mask = row_mask[:, None]
+    tl.store(base, _quantize(y0.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
+    tl.store(base + 64, _quantize(y1.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
+    tl.store(base + 128, _quantize(y2.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
+    tl.store(base + 192, _quantize(y3.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
+
+
+@triton.jit
+def _rotated_quant_kernel(
+    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """Rotation path: K is a multiple of GROUP (64, 256 or 1024). Every block is a [BLOCK_M, 64] tile in the
+    dot's register layout, so the butterflies are elementwise (no reshapes or layout conversions). Two passes:
+    the absmax, then the same rotation recomputed and quantized (cheaper than writing it out)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if GROUP <= 256:
+        for c in range(0, tl.cdiv(K, 256)):
+            col0 = c * 256
+            y0, y1, y2, y3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+            amax = _amax4(amax, y0, y1, y2, y3, DT)
     else:
-        z = tl.dot(xb, h.to(x.dtype))
-    if GROUP >= 256:  # the H4 level that turns 64-blocks into 256-blocks
-        z4 = tl.reshape(z, [BLOCK_M * (CHUNK // 256), 4, 64])
-        z = tl.reshape(0.5 * tl.sum(z4, axis=1, keep_dims=True) - z4, [BLOCK_M * (CHUNK // 64), 64])
-    if GROUP >= 1024:  # and 256-blocks into 1024-blocks
-        z4 = tl.reshape(z, [BLOCK_M * (CHUNK // 1024), 4, 256])
-        z = tl.reshape(0.5 * tl.sum(z4, axis=1, keep_dims=True) - z4, [BLOCK_M * (CHUNK // 64), 64])
-    return tl.reshape(z, [BLOCK_M, CHUNK]).to(x.dtype).to(tl.float32)
+        for c in range(0, K // 1024):
+            col0 = c * 1024
+            a0, a1, a2, a3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+            b0, b1, b2, b3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 256, K, HAS_SMOOTH, GROUP)
+            c0, c1, c2, c3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 512, K, HAS_SMOOTH, GROUP)
+            d0, d1, d2, d3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 768, K, HAS_SMOOTH, GROUP)
+            t0, t1, t2, t3 = 0.5 * (a0 + b0 + c0 + d0), 0.5 * (a1 + b1 + c1 + d1), 0.5 * (a2 + b2 + c2 + d2), \
+                0.5 * (a3 + b3 + c3 + d3)
+            amax = _amax4(amax, t0 - d0, t1 - d1, t2 - d2, t3 - d3, DT)
+            amax = _amax4(amax, t0 - c0, t1 - c1, t2 - c2, t3 - c3, DT)
+            amax = _amax4(amax, t0 - b0, t1 - b1, t2 - b2, t3 - b3, DT)
+            amax = _amax4(amax, t0 - a0, t1 - a1, t2 - a2, t3 - a3, DT)
+    scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
+    tl.store(scale_ptr + rows, scale, mask=row_mask)
+    if GROUP <= 256:
+        for c in range(0, tl.cdiv(K, 256)):
+            col0 = c * 256
+            y0, y1, y2, y3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+            if col0 + 256 <= K:
+                _store4(q_ptr, stride_qm, rows, row_mask, col0, y0, y1, y2, y3, scale, DT, INTERPRETED)
+            else:  # G = 64 and K % 256 != 0: only the first (K - col0) / 64 blocks exist
+                base = q_ptr + rows.to(tl.int64)[:, None] * stride_qm + col0 + tl.arange(0, 64)[None, :]
+                tl.store(base, _quantize(y0.to(DT).to(tl.float32), scale, INTERPRETED), mask=row_mask[:, None])
+                if col0 + 128 <= K:
+                    tl.store(base + 64, _quantize(y1.to(DT).to(tl.float32), scale, INTERPRETED),
+                             mask=row_mask[:, None])
+                if col0 + 192 <= K:
+                    tl.store(base + 128, _quantize(y2.to(DT).to(tl.float32), scale, INTERPRETED),
+                             mask=row_mask[:, None])
+    else:
+        for c in range(0, K // 1024):
+            col0 = c * 1024
+            a0, a1, a2, a3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+            b0, b1, b2, b3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 256, K, HAS_SMOOTH, GROUP)
+            c0, c1, c2, c3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 512, K, HAS_SMOOTH, GROUP)
+            d0, d1, d2, d3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 768, K, HAS_SMOOTH, GROUP)
+            t0, t1, t2, t3 = 0.5 * (a0 + b0 + c0 + d0), 0.5 * (a1 + b1 + c1 + d1), 0.5 * (a2 + b2 + c2 + d2), \
+                0.5 * (a3 + b3 + c3 + d3)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0, t0 - d0, t1 - d1, t2 - d2, t3 - d3, scale, DT, INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 256, t0 - c0, t1 - c1, t2 - c2, t3 - c3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 512, t0 - b0, t1 - b1, t2 - b2, t3 - b3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 768, t0 - a0, t1 - a1, t2 - a2, t3 - a3, scale, DT,
+                    INTERPRETED)
 
 
 @triton.jit
 def _quant_per_token_kernel(
-    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
-    CHUNK: tl.constexpr, GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr,
-    SINGLE_CHUNK: tl.constexpr, INTERPRETED: tl.constexpr,
+    x_ptr, smooth_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
+    CHUNK: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    INTERPRETED: tl.constexpr,
 ):
+    """No rotation: a whole row in registers when it fits (one read), else two passes over CHUNK columns."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     if SINGLE_CHUNK:
-        y = _load_transformed(x_ptr, smooth_ptr, h64_ptr, rows, row_mask, stride_xm, 0, K,
-                              CHUNK, GROUP, HAS_SMOOTH, BLOCK_M)
+        cols = tl.arange(0, CHUNK)
+        y = _load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH).to(tl.float32)
         amax = tl.max(tl.abs(y), axis=1)
     else:
         amax = tl.zeros([BLOCK_M], dtype=tl.float32)
         for kc in range(0, tl.cdiv(K, CHUNK)):
-            k0 = kc * CHUNK
-            y = _load_transformed(x_ptr, smooth_ptr, h64_ptr, rows, row_mask, stride_xm, k0, K,
-                                  CHUNK, GROUP, HAS_SMOOTH, BLOCK_M)
+            cols = kc * CHUNK + tl.arange(0, CHUNK)
+            y = _load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH).to(tl.float32)
             amax = tl.maximum(amax, tl.max(tl.abs(y), axis=1))
-    scale = tl.maximum(tl.math.div_rn(amax, 127.0), 1e-12)
+    # x * (1/127), not x / 127: torch divides by a Python scalar through its fp32 reciprocal, and we match it.
+    scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
     tl.store(scale_ptr + rows, scale, mask=row_mask)
     if SINGLE_CHUNK:
         cols = tl.arange(0, CHUNK)
@@ -104,10 +195,8 @@ def _quant_per_token_kernel(
         tl.store(q_ptrs, _quantize(y, scale, INTERPRETED), mask=row_mask[:, None] & (cols < K)[None, :])
     else:
         for kc in range(0, tl.cdiv(K, CHUNK)):
-            k0 = kc * CHUNK
-            y = _load_transformed(x_ptr, smooth_ptr, h64_ptr, rows, row_mask, stride_xm, k0, K,
-                                  CHUNK, GROUP, HAS_SMOOTH, BLOCK_M)
-            cols = k0 + tl.arange(0, CHUNK)
+            cols = kc * CHUNK + tl.arange(0, CHUNK)
+            y = _load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH).to(tl.float32)
             q_ptrs = q_ptr + rows.to(tl.int64)[:, None] * stride_qm + cols[None, :]
             tl.store(q_ptrs, _quantize(y, scale, INTERPRETED), mask=row_mask[:, None] & (cols < K)[None, :])
 
@@ -119,15 +208,12 @@ def _hadamard64(device: torch.device) -> torch.Tensor:
     return build_hadamard(64, device, torch.float32)
 
 
-def _launch_shape(k: int, group: int) -> tuple[int, int, int]:
-    """(CHUNK columns per step, BLOCK_M rows per program, num_warps) for a row length ``k``."""
-    if group:
-        # tl.dot needs >= 16 rows; 16 x 1024 fp32 values per step keep the butterfly in registers.
-        chunk = max(group, 256)
-        return chunk, 16, 8 if chunk >= 1024 else 4
-    chunk = min(triton.next_power_of_2(k), 4096)
+def _plain_launch_shape(k: int) -> tuple[int, int, int]:
+    """(CHUNK, BLOCK_M, num_warps) for the plain kernel. Few rows per program keep a program's rows in L2 between
+    the two passes when a row does not fit in one chunk."""
+    chunk = min(triton.next_power_of_2(k), 8192)
     block_m = max(1, 8192 // chunk)
-    return chunk, block_m, 8 if chunk >= 2048 else 4
+    return chunk, block_m, 8 if chunk >= 4096 else 4
 
 
 def quantize_per_token_triton(
@@ -148,12 +234,18 @@ def quantize_per_token_triton(
     scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, scale
-    chunk, block_m, warps = _launch_shape(k, hadamard_group)
-    h64 = _hadamard64(x.device) if hadamard_group else x
     smooth_arg = smooth.to(device=x.device, dtype=x.dtype).contiguous() if smooth is not None else x
+    if hadamard_group:
+        block_m = 16 if hadamard_group >= 1024 else 32  # 16 (or 4) live [BLOCK_M, 64] fp32 tiles per step
+        _rotated_quant_kernel[(triton.cdiv(m, block_m),)](
+            x, smooth_arg, _hadamard64(x.device), q, scale, m, k, x.stride(0), q.stride(0),
+            GROUP=hadamard_group, HAS_SMOOTH=smooth is not None, BLOCK_M=block_m, INTERPRETED=_INTERPRETED,
+            num_warps=4,
+        )
+        return q, scale
+    chunk, block_m, warps = _plain_launch_shape(k)
     _quant_per_token_kernel[(triton.cdiv(m, block_m),)](
-        x, smooth_arg, h64, q, scale, m, k, x.stride(0), q.stride(0),
-        CHUNK=chunk, GROUP=hadamard_group, HAS_SMOOTH=smooth is not None, BLOCK_M=block_m,
-        SINGLE_CHUNK=k <= chunk, INTERPRETED=_INTERPRETED, num_warps=warps,
+        x, smooth_arg, q, scale, m, k, x.stride(0), q.stride(0), CHUNK=chunk, HAS_SMOOTH=smooth is not None,
+        BLOCK_M=block_m, SINGLE_CHUNK=k <= chunk, INTERPRETED=_INTERPRETED, num_warps=warps,
     )
     return q, scale
