@@ -93,7 +93,8 @@ def test_to_device_keeps_int8_and_extra_repr_names_backend_and_shape():
     ("only_small_layers", 4, 3072 * 3072, True), ("only_small_layers", 4, 3072 * 3072 + 1, False),
 ])
 def test_small_batch_policy(policy, rows, elements, expected):
-    assert Int8Config(small_batch_fallback=policy).uses_small_batch_path(rows, elements) is expected
+    cfg = Int8Config(small_batch_fallback=policy, small_batch_rows=16)  # threshold pinned: the default is measured
+    assert cfg.uses_small_batch_path(rows, elements) is expected
 
 
 def test_small_batch_path_is_taken_for_few_rows(monkeypatch):
