@@ -14,13 +14,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..int8.backends.registry import backend_names, resolve_backend
+from ..int8.backends.registry import backend_names
 from ..int8.config import OUTLIER_METHODS, SMALL_BATCH_FALLBACKS, Int8Config
 from .comfy_ops import Int8LoadPlan
 from .errors import ModelFileNotFoundError, UnsupportedWeightDtypeError
 
 __all__ = [
     "NODE_ID", "DISPLAY_NAME", "InputSpec", "LoaderOptions", "loader_inputs", "load_int8_diffusion_model",
+    "load_state_dict_as_int8",
     "OTUNetLoaderW8A8", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS",
 ]
 
@@ -159,29 +160,39 @@ def load_int8_diffusion_model(path: str, options: LoaderOptions, disable_dynamic
 
     This is also the patcher's ``cached_patcher_init``: ``clone(disable_dynamic=True)`` replays it.
     """
+    from ..int8.formats import load_state_dict_for_comfy
+
+    sd, metadata = load_state_dict_for_comfy(path)
+    patcher = load_state_dict_as_int8(sd, metadata, options, source=path, disable_dynamic=disable_dynamic)
+    patcher.cached_patcher_init = (load_int8_diffusion_model, (path, options))
+    return patcher
+
+
+def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOptions, source: str,
+                            disable_dynamic: bool = False):  # noqa: ANN201
+    """The node's load path for a state dict already in memory (``source`` names it in messages)."""
     import comfy.model_management as mm
     import comfy.sd
 
-    from ..int8.formats import load_state_dict_for_comfy
     from .comfy_ops import make_int8_ops
 
     load_device = mm.get_torch_device()
     model_options, keep_dtype, fp8_fast = weight_dtype_model_options(options.weight_dtype, load_device)
-    resolve_backend(options.runtime_backend, load_device)  # an explicit backend that cannot run fails here, early
-    sd, metadata = load_state_dict_for_comfy(path)
-    plan = build_load_plan(path, sd, options, keep_dtype, fp8_fast, load_device)
+    plan = build_load_plan(source, sd, options, keep_dtype, fp8_fast, load_device)
+    # Resolved now, not at the first forward: an explicit backend that cannot run fails here, and compiled code
+    # only looks the backend up.
+    plan.backend_for(load_device)
     model_options["custom_operations"] = make_int8_ops(plan)
     kwargs = {"disable_dynamic": disable_dynamic} if _accepts_disable_dynamic() else {}
     patcher = comfy.sd.load_diffusion_model_state_dict(sd, model_options=model_options, metadata=metadata, **kwargs)
     if patcher is None:
-        raise RuntimeError(f"Could not detect the model type of '{path}': ComfyUI knows no diffusion model with these "
-                           "keys. Check that it is a diffusion model (not a full checkpoint, LoRA or text encoder).")
-    summary = plan.report.summary(path)
+        raise RuntimeError(f"Could not detect the model type of '{source}': ComfyUI knows no diffusion model with "
+                           "these keys. Check that it is a diffusion model (not a full checkpoint, LoRA or text encoder).")
+    summary = plan.report.summary(source)
     if plan.report.quantized_at_load + plan.report.prequantized == 0:
         log.warning(summary + " The model runs in high precision.")
     else:
         log.info(summary)
-    patcher.cached_patcher_init = (load_int8_diffusion_model, (path, options))
     return patcher
 
 
