@@ -142,7 +142,7 @@ def test_flux_workflow_with_lazy_compile_matches_eager(comfy) -> None:
     compiled = run_latent(comfy, "flux", files["bf16"], compile_model=True)
     # Fused (compiled) activation quantization may round a few ties the other way: single int8 values move by one
     # step, so compiled and eager may differ by part of one rounding's error, never by more than a whole one.
-    assert 0 < rel_err(compiled, eager) <= rel_err(fake, ref)
+    assert rel_err(compiled, eager) <= rel_err(fake, ref)
     assert rel_err(compiled, ref) <= bound(rel_err(fake, ref))
 
 
