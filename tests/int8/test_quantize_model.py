@@ -187,7 +187,7 @@ def test_tiny_flux_hadamard_output_cosine_to_16bit_model():
     for method in ("hadamard", "none"):
         quantized = copy.deepcopy(model)
         report = quantize_model(quantized, load_preset("flux"), QuantizeConfig(outlier_method=method, runtime=REFERENCE))
-        assert len(report.quantized) == 20  # 2 x 8 double-block + 2 x 2 single-block Linears
+        assert len(report.quantized) == 26  # 2 x (8 + 2 modulation) double-block + 2 x (2 + 1) single-block Linears
         with torch.no_grad():
             results[method] = _cosine(quantized(*inputs), reference)
     assert results["hadamard"] >= 0.999
