@@ -41,7 +41,9 @@ def markdown_table(results: dict) -> str:
     for variant in results["variants"]:
         if "breakdown" in variant:
             parts = ", ".join(f"{k} {g['ms']:.1f} ms" for k, g in sorted(variant["breakdown"].items()))
-            lines.append(f"\n{variant['variant']}: GPU kernel time of one forward: {parts}.")
+            busy = sum(g["ms"] for g in variant["breakdown"].values())
+            lines.append(f"\n{variant['variant']}: GPU kernel time of one forward: {parts} (total {busy:.1f} ms of a "
+                         f"{variant['step_ms']:.1f} ms step; the rest is launch/CPU gaps).")
     lines += [f"\nskipped: {s}" for s in results.get("skipped", [])]
     return "\n".join(lines) + "\n"
 
