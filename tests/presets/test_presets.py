@@ -18,7 +18,7 @@ FIXTURE = json.loads((Path(__file__).parent / "comfyui_layer_names.json").read_t
 EXPECTED_KEPT: dict[str, tuple[str, set[str]]] = {
     "flux": ("flux", {
         "img_in", "time_in.in_layer", "time_in.out_layer", "vector_in.in_layer", "vector_in.out_layer",
-        "guidance_in.in_layer", "guidance_in.out_layer", "txt_in", 
+        "guidance_in.in_layer", "guidance_in.out_layer", "txt_in",
         "final_layer.linear",
         "final_layer.adaLN_modulation.1",
     }),
@@ -66,16 +66,16 @@ EXPECTED_KEPT: dict[str, tuple[str, set[str]]] = {
         "txt_in.c_embedder.in_layer", "txt_in.c_embedder.out_layer",
         *(f"txt_in.individual_token_refiner.blocks.N.{s}" for s in
           ("adaLN_modulation.1", "self_attn.qkv", "self_attn.proj", "mlp.0", "mlp.2")),
-        
+
         "final_layer.linear", "final_layer.adaLN_modulation.1",
     }),
     "sd3": ("sd3", {
         "t_embedder.mlp.0", "t_embedder.mlp.2", "y_embedder.mlp.0", "y_embedder.mlp.2", "context_embedder",
-        
+
         "final_layer.linear", "final_layer.adaLN_modulation.1",
     }),
     "lumina2": ("lumina2", {
-        "x_embedder", "t_embedder.mlp.0", "t_embedder.mlp.2", "cap_embedder.1", 
+        "x_embedder", "t_embedder.mlp.0", "t_embedder.mlp.2", "cap_embedder.1",
         "final_layer.linear", "final_layer.adaLN_modulation.1",
     }),
     "z_image": ("lumina2", {
@@ -85,7 +85,7 @@ EXPECTED_KEPT: dict[str, tuple[str, set[str]]] = {
     "hidream": ("hidream", {
         "t_embedder.timestep_embedder.linear_1", "t_embedder.timestep_embedder.linear_2",
         "p_embedder.pooled_embedder.linear_1", "p_embedder.pooled_embedder.linear_2", "x_embedder.proj",
-        
+
         "final_layer.linear", "final_layer.adaLN_modulation.1", "caption_projection.N.linear",
     }),
     "sdxl": ("sd_unet", {
