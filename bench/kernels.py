@@ -15,6 +15,7 @@ import math
 import platform
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +90,7 @@ def _comfy_kitchen():
 
 def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """name -> function of x for one weight copy (fp32 ``w`` [N, K])."""
-    from ..int8 import Int8Weights, quantize_per_channel, rotate_weight
+    from ..int8 import Int8Config, Int8Linear, Int8Weights, quantize_per_channel, rotate_weight
     from ..int8.backends.registry import get_backend
     from ..int8.kernels import custom_ops
 
@@ -106,6 +107,9 @@ def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[
     }
     if m <= GRAPH_MAX_M:
         out["triton W8A16 (small-batch path)"] = lambda x: custom_ops.triton_w8a16(x, plain)
+        # What a model sees: the whole Int8Linear module, with the small-batch fallback up to 64 rows.
+        cfg = Int8Config(runtime_backend="triton", small_batch_rows=64)
+        out["Int8Linear triton (fallback <= 64 rows)"] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg)
     fp8 = _fp8_rowwise(w, bias)
     if fp8 is not None:
         out["fp8 rowwise _scaled_mm (compiled)"] = fp8
@@ -195,11 +199,17 @@ def _versions() -> dict:
 def _autotune_choices() -> dict:
     from ..int8.kernels import triton_gemm, triton_w8a16
 
-    choices = {}
-    for name, kern in (("gemm_tma", triton_gemm._int8_gemm_tma_kernel), ("gemm_ptr", triton_gemm._int8_gemm_kernel),
-                       ("w8a16", triton_w8a16._w8a16_kernel)):
-        choices[name] = {str(key): str(cfg) for key, cfg in getattr(kern, "cache", {}).items()}
+    choices = {name: {str(key): str(cfg) for key, cfg in getattr(kern, "cache", {}).items()}
+               for name, kern in (("gemm_tma", triton_gemm._int8_gemm_tma_kernel),
+                                  ("gemm_ptr", triton_gemm._int8_gemm_kernel))}
+    choices["gemm_tma_direct"] = {str(key): str(cfg) for key, cfg in triton_gemm._tuned.items()}
+    choices["w8a16_table"] = {str(key): str(triton_w8a16.w8a16_config(*key)) for key in _w8a16_keys()}
     return choices
+
+
+def _w8a16_keys() -> list[tuple[int, int, int, int]]:
+    sms = torch.cuda.get_device_properties(torch.cuda.current_device()).multi_processor_count
+    return [(m, n, k, sms) for m in SWEEP_ROWS if m <= 64 for k, n in SWEEP_SHAPES]
 
 
 def _fmt(v: float | None, spec: str) -> str:

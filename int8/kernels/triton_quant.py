@@ -42,7 +42,15 @@ def _round_half_even(v, INTERPRETED: tl.constexpr):
 
 @triton.jit
 def _quantize(y, scale, INTERPRETED: tl.constexpr):
-    q = _round_half_even(tl.math.div_rn(y, scale[:, None]), INTERPRETED)
+    """``rint(y / scale)`` with the IEEE quotient, clamped to int8. The quotient uses the row's reciprocal:
+    ``q = y * r`` is within an ulp of ``y / s``, the residual ``y - s * q`` is exact in an fma, and
+    ``q + residual * r`` rounds to the correctly rounded quotient (Markstein's theorem, r = RN(1/s)). Three fp32
+    ops per element instead of a full ``div.rn`` keep the kernel memory-bound."""
+    s = scale[:, None]
+    r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+    q = y * r
+    q = tl.fma(tl.fma(-q, s, y), r, q)
+    q = _round_half_even(q, INTERPRETED)
     return tl.minimum(tl.maximum(q, -127.0), 127.0).to(tl.int8)
 
 
@@ -91,80 +99,76 @@ def _amax4(amax, y0, y1, y2, y3, DT: tl.constexpr):
 
 
 @triton.jit
-def _store4(q_ptr, stride_qm, rows, row_mask, col0, y0, y1, y2, y3, scale, DT: tl.constexpr,
+def _store4(q_ptr, stride_qm, rows, row_mask, col0, K, y0, y1, y2, y3, scale, DT: tl.constexpr,
             INTERPRETED: tl.constexpr):
     base = q_ptr + rows.to(tl.int64)[:, None] * stride_qm + col0 + tl.arange(0, 64)[None, :]
     mask = row_mask[:, None]
-    tl.store(base, _quantize(y0.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
-    tl.store(base + 64, _quantize(y1.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
-    tl.store(base + 128, _quantize(y2.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
-    tl.store(base + 192, _quantize(y3.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask)
+    # Column masks only bite for GROUP = 64 with K % 256 != 0 (a chunk's last 64-blocks lie past K).
+    tl.store(base, _quantize(y0.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 < K))
+    tl.store(base + 64, _quantize(y1.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 + 64 < K))
+    tl.store(base + 128, _quantize(y2.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 + 128 < K))
+    tl.store(base + 192, _quantize(y3.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 + 192 < K))
 
 
 @triton.jit
 def _rotated_quant_kernel(
-    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
-    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, INTERPRETED: tl.constexpr,
+    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, part_ptr, M, K, stride_xm, stride_qm, n_chunks,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, NCHUNK_P2: tl.constexpr,
+    QUANT: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
-    """Rotation path: K is a multiple of GROUP (64, 256 or 1024). Every block is a [BLOCK_M, 64] tile in the
-    dot's register layout, so the butterflies are elementwise (no reshapes or layout conversions). Two passes:
-    the absmax, then the same rotation recomputed and quantized (cheaper than writing it out)."""
+    """Rotation path, launched twice over a (row block, column chunk) grid; a chunk is 256 columns (1024 for
+    GROUP = 1024). QUANT = False: rotate the chunk and store its per-row absmax in ``part [M, n_chunks]``.
+    QUANT = True: reduce those partial maxima to the row scale, rotate the chunk again and quantize it
+    (recomputing the rotation costs less than writing the rotated activation out and reading it back).
+    Splitting the columns over programs keeps thousands of loads in flight; one program per row block that
+    walked all of K twice left the kernel latency-bound (+47% layer time at K = 12288).
+    Every block is a [BLOCK_M, 64] tile in the dot's register layout, so the butterflies are elementwise."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
+    chunk = tl.program_id(1)
     DT: tl.constexpr = x_ptr.dtype.element_ty
     h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    part_ptrs = part_ptr + rows.to(tl.int64) * n_chunks
+    if QUANT:
+        chunks = tl.arange(0, NCHUNK_P2)
+        part = tl.load(part_ptrs[:, None] + chunks[None, :], mask=row_mask[:, None] & (chunks < n_chunks)[None, :],
+                       other=0.0)
+        # x * (1/127), not x / 127: torch divides by a Python scalar through its fp32 reciprocal, and we match it.
+        scale = tl.maximum(tl.max(part, axis=1) * (1.0 / 127.0), 1e-12)
+        if chunk == 0:
+            tl.store(scale_ptr + rows, scale, mask=row_mask)
     amax = tl.zeros([BLOCK_M], dtype=tl.float32)
     if GROUP <= 256:
-        for c in range(0, tl.cdiv(K, 256)):
-            col0 = c * 256
-            y0, y1, y2, y3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+        col0 = chunk * 256
+        y0, y1, y2, y3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+        if QUANT:
+            _store4(q_ptr, stride_qm, rows, row_mask, col0, K, y0, y1, y2, y3, scale, DT, INTERPRETED)
+        else:
             amax = _amax4(amax, y0, y1, y2, y3, DT)
     else:
-        for c in range(0, K // 1024):
-            col0 = c * 1024
-            a0, a1, a2, a3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
-            b0, b1, b2, b3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 256, K, HAS_SMOOTH, GROUP)
-            c0, c1, c2, c3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 512, K, HAS_SMOOTH, GROUP)
-            d0, d1, d2, d3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 768, K, HAS_SMOOTH, GROUP)
-            t0, t1, t2, t3 = 0.5 * (a0 + b0 + c0 + d0), 0.5 * (a1 + b1 + c1 + d1), 0.5 * (a2 + b2 + c2 + d2), \
-                0.5 * (a3 + b3 + c3 + d3)
+        col0 = chunk * 1024
+        a0, a1, a2, a3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+        b0, b1, b2, b3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 256, K, HAS_SMOOTH, GROUP)
+        c0, c1, c2, c3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 512, K, HAS_SMOOTH, GROUP)
+        d0, d1, d2, d3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 768, K, HAS_SMOOTH, GROUP)
+        t0, t1, t2, t3 = 0.5 * (a0 + b0 + c0 + d0), 0.5 * (a1 + b1 + c1 + d1), 0.5 * (a2 + b2 + c2 + d2), \
+            0.5 * (a3 + b3 + c3 + d3)
+        if QUANT:
+            _store4(q_ptr, stride_qm, rows, row_mask, col0, K, t0 - d0, t1 - d1, t2 - d2, t3 - d3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 256, K, t0 - c0, t1 - c1, t2 - c2, t3 - c3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 512, K, t0 - b0, t1 - b1, t2 - b2, t3 - b3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 768, K, t0 - a0, t1 - a1, t2 - a2, t3 - a3, scale, DT,
+                    INTERPRETED)
+        else:
             amax = _amax4(amax, t0 - d0, t1 - d1, t2 - d2, t3 - d3, DT)
             amax = _amax4(amax, t0 - c0, t1 - c1, t2 - c2, t3 - c3, DT)
             amax = _amax4(amax, t0 - b0, t1 - b1, t2 - b2, t3 - b3, DT)
             amax = _amax4(amax, t0 - a0, t1 - a1, t2 - a2, t3 - a3, DT)
-    scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
-    tl.store(scale_ptr + rows, scale, mask=row_mask)
-    if GROUP <= 256:
-        for c in range(0, tl.cdiv(K, 256)):
-            col0 = c * 256
-            y0, y1, y2, y3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
-            if col0 + 256 <= K:
-                _store4(q_ptr, stride_qm, rows, row_mask, col0, y0, y1, y2, y3, scale, DT, INTERPRETED)
-            else:  # G = 64 and K % 256 != 0: only the first (K - col0) / 64 blocks exist
-                base = q_ptr + rows.to(tl.int64)[:, None] * stride_qm + col0 + tl.arange(0, 64)[None, :]
-                tl.store(base, _quantize(y0.to(DT).to(tl.float32), scale, INTERPRETED), mask=row_mask[:, None])
-                if col0 + 128 <= K:
-                    tl.store(base + 64, _quantize(y1.to(DT).to(tl.float32), scale, INTERPRETED),
-                             mask=row_mask[:, None])
-                if col0 + 192 <= K:
-                    tl.store(base + 128, _quantize(y2.to(DT).to(tl.float32), scale, INTERPRETED),
-                             mask=row_mask[:, None])
-    else:
-        for c in range(0, K // 1024):
-            col0 = c * 1024
-            a0, a1, a2, a3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
-            b0, b1, b2, b3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 256, K, HAS_SMOOTH, GROUP)
-            c0, c1, c2, c3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 512, K, HAS_SMOOTH, GROUP)
-            d0, d1, d2, d3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 768, K, HAS_SMOOTH, GROUP)
-            t0, t1, t2, t3 = 0.5 * (a0 + b0 + c0 + d0), 0.5 * (a1 + b1 + c1 + d1), 0.5 * (a2 + b2 + c2 + d2), \
-                0.5 * (a3 + b3 + c3 + d3)
-            _store4(q_ptr, stride_qm, rows, row_mask, col0, t0 - d0, t1 - d1, t2 - d2, t3 - d3, scale, DT, INTERPRETED)
-            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 256, t0 - c0, t1 - c1, t2 - c2, t3 - c3, scale, DT,
-                    INTERPRETED)
-            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 512, t0 - b0, t1 - b1, t2 - b2, t3 - b3, scale, DT,
-                    INTERPRETED)
-            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 768, t0 - a0, t1 - a1, t2 - a2, t3 - a3, scale, DT,
-                    INTERPRETED)
+    if not QUANT:
+        tl.store(part_ptrs + chunk, amax, mask=row_mask)
 
 
 @triton.jit
@@ -208,6 +212,11 @@ def _hadamard64(device: torch.device) -> torch.Tensor:
     return build_hadamard(64, device, torch.float32)
 
 
+# Rows per program of the rotation kernel and its warps (H100 sweep, docs/results/kernels_h100.md).
+_ROT_BLOCK_M = 16
+_ROT_WARPS = 4
+
+
 def _plain_launch_shape(k: int) -> tuple[int, int, int]:
     """(CHUNK, BLOCK_M, num_warps) for the plain kernel. Few rows per program keep a program's rows in L2 between
     the two passes when a row does not fit in one chunk."""
@@ -236,12 +245,17 @@ def quantize_per_token_triton(
         return q, scale
     smooth_arg = smooth.to(device=x.device, dtype=x.dtype).contiguous() if smooth is not None else x
     if hadamard_group:
-        block_m = 16 if hadamard_group >= 1024 else 32  # 16 (or 4) live [BLOCK_M, 64] fp32 tiles per step
-        _rotated_quant_kernel[(triton.cdiv(m, block_m),)](
-            x, smooth_arg, _hadamard64(x.device), q, scale, m, k, x.stride(0), q.stride(0),
-            GROUP=hadamard_group, HAS_SMOOTH=smooth is not None, BLOCK_M=block_m, INTERPRETED=_INTERPRETED,
-            num_warps=4,
-        )
+        chunk_cols = 1024 if hadamard_group >= 1024 else 256
+        n_chunks = triton.cdiv(k, chunk_cols)
+        part = torch.empty((m, n_chunks), dtype=torch.float32, device=x.device)
+        grid = (triton.cdiv(m, _ROT_BLOCK_M), n_chunks)
+        for quant in (False, True):
+            _rotated_quant_kernel[grid](
+                x, smooth_arg, _hadamard64(x.device), q, scale, part, m, k, x.stride(0), q.stride(0), n_chunks,
+                GROUP=hadamard_group, HAS_SMOOTH=smooth is not None, BLOCK_M=_ROT_BLOCK_M,
+                NCHUNK_P2=triton.next_power_of_2(n_chunks), QUANT=quant, INTERPRETED=_INTERPRETED,
+                num_warps=_ROT_WARPS,
+            )
         return q, scale
     chunk, block_m, warps = _plain_launch_shape(k)
     _quant_per_token_kernel[(triton.cdiv(m, block_m),)](

@@ -183,3 +183,47 @@ def test_compiled_int8_linear_triton_has_no_graph_break():
     out = torch.compile(layer, fullgraph=True)(x)
     assert torch.equal(out, expected)
     assert sum(counters["graph_break"].values()) == 0
+
+
+@pytest.mark.parametrize("config", [(16, 64, 128, 4, 4, 4), (32, 32, 256, 3, 4, 3), (64, 64, 128, 8, 4, 4)])
+@pytest.mark.parametrize("m,k,n", [(5, 3073, 971), (64, 3072, 3072)])
+def test_w8a16_split_k_matches_single_pass_and_rearms_counters(m, k, n, config):
+    from comfy_int8_w8a8.int8.kernels import triton_w8a16
+
+    w = _layer(n, k, True)
+    x = _acts(m, k, torch.bfloat16)
+    whole = triton_w8a16.w8a16_linear(x, w.weight, w.weight_scale, w.bias, config=(*config[:3], 1, *config[4:]))
+    for _ in range(3):  # repeated launches reuse the counters: each must leave them at zero
+        split = triton_w8a16.w8a16_linear(x, w.weight, w.weight_scale, w.bias, config=config)
+        _, counters = triton_w8a16._workspace.get(x.device, 0, 0)
+        assert (counters == 0).all()
+    acc = (x.double().abs() @ w.weight.double().abs().t()) * w.weight_scale.double().t()
+    # Both sum the same exact products in fp32 (different order): K roundings each, then one bf16 cast each.
+    tol = 2 * acc * k * torch.finfo(torch.float32).eps + 2 * whole.double().abs() * torch.finfo(torch.bfloat16).eps
+    assert ((split.double() - whole.double()).abs() <= tol + torch.finfo(torch.bfloat16).tiny).all()
+    again = triton_w8a16.w8a16_linear(x, w.weight, w.weight_scale, w.bias, config=config)
+    assert torch.equal(again, split)  # partials are summed in a fixed order: deterministic
+
+
+def test_w8a16_config_splits_k_when_tiles_are_few():
+    from comfy_int8_w8a8.int8.kernels.triton_w8a16 import w8a16_config
+
+    _, _, _, split_small, _, _ = w8a16_config(64, 3072, 3072, 132)
+    _, _, _, split_wide, _, _ = w8a16_config(16, 18432, 3072, 132)
+    assert split_small > 1 and split_wide == 1
+
+
+def test_gemm_tma_repeat_call_takes_cached_config_and_matches():
+    from comfy_int8_w8a8.int8.kernels import triton_gemm
+
+    a = torch.randint(-127, 128, (300, 512), dtype=torch.int8, device="cuda")
+    b = torch.randint(-127, 128, (264, 512), dtype=torch.int8, device="cuda")
+    if not triton_gemm.hopper_tma_ok(a, b):
+        pytest.skip("TMA kernel needs sm_90 and Triton tensor descriptors")
+    xs = torch.rand(300, 1, device="cuda") + 0.5
+    ws = torch.rand(264, 1, device="cuda") + 0.5
+    bias = torch.randn(264, device="cuda", dtype=torch.bfloat16)
+    first = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16)  # autotunes, records the pick
+    assert any(key[:3] == (512, 264, 512) for key in triton_gemm._tuned)
+    again = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16)  # direct launch of that config
+    assert torch.equal(first, again)
