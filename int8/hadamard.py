@@ -41,9 +41,20 @@ def _hadamard_cpu(size: int) -> torch.Tensor:
     return h / math.sqrt(size)
 
 
+_ON_DEVICE: dict[tuple[int, str, torch.dtype], torch.Tensor] = {}
+
+
 def build_hadamard(size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """The normalized regular Hadamard matrix ``[size, size]`` (symmetric, orthogonal)."""
-    return _hadamard_cpu(size).to(device=device, dtype=dtype)
+    """The normalized regular Hadamard matrix ``[size, size]`` (symmetric, orthogonal); do not modify it.
+
+    Cached per (size, device, dtype): a host-to-device copy on every call is a synchronous transfer that stalls
+    the CPU until the GPU queue drains (the small-batch path rotates in torch, once per modulation layer).
+    """
+    key = (size, str(torch.device(device)), dtype)
+    h = _ON_DEVICE.get(key)
+    if h is None:
+        h = _ON_DEVICE[key] = _hadamard_cpu(size).to(device=device, dtype=dtype)
+    return h
 
 
 def rotate_activation(x: torch.Tensor, group_size: int) -> torch.Tensor:
