@@ -12,6 +12,7 @@ Exit code 0 when the peak is within budget, 1 when it is not.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hidden", type=int, default=3072, help="Flux hidden size (default 3072, Flux-dev's)")
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where the two files go (needs ~1.5x --gib free)")
     ap.add_argument("--keep", action="store_true", help="keep the files")
+    ap.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON to this file")
     args = ap.parse_args(argv)
     depth = depth_for(args.gib, args.hidden)
     specs = flux_specs(args.hidden, depth, depth_single=1)
@@ -125,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         budget = largest + 2**30
         print(f"converter: {wall:.0f} s wall, peak RSS {peak / 2**30:.3f} GiB; budget largest tensor + 1 GiB = "
               f"{budget / 2**30:.3f} GiB -> {'OK' if peak <= budget else 'OVER BUDGET'}")
+        if args.out:
+            args.out.write_text(json.dumps({
+                "checkpoint_bytes": size, "largest_tensor_bytes": largest, "peak_rss_bytes": peak,
+                "budget_bytes": budget, "within_budget": peak <= budget, "convert_wall_s": round(wall, 1),
+                "hidden": args.hidden, "double_blocks": depth, "single_blocks": 1, "torch": torch.__version__,
+                "cpu_count": os.cpu_count()}, indent=1))
         return 0 if peak <= budget else 1
     finally:
         if not args.keep:
