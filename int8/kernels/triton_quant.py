@@ -25,6 +25,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ..hadamard import build_hadamard, check_group_size
+from .fast_launch import CompiledLauncher
 
 __all__ = ["quantize_per_token_triton"]
 
@@ -47,7 +48,12 @@ def _quantize(y, scale, INTERPRETED: tl.constexpr):
     ``q + residual * r`` rounds to the correctly rounded quotient (Markstein's theorem, r = RN(1/s)). Three fp32
     ops per element instead of a full ``div.rn`` keep the kernel memory-bound."""
     s = scale[:, None]
-    r = tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s)
+    return _quantize_by(y, s, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), INTERPRETED)
+
+
+@triton.jit
+def _quantize_by(y, s, r, INTERPRETED: tl.constexpr):
+    """:func:`_quantize` with the scale ``s`` and its reciprocal ``r = RN(1/s)`` already shaped to broadcast."""
     q = y * r
     q = tl.fma(tl.fma(-q, s, y), r, q)
     q = _round_half_even(q, INTERPRETED)
@@ -172,6 +178,65 @@ def _rotated_quant_kernel(
 
 
 @triton.jit
+def _rot_row_tile(x_ptr, smooth_ptr, h, row_off, g, g_mask, SUB: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """Sub-block SUB (0..3) of every 256-column group of one row, times H64: fp32 ``[G_P2, 64]``. The groups of a
+    row are the dot's M dimension, so one row alone fills a tensor-core tile."""
+    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+    x = tl.load(x_ptr + row_off + cols, mask=g_mask[:, None], other=0.0)
+    if HAS_SMOOTH:
+        s = tl.load(smooth_ptr + cols, mask=g_mask[:, None], other=0.0)
+        x = (x.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
+    if x.dtype == tl.float32:
+        return tl.dot(x, h, input_precision="ieee")
+    return tl.dot(x, h.to(x.dtype))
+
+
+@triton.jit
+def _rot_row_store(q_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, s, r, DT: tl.constexpr,
+                   INTERPRETED: tl.constexpr):
+    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+    tl.store(q_ptr + row_off + cols, _quantize_by(y.to(DT).to(tl.float32), s, r, INTERPRETED),
+             mask=g_mask[:, None])
+
+
+@triton.jit
+def _rotated_row_quant_kernel(
+    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, G_P2: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """Rotation path in one pass when ``K % 256 == 0`` and a rotated row fits in registers (``K <= 64 * 256``):
+    each program walks rows (persistent grid, H64 loaded once), keeps the row's four ``[G_P2, 64]`` rotated
+    sub-block tiles in registers, reduces their absmax, then quantizes and stores them: x is read once."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    g = tl.arange(0, G_P2)
+    g_mask = g < K // 256
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    for it in range(0, tl.cdiv(M - pid, n_prog)):
+        row = pid + it * n_prog
+        x_off = row.to(tl.int64) * stride_xm
+        z0 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 0, HAS_SMOOTH)
+        z1 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 1, HAS_SMOOTH)
+        z2 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 2, HAS_SMOOTH)
+        z3 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 3, HAS_SMOOTH)
+        if GROUP >= 256:  # H4 butterfly over the four sub-blocks (see _rot256)
+            t = 0.5 * (z0 + z1 + z2 + z3)
+            z0, z1, z2, z3 = t - z3, t - z2, t - z1, t - z0
+        # Padded groups (g >= K / 256) loaded zeros: they add nothing to the absmax.
+        m = tl.maximum(tl.maximum(tl.abs(z0.to(DT).to(tl.float32)), tl.abs(z1.to(DT).to(tl.float32))),
+                       tl.maximum(tl.abs(z2.to(DT).to(tl.float32)), tl.abs(z3.to(DT).to(tl.float32))))
+        scale = tl.maximum(tl.max(tl.max(m, axis=1), axis=0) * (1.0 / 127.0), 1e-12)
+        tl.store(scale_ptr + row, scale)
+        r = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+        q_off = row.to(tl.int64) * stride_qm
+        _rot_row_store(q_ptr, q_off, g, g_mask, 0, z0, scale, r, DT, INTERPRETED)
+        _rot_row_store(q_ptr, q_off, g, g_mask, 1, z1, scale, r, DT, INTERPRETED)
+        _rot_row_store(q_ptr, q_off, g, g_mask, 2, z2, scale, r, DT, INTERPRETED)
+        _rot_row_store(q_ptr, q_off, g, g_mask, 3, z3, scale, r, DT, INTERPRETED)
+
+
+@triton.jit
 def _quant_per_token_kernel(
     x_ptr, smooth_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
     CHUNK: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
@@ -206,32 +271,96 @@ def _quant_per_token_kernel(
 
 
 @functools.cache
-def _hadamard64(device: torch.device) -> torch.Tensor:
+def _hadamard64(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     # Cached per device: a fresh host-to-device copy per call would cost more than the kernel at small M
-    # and break CUDA-graph capture.
-    return build_hadamard(64, device, torch.float32)
+    # and break CUDA-graph capture. In x's dtype for 16-bit x (entries +-1/8 are exact): half the bytes per load.
+    return build_hadamard(64, device, torch.float32).to(dtype)
 
 
-# Rows per program of the rotation kernel and its warps (H100 sweep, docs/results/kernels_h100.md).
+@functools.cache
+def _sm_count(device_index: int | None) -> int:
+    if _INTERPRETED:  # CPU tensors under the interpreter: any small grid will do
+        return 2
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def _spec_key(runtime_args: tuple, constexprs: tuple) -> tuple:
+    """What the JIT specializes a compiled kernel on (see fast_launch): per tensor its dtype and 16-byte alignment,
+    per integer whether it is 1, a multiple of 16, or beyond int32; constexprs by value."""
+    spec = tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
+                 else (a == 1, a % 16 == 0, not -2**31 <= a < 2**31) for a in runtime_args)
+    return spec, constexprs
+
+
+_plain_launch = CompiledLauncher(_quant_per_token_kernel)
+_rot_launch = CompiledLauncher(_rotated_quant_kernel)
+_rot_row_launch = CompiledLauncher(_rotated_row_quant_kernel)
+
+# Chunked rotation kernel (K beyond the one-pass kernel, GROUP = 1024): rows per program and warps.
 _ROT_BLOCK_M = 16
 _ROT_WARPS = 4
+# One-pass rotation kernel: the largest K it keeps in registers, programs per SM of its persistent grid.
+_ROT_ROW_MAX_K = 64 * 256
+_ROT_ROW_PROGRAMS_PER_SM = 8
 
 
 def _plain_launch_shape(k: int) -> tuple[int, int, int]:
-    """(CHUNK, BLOCK_M, num_warps) for the plain kernel. Few rows per program keep a program's rows in L2 between
-    the two passes when a row does not fit in one chunk."""
-    chunk = min(triton.next_power_of_2(k), 8192)
+    """(CHUNK, BLOCK_M, num_warps) for the plain kernel. A row up to 16384 columns is held in registers (x read
+    once); a longer one is walked twice in 8192-column chunks, one row per program so it stays in L2 between them.
+    About 64 elements per thread was fastest in an H100 sweep (docs/results/kernels_h100.md): more warps per
+    program lost up to 20% at K = 5120 and 12288."""
+    chunk = min(triton.next_power_of_2(k), 16384)
+    if k > chunk:
+        return 8192, 1, 8
     block_m = max(1, 8192 // chunk)
-    return chunk, block_m, 8 if chunk >= 4096 else 4
+    return chunk, block_m, max(4, min(16, chunk * block_m // 2048))
+
+
+def _launch_plain(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, q: torch.Tensor,
+                  scale: torch.Tensor, config: tuple[int, int, int] | None) -> None:
+    m, k = x.shape
+    chunk, block_m, warps = config or _plain_launch_shape(k)
+    runtime = (x, smooth_arg, q, scale, m, k, x.stride(0), q.stride(0))
+    constexprs = (chunk, has_smooth, block_m, k <= chunk, _INTERPRETED)
+    _plain_launch(_spec_key(runtime, constexprs + (warps,)), x.device.index, (triton.cdiv(m, block_m), 1, 1),
+                  runtime + constexprs, warps, 3)
+
+
+def _launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, group: int, q: torch.Tensor,
+                    scale: torch.Tensor, config: tuple[int, int, int] | None) -> None:
+    m, k = x.shape
+    dev = x.device.index
+    h = _hadamard64(x.device, x.dtype)
+    if group <= 256 and k % 256 == 0 and k <= _ROT_ROW_MAX_K:
+        g_p2 = max(16, triton.next_power_of_2(k // 256))
+        # Two stages let the next row's loads fly while this row is reduced and stored (-20..25% time on the H100).
+        per_sm, warps, stages = config or (_ROT_ROW_PROGRAMS_PER_SM, 4, 2)
+        runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
+        constexprs = (group, has_smooth, g_p2, _INTERPRETED)
+        grid = (min(m, _sm_count(dev) * per_sm), 1, 1)
+        _rot_row_launch(_spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
+                        stages)
+        return
+    chunk_cols = 1024 if group >= 1024 else 256
+    n_chunks = triton.cdiv(k, chunk_cols)
+    part = torch.empty((m, n_chunks), dtype=torch.float32, device=x.device)
+    grid = (triton.cdiv(m, _ROT_BLOCK_M), n_chunks, 1)
+    for quant in (False, True):
+        runtime = (x, smooth_arg, h, q, scale, part, m, k, x.stride(0), q.stride(0), n_chunks)
+        constexprs = (group, has_smooth, _ROT_BLOCK_M, triton.next_power_of_2(n_chunks), quant, _INTERPRETED)
+        _rot_launch(_spec_key(runtime, constexprs), dev, grid, runtime + constexprs, _ROT_WARPS, 3)
 
 
 def quantize_per_token_triton(
-    x: torch.Tensor, smooth: torch.Tensor | None = None, hadamard_group: int = 0
+    x: torch.Tensor, smooth: torch.Tensor | None = None, hadamard_group: int = 0,
+    config: tuple[int, int, int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize ``x [M, K]`` (fp16/bf16/fp32, CUDA) per row after optional smoothing and block rotation.
 
     ``smooth``: ``[K]`` multiplier (any float dtype; rounded to x's dtype like the torch path).
     ``hadamard_group``: 0, 64, 256 or 1024 (must divide K). Returns ``(q int8 [M, K], scale fp32 [M, 1])``.
+    ``config`` overrides the launch shape (benchmarks): ``(CHUNK, BLOCK_M, num_warps)`` for the plain kernel,
+    ``(programs per SM, num_warps, num_stages)`` for the one-pass rotation kernel.
     """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"quantize_per_token_triton expects a row-major 2-D input, got shape {tuple(x.shape)} "
@@ -245,21 +374,7 @@ def quantize_per_token_triton(
         return q, scale
     smooth_arg = smooth.to(device=x.device, dtype=x.dtype).contiguous() if smooth is not None else x
     if hadamard_group:
-        chunk_cols = 1024 if hadamard_group >= 1024 else 256
-        n_chunks = triton.cdiv(k, chunk_cols)
-        part = torch.empty((m, n_chunks), dtype=torch.float32, device=x.device)
-        grid = (triton.cdiv(m, _ROT_BLOCK_M), n_chunks)
-        for quant in (False, True):
-            _rotated_quant_kernel[grid](
-                x, smooth_arg, _hadamard64(x.device), q, scale, part, m, k, x.stride(0), q.stride(0), n_chunks,
-                GROUP=hadamard_group, HAS_SMOOTH=smooth is not None, BLOCK_M=_ROT_BLOCK_M,
-                NCHUNK_P2=triton.next_power_of_2(n_chunks), QUANT=quant, INTERPRETED=_INTERPRETED,
-                num_warps=_ROT_WARPS,
-            )
-        return q, scale
-    chunk, block_m, warps = _plain_launch_shape(k)
-    _quant_per_token_kernel[(triton.cdiv(m, block_m),)](
-        x, smooth_arg, q, scale, m, k, x.stride(0), q.stride(0), CHUNK=chunk, HAS_SMOOTH=smooth is not None,
-        BLOCK_M=block_m, SINGLE_CHUNK=k <= chunk, INTERPRETED=_INTERPRETED, num_warps=warps,
-    )
+        _launch_rotated(x, smooth_arg, smooth is not None, hadamard_group, q, scale, config)
+    else:
+        _launch_plain(x, smooth_arg, smooth is not None, q, scale, config)
     return q, scale

@@ -227,3 +227,47 @@ def test_gemm_tma_repeat_call_takes_cached_config_and_matches():
     assert any(key[:3] == (512, 264, 512) for key in triton_gemm._tuned)
     again = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16)  # direct launch of that config
     assert torch.equal(first, again)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,k", [(70, 12288), (9, 15360), (5, 16384), (3, 16400)])
+def test_quant_kernel_plain_long_rows_match_exactly(m, k, dtype):
+    # One read of rows up to 16384 columns held in registers; 16400 takes the two-pass chunked path.
+    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+
+    x = _acts(m, k, dtype)
+    q, s = quantize_per_token_triton(x)
+    q_ref, s_ref = quantize_per_token(x)
+    assert torch.equal(s, s_ref) and torch.equal(q, q_ref)
+
+
+def test_quant_kernel_repeat_calls_respect_alignment():
+    # Later calls skip the JIT (fast_launch): a view 2 bytes off alignment must not reuse the aligned kernel.
+    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+
+    base = _acts(40, 3072 + 16, torch.bfloat16)
+    aligned, shifted = base[:, :3072], base[:, 1:3073]
+    for x in (aligned, aligned, shifted, shifted, aligned):
+        for group in (0, 256):
+            q, s = quantize_per_token_triton(x, None, group)
+            q_ref, s_ref = quantize_per_token(rotate_activation(x, group) if group else x)
+            assert (q.int() - q_ref.int()).abs().max() <= (1 if group else 0)
+            if not group:
+                assert torch.equal(s, s_ref)
+
+
+@pytest.mark.parametrize("group", [64, 256])
+@pytest.mark.parametrize("m,k", [(1500, 3072), (3, 15360), (37, 1024)])
+def test_one_pass_rotation_kernel_matches_rotate_activation(m, k, group):
+    # m = 1500 exceeds the persistent grid on any GPU below 188 SMs, so programs walk several rows;
+    # K = 15360 pads 60 groups to 64.
+    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+
+    dtype = torch.bfloat16
+    x = _acts(m, k, dtype)
+    q, s = quantize_per_token_triton(x, None, group)
+    q_ref, s_ref = quantize_per_token(rotate_activation(x, group))
+    group_abs = x.float().abs().reshape(m, -1, group).sum(-1) / group**0.5
+    rot_err = 2 * group * torch.finfo(torch.float32).eps * group_abs.amax(-1, keepdim=True)
+    assert ((s - s_ref).abs() <= rot_err / 127 + s_ref * torch.finfo(dtype).eps).all()
+    assert (q.int() - q_ref.int()).abs().max() <= 1
