@@ -69,8 +69,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self.register_buffer("input_smooth", torch.ones(in_features, device=device) if smooth else None)
+        self._weight_elements = in_features * out_features
         self._backends: dict[torch.device, Backend] = {}
         self._packed: dict[torch.device, object] = {}
+        self._state: dict[torch.device, tuple[Backend, Int8Weights]] = {}
 
     @classmethod
     def from_linear(
@@ -111,33 +113,52 @@ class Int8Linear(nn.Module):
 
     def backend_for(self, device: torch.device) -> Backend:
         """The backend for ``device``, resolved once per device (``auto`` logs its choice once)."""
+        return self._call_state(device)[0]
+
+    def _call_state(self, device: torch.device) -> tuple[Backend, Int8Weights]:
+        """(backend, tensors) for ``device``, cached: building them costs more Python than a small-M kernel.
+
+        The cache is checked against the current buffers by identity, so replacing a buffer (load_state_dict,
+        assignment, ``.to()``) rebuilds it on the next call.
+        """
+        state = self._state.get(device)
+        buffers = self._buffers
+        if state is not None:
+            w = state[1]
+            if (w.weight is buffers["weight"] and w.weight_scale is buffers["weight_scale"]
+                    and w.bias is buffers["bias"] and w.smooth is buffers["input_smooth"]
+                    and w.hadamard_group == self.hadamard_group):
+                return state
         backend = self._backends.get(device)
         if backend is None:
-            backend = resolve_backend(self.config.runtime_backend, device)
-            self._backends[device] = backend
+            backend = self._backends[device] = resolve_backend(self.config.runtime_backend, device)
             if self.config.prepack_int8_weights:
                 self._packed[device] = backend.prepack(self.weight)
-        return backend
+        state = self._state[device] = (backend, self.int8_weights(device))
+        return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(f"Int8Linear expects input [..., {self.in_features}], got {tuple(x.shape)}.")
-        if x.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"Int8Linear takes float16/bfloat16/float32 input, got {x.dtype}.")
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        backend = self.backend_for(x.device)
-        w = self.int8_weights(x.device)
-        if self.config.uses_small_batch_path(x2.shape[0], self.weight.numel()):
+        k = self.in_features
+        if x.shape[-1] != k or x.dtype not in _FLOAT_DTYPES:
+            self._reject(x)
+        x2 = x if x.dim() == 2 else x.reshape(-1, k)
+        backend, w = self._call_state(x.device)
+        if self.config.uses_small_batch_path(x2.shape[0], self._weight_elements):
             y = backend.weight_only_linear(x2, w)
         else:
             y = backend.w8a8_linear(x2, w)
-        return y.reshape(*lead, self.out_features)
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    def _reject(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"Int8Linear expects input [..., {self.in_features}], got {tuple(x.shape)}.")
+        raise TypeError(f"Int8Linear takes float16/bfloat16/float32 input, got {x.dtype}.")
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module signature
         # A prepacked layout belongs to one device; drop it when the buffers move (rebuilt on next forward).
         self._packed.clear()
         self._backends.clear()
+        self._state.clear()
         # module.to(bfloat16) must not round the fp32 scales: keep them, move them to the new device.
         keep = {k: getattr(self, k) for k in ("weight_scale", "input_smooth") if getattr(self, k) is not None}
         result = super()._apply(fn, recurse)

@@ -118,3 +118,16 @@ def test_bad_config_and_bad_input_raise():
         q(torch.ones(2, 64, dtype=torch.int32))
     with pytest.raises(ValueError, match="power of 4"):
         Int8Linear(384, 8, hadamard_group=128)
+
+
+def test_cached_call_state_follows_replaced_and_reloaded_buffers():
+    lin_a, lin_b = _linear(64, 32), _linear(64, 32)
+    q = Int8Linear.from_linear(lin_a, Int8Config(small_batch_fallback="never"))
+    other = Int8Linear.from_linear(lin_b, Int8Config(small_batch_fallback="never"))
+    x = torch.randn(20, 64)
+    first = q(x)
+    q.load_state_dict(other.state_dict())  # copies in place
+    assert torch.equal(q(x), other(x))
+    q.weight = torch.zeros_like(q.weight)  # a new buffer object
+    assert torch.equal(q(x), q.bias.expand(20, 32))
+    assert not torch.equal(first, q(x))
