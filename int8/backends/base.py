@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..quantize import dequantize
 
-__all__ = ["Int8Weights", "Backend", "prepare_activation"]
+__all__ = ["Int8Weights", "Backend", "prepare_activation", "cuda_int8_unavailable_reason"]
 
 
 @dataclass
@@ -49,6 +49,16 @@ def prepare_activation(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
 
         x = rotate_activation(x, w.hadamard_group)
     return x
+
+
+def cuda_int8_unavailable_reason(device: torch.device) -> str | None:
+    """Why the CUDA ``device`` cannot run int8 tensor-core GEMMs, or None when it can (sm_75 Turing and newer)."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (7, 5):
+        return f"the GPU is sm_{major}{minor}; int8 tensor cores need sm_75 (Turing) or newer"
+    return None
 
 
 class Backend:

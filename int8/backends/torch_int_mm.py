@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from ..kernels import custom_ops
 from ..quantize import quantize_per_token
-from .base import Backend, Int8Weights, prepare_activation
+from .base import Backend, Int8Weights, cuda_int8_unavailable_reason, prepare_activation
 from .registry import register_backend
 
 # cuBLAS int8 GEMM needs M > 16 and K, N multiples of 8 (measured on H100, see KERNEL_NOTES); the CPU
@@ -50,12 +50,7 @@ class TorchIntMMBackend(Backend):
         if not hasattr(torch, "_int_mm"):
             return f"torch {torch.__version__} has no torch._int_mm (needs torch >= 2.2)"
         if device.type == "cuda":
-            if not torch.cuda.is_available():
-                return "CUDA is not available"
-            major, minor = torch.cuda.get_device_capability(device)
-            if (major, minor) < (7, 5):
-                return f"the GPU is sm_{major}{minor}; int8 tensor cores need sm_75 (Turing) or newer"
-            return None
+            return cuda_int8_unavailable_reason(device)
         if device.type == "cpu":
             return None
         return f"device type '{device.type}' has no int8 matmul in torch"

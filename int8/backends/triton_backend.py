@@ -8,7 +8,7 @@ import importlib.util
 import torch
 
 from ..kernels import custom_ops
-from .base import Backend, Int8Weights
+from .base import Backend, Int8Weights, cuda_int8_unavailable_reason
 from .registry import register_backend
 
 
@@ -21,14 +21,9 @@ class TritonBackend(Backend):
     def unavailable_reason(self, device: torch.device) -> str | None:
         if device.type != "cuda":
             return f"Triton kernels run on CUDA GPUs only, the layer is on {device.type}"
-        if not torch.cuda.is_available():
-            return "CUDA is not available"
         if importlib.util.find_spec("triton") is None:
             return "the 'triton' package is not installed (pip install triton; on Windows: triton-windows)"
-        major, minor = torch.cuda.get_device_capability(device)
-        if (major, minor) < (7, 5):
-            return f"the GPU is sm_{major}{minor}; int8 tensor cores need sm_75 (Turing) or newer"
-        return None
+        return cuda_int8_unavailable_reason(device)
 
     def prepack(self, weight: torch.Tensor) -> object | None:
         from ..kernels import triton_w8a8

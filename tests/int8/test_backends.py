@@ -122,3 +122,15 @@ def test_torch_int_mm_backend_is_unavailable_below_sm75(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
     assert "sm_70" in backend.unavailable_reason(torch.device("cuda"))
+
+
+def test_triton_backend_is_unavailable_without_triton_or_below_sm75(monkeypatch):
+    import importlib.util
+
+    backend = get_backend("triton")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert "pip install triton" in backend.unavailable_reason(torch.device("cuda"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert "sm_70" in backend.unavailable_reason(torch.device("cuda"))
