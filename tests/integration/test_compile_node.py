@@ -1,6 +1,6 @@
 """The INT8 Lazy Torch Compile node inside the real ComfyUI: wrappers, sampler, clone.
 
-Needs ComfyUI importable: run with ``COMFYUI_PATH=/opt/ComfyUI /work/ivenv/bin/python -m pytest
+Needs ComfyUI importable: run with ``COMFYUI_PATH=/opt/ComfyUI .venv-integration/bin/python -m pytest
 tests/integration/test_compile_node.py`` (a venv holding ComfyUI's requirements); skipped otherwise.
 """
 
@@ -16,8 +16,8 @@ import torch
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "/opt/ComfyUI")
 SKIP_REASON = ("ComfyUI is not importable: set COMFYUI_PATH to a ComfyUI checkout and run with a Python that has its "
-               "requirements (e.g. COMFYUI_PATH=/opt/ComfyUI /work/ivenv/bin/python -m pytest "
-               "tests/integration/test_compile_node.py)")
+               "requirements: `bash .ci/integration_env.sh`, then COMFYUI_PATH=/opt/ComfyUI .venv-integration/bin/python "
+               "-m pytest tests/integration/test_compile_node.py)")
 
 
 def _import_comfy():

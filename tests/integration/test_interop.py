@@ -8,8 +8,8 @@
    through our reader with the same int8 numbers and match stock ComfyUI's layer outputs within the same bound.
 
 Runs in-process with ComfyUI imported from COMFYUI_PATH (default /opt/ComfyUI) on the CPU. Enable with
-``/work/ivenv/bin/pip install -q --no-deps -e /work/main`` and ``/work/ivenv/bin/python -m pytest
-tests/integration/test_interop.py``.
+``bash .ci/integration_env.sh`` (builds ``.venv-integration`` with ComfyUI's requirements and this pack) and
+``.venv-integration/bin/python -m pytest tests/integration/test_interop.py``.
 """
 
 import json
@@ -30,8 +30,8 @@ from comfy_int8_w8a8.int8.quantize_model import QuantizeConfig
 from comfy_int8_w8a8.presets import load_preset
 
 COMFYUI = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
-ENABLE = ("install this pack into a Python that runs ComfyUI (/work/ivenv/bin/pip install -q --no-deps -e "
-          "/work/main) and run this file with it; set COMFYUI_PATH if ComfyUI is not at /opt/ComfyUI")
+ENABLE = ("build the integration venv with `bash .ci/integration_env.sh` and run this file with "
+          "`.venv-integration/bin/python -m pytest`; set COMFYUI_PATH if ComfyUI is not at /opt/ComfyUI")
 GROUP = 64  # hidden 128 and MLP 512: 64 is the largest convrot group that divides both
 
 
