@@ -10,8 +10,8 @@ import torch.nn as nn
 from .backends.base import Backend, Int8Weights
 from .backends.registry import resolve_backend
 from .config import Int8Config
-from .hadamard import check_group_size, rotate_weight
-from .quantize import quantize_per_channel
+from .hadamard import check_group_size
+from .quantize import quantize_rotated_per_channel
 
 __all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
 
@@ -98,9 +98,7 @@ class Int8Linear(nn.Module):
         if smooth is not None:
             w = w * smooth.double().reshape(1, -1)
             layer.input_smooth.copy_((1.0 / smooth.double()).float())
-        if hadamard_group:
-            w = rotate_weight(w, hadamard_group)
-        q, scale = quantize_per_channel(w, name)
+        q, scale = quantize_rotated_per_channel(w, hadamard_group, name)
         layer.weight.copy_(q)
         layer.weight_scale.copy_(scale)
         if bias is not None:

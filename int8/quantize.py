@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from .hadamard import rotate_weight
+
 __all__ = [
     "INT8_MAX",
     "SCALE_FLOOR",
     "NonFiniteWeightError",
     "quantize_per_channel",
+    "quantize_rotated_per_channel",
     "quantize_per_tensor",
     "quantize_per_token",
     "dequantize",
@@ -60,6 +63,16 @@ def quantize_per_channel(weight: torch.Tensor, name: str = "<weight>") -> tuple[
     w = weight.float()
     scale = (w.abs().amax(dim=1, keepdim=True) / INT8_MAX).clamp_(min=SCALE_FLOOR)
     return _round_clamp(w / scale), scale
+
+
+def quantize_rotated_per_channel(
+    weight: torch.Tensor, hadamard_group: int = 0, name: str = "<weight>"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`quantize_per_channel` of ``weight`` with the block Hadamard rotation folded in first when
+    ``hadamard_group`` > 0 (the layer then rotates its input online). The rotation runs in float64."""
+    if hadamard_group:
+        weight = rotate_weight(weight, hadamard_group)
+    return quantize_per_channel(weight, name)
 
 
 def quantize_per_tensor(weight: torch.Tensor, name: str = "<weight>") -> tuple[torch.Tensor, torch.Tensor]:

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..int8.hadamard import rotate_weight
-from ..int8.quantize import quantize_per_channel
+from ..int8.quantize import quantize_rotated_per_channel
 
 __all__ = ["requantize_per_channel", "bake_error_bound"]
 
@@ -32,10 +31,7 @@ def requantize_per_channel(
     same transform the layer's original weight carries. Raises ``NonFiniteWeightError`` naming ``name`` when
     the patch produced NaN/Inf (a broken LoRA file).
     """
-    w = weight.float()
-    if hadamard_group:
-        w = rotate_weight(w, hadamard_group).float()
-    return quantize_per_channel(w, name)
+    return quantize_rotated_per_channel(weight.float(), hadamard_group, name)
 
 
 def bake_error_bound(old_scale: torch.Tensor, new_scale: torch.Tensor) -> torch.Tensor:

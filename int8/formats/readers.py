@@ -26,7 +26,7 @@ import torch
 
 from ..hadamard import HADAMARD_GROUP_SIZES, build_hadamard, check_group_size, rotate_weight
 from ..linear import comfy_quant_bytes
-from ..quantize import quantize_per_channel
+from ..quantize import quantize_rotated_per_channel
 from .detect import FP8_DTYPES, FP8_FORMATS, INT8_FORMAT
 from .errors import CheckpointError
 
@@ -174,8 +174,7 @@ def _requantize_rotation(path: str, layer: str, w: torch.Tensor, scale: torch.Te
     _warn_once(path, f"'{path}': its Hadamard matrices (size {g}) are not the regular Hadamard the int8 kernels "
                      f"use; those layers are re-quantized with group {new_group or 'none'} at load (a second "
                      "rounding, slightly less accurate). Convert the 16-bit original for the best result.")
-    rotated = rotate_weight(w_basis, new_group) if new_group else w_basis
-    q, s = quantize_per_channel(rotated, layer)
+    q, s = quantize_rotated_per_channel(w_basis, new_group, layer)
     return Int8Layer(q, s, bias, new_group, smooth, exact=False)
 
 
