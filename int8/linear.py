@@ -69,7 +69,6 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", torch.ones(out_features, 1, dtype=torch.float32, device=device))
         self.register_buffer("bias", torch.zeros(out_features, dtype=bias_dtype, device=device) if bias else None)
         self.register_buffer("input_smooth", torch.ones(in_features, device=device) if smooth else None)
-        self._weight_elements = in_features * out_features
         self._backends: dict[torch.device, Backend] = {}
         self._packed: dict[torch.device, object] = {}
         self._state: dict[torch.device, tuple[Backend, Int8Weights]] = {}
@@ -141,10 +140,7 @@ class Int8Linear(nn.Module):
             self._reject(x)
         x2 = x if x.dim() == 2 else x.reshape(-1, k)
         backend, w = self._call_state(x.device)
-        if self.config.uses_small_batch_path(x2.shape[0], self._weight_elements):
-            y = backend.weight_only_linear(x2, w)
-        else:
-            y = backend.w8a8_linear(x2, w)
+        y = backend.linear(x2, w, self.config)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
     def _reject(self, x: torch.Tensor) -> None:

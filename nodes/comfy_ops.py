@@ -226,11 +226,7 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 packed = self._packed_for(backend, qdata, x.device) if cache_pack else None
                 w = Int8Weights(qdata, params.scale, bias, params.convrot_groupsize if params.convrot else 0,
                                 smooth, packed)
-                x2 = x.reshape(-1, self.in_features)
-                if plan.int8_config.uses_small_batch_path(x2.shape[0], qdata.numel()):
-                    y = backend.weight_only_linear(x2, w)
-                else:
-                    y = backend.w8a8_linear(x2, w)
+                y = backend.linear(x.reshape(-1, self.in_features), w, plan.int8_config)
                 return y.reshape(*x.shape[:-1], self.out_features)
 
             def _packed_for(self, backend: Backend, qdata: torch.Tensor, device: torch.device) -> object | None:

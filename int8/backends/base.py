@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..config import Int8Config
 from ..quantize import dequantize
 
 __all__ = ["Int8Weights", "Backend", "prepare_activation", "cuda_int8_unavailable_reason"]
@@ -82,6 +83,12 @@ class Backend:
     def prepack(self, weight: torch.Tensor) -> object | None:
         """Build at load the weight layout this backend reads fastest (default: none needed)."""
         return None
+
+    def linear(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> torch.Tensor:
+        """A 2-D call as ``config`` routes it: few rows take :meth:`weight_only_linear`, the rest :meth:`w8a8_linear`."""
+        if config.uses_small_batch_path(x.shape[0], w.weight.numel()):
+            return self.weight_only_linear(x, w)
+        return self.w8a8_linear(x, w)
 
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         """``x`` is ``[M, K]`` float (bf16/fp16/fp32); returns ``[M, N]`` in ``x.dtype``."""
