@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
+
+from ..int8.log_once import log_once
 
 __all__ = ["NO_DISABLE_DYNAMIC_MESSAGE", "DisableDynamicUnsupportedError", "clone_supports_disable_dynamic",
            "clone_for_compile"]
@@ -29,11 +30,6 @@ def clone_supports_disable_dynamic(patcher: object) -> bool:
     return "disable_dynamic" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-@functools.cache
-def _warn_once(message: str) -> None:
-    log.warning(message)
-
-
 def clone_for_compile(patcher: object, disable_dynamic_vram: bool) -> object:
     """``patcher.clone(disable_dynamic=True)`` when asked and supported, else ``patcher.clone()``.
 
@@ -50,6 +46,6 @@ def clone_for_compile(patcher: object, disable_dynamic_vram: bool) -> object:
     is_dynamic = getattr(patcher, "is_dynamic", None)
     if callable(is_dynamic) and is_dynamic():
         raise DisableDynamicUnsupportedError(f"{NO_DISABLE_DYNAMIC_MESSAGE} {_FIX}")
-    _warn_once(f"{NO_DISABLE_DYNAMIC_MESSAGE} This model does not use dynamic VRAM, so compiling goes on with a "
-               f"plain clone. {_FIX}")
+    log_once(log, logging.WARNING, f"{NO_DISABLE_DYNAMIC_MESSAGE} This model does not use dynamic VRAM, so compiling "
+             f"goes on with a plain clone. {_FIX}")
     return patcher.clone()

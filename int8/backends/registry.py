@@ -7,6 +7,7 @@ import logging
 
 import torch
 
+from ..log_once import log_once
 from .base import Backend
 
 __all__ = ["register_backend", "resolve_backend", "backend_names", "get_backend", "BackendUnavailableError"]
@@ -39,16 +40,6 @@ def get_backend(name: str) -> Backend:
     return _BACKENDS[name]
 
 
-@functools.cache
-def _warn_once(msg: str) -> None:
-    log.warning(msg)
-
-
-@functools.cache
-def _info_once(msg: str) -> None:
-    log.info(msg)
-
-
 def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> Backend:
     """Return the backend to use on ``device``.
 
@@ -73,9 +64,10 @@ def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> B
         if reason is None and not backend.auto_eligible(device):
             reason = f"not picked automatically on {device.type}"
         if reason is None:
-            _info_once(f"INT8 W8A8: runtime_backend auto chose '{backend.name}' on {device}.")
+            log_once(log, logging.INFO, f"INT8 W8A8: runtime_backend auto chose '{backend.name}' on {device}.")
             if backend.name == "reference" or device.type != "cuda":
-                _warn_once(
+                log_once(
+                    log, logging.WARNING,
                     f"INT8 W8A8: no int8 tensor-core path on {device} ({'; '.join(skipped) or 'CPU'}); "
                     f"using '{backend.name}'. It gives the same results, but slower than on an NVIDIA GPU "
                     "with int8 tensor cores (sm_75 or newer)."

@@ -16,7 +16,6 @@ back, and re-quantized (with the regular Hadamard of the largest size dividing K
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ import torch
 
 from ..hadamard import HADAMARD_GROUP_SIZES, build_hadamard, check_group_size, rotate_weight
 from ..linear import comfy_quant_bytes
+from ..log_once import log_once
 from ..quantize import quantize_rotated_per_channel
 from .detect import FP8_DTYPES, FP8_FORMATS, INT8_FORMAT
 from .errors import CheckpointError
@@ -38,11 +38,6 @@ log = logging.getLogger(__name__)
 # fp8 weights are dequantized to bf16 for loading and converting alike: fp8 has 3 mantissa bits, so bf16's 8 keep
 # w * scale to within 2**-9 relative, far below the int8 step (1/127 of the row's absmax) it is requantized to.
 FP8_DEQUANT_DTYPE = torch.bfloat16
-
-
-@functools.cache
-def _warn_once(key: str, msg: str) -> None:
-    log.warning(msg)
 
 
 @dataclass
@@ -171,7 +166,7 @@ def _requantize_rotation(path: str, layer: str, w: torch.Tensor, scale: torch.Te
     # The file computes (x' @ H) @ Wq^T with x' = x * smooth; the same product is x' @ (Wq @ H^T)^T.
     w_basis = ((w.double() * scale.double()).reshape(n, k // g, g) @ h.t()).reshape(n, k)
     new_group = next((s for s in sorted(HADAMARD_GROUP_SIZES, reverse=True) if k % s == 0 and s <= max(g, 64)), 0)
-    _warn_once(path, f"'{path}': its Hadamard matrices (size {g}) are not the regular Hadamard the int8 kernels "
+    log_once(log, logging.WARNING, f"'{path}': its Hadamard matrices (size {g}) are not the regular Hadamard the int8 kernels "
                      f"use; those layers are re-quantized with group {new_group or 'none'} at load (a second "
                      "rounding, slightly less accurate). Convert the 16-bit original for the best result.")
     q, s = quantize_rotated_per_channel(w_basis, new_group, layer)

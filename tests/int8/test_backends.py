@@ -107,9 +107,9 @@ def test_unknown_backend_raises_listing_choices():
 
 
 def test_auto_on_cpu_warns_once(caplog):
-    import comfy_int8_w8a8.int8.backends.registry as reg
+    from comfy_int8_w8a8.int8.log_once import clear_log_once
 
-    reg._warn_once.cache_clear()
+    clear_log_once()
     with caplog.at_level("WARNING", logger="comfy_int8_w8a8"):
         resolve_backend("auto", "cpu")
         resolve_backend("auto", "cpu")

@@ -1,0 +1,19 @@
+"""Log a message once per process: a fallback or a choice is reported when it is made, not on every call."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+__all__ = ["log_once", "clear_log_once"]
+
+
+@functools.cache
+def log_once(logger: logging.Logger, level: int, message: str) -> None:
+    """Emit ``message`` on ``logger`` at ``level`` the first time this exact (logger, level, message) comes."""
+    logger.log(level, message)
+
+
+def clear_log_once() -> None:
+    """Forget what was logged (tests use this to see a message again)."""
+    log_once.cache_clear()
