@@ -271,13 +271,6 @@ def _quant_per_token_kernel(
 
 
 @functools.cache
-def _hadamard64(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    # Cached per device: a fresh host-to-device copy per call would cost more than the kernel at small M
-    # and break CUDA-graph capture. In x's dtype for 16-bit x (entries +-1/8 are exact): half the bytes per load.
-    return build_hadamard(64, device, torch.float32).to(dtype)
-
-
-@functools.cache
 def _sm_count(device_index: int | None) -> int:
     if _INTERPRETED:  # CPU tensors under the interpreter: any small grid will do
         return 2
@@ -330,7 +323,9 @@ def _launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool,
                     scale: torch.Tensor, config: tuple[int, int, int] | None) -> None:
     m, k = x.shape
     dev = x.device.index
-    h = _hadamard64(x.device, x.dtype)
+    # build_hadamard caches per device (no host-to-device copy per call, CUDA-graph safe). In x's dtype: the
+    # entries +-1/8 are exact in 16-bit, and half the bytes per load.
+    h = build_hadamard(64, x.device, x.dtype)
     if group <= 256 and k % 256 == 0 and k <= _ROT_ROW_MAX_K:
         g_p2 = max(16, triton.next_power_of_2(k // 256))
         # Pipelined stages let the next row's loads fly while this row is reduced and stored; the H100 sweep
