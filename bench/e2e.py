@@ -45,10 +45,13 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "ours+node_compile": ("ours", "node"),
     "ours+node_compile_reduce_overhead": ("ours", "node_ro"),
     "ours_hadamard+node_compile": ("ours_hadamard", "node"),
+    "loader_ops+node_compile": ("loader_ops", "node"),
+    "loader_ops+node_compile_reduce_overhead": ("loader_ops", "node_ro"),
 }
 QUICK_VARIANTS = ("bf16", "ours", "ours+node_compile")
 PROFILED = ("bf16", "bf16+stock_compile", "comfy_int8+stock_compile", "ours+node_compile",
-            "bf16+node_compile_reduce_overhead", "ours+node_compile_reduce_overhead")
+            "bf16+node_compile_reduce_overhead", "ours+node_compile_reduce_overhead", "loader_ops+node_compile",
+            "loader_ops+node_compile_reduce_overhead")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,6 +217,9 @@ def _build_group(group: str, ref: nn.Module, args: argparse.Namespace) -> tuple[
         return models.to_fp8_fast(ref)
     if group == "comfy_int8":
         return models.to_comfy_int8(ref)
+    if group == "loader_ops":  # the loader node's own path, with its default outlier method (hadamard)
+        return models.to_ours_loader_ops(ref, models.TINY_FLUX if args.tiny else models.FLUX_DEV,
+                                         runtime_backend=args.runtime_backend)
     outlier = "hadamard" if group == "ours_hadamard" else "none"
     return models.to_ours(ref, outlier, runtime_backend=args.runtime_backend)
 
@@ -224,6 +230,13 @@ def _unique_graphs() -> int:
     return int(counters["stats"]["unique_graphs"])
 
 
+def _cudagraph_skips() -> int:
+    """Graphs inductor compiled but would not record as CUDA graphs (mutated inputs, CPU tensors, ...)."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["inductor"]["cudagraph_skips"])
+
+
 def _run_variant(name: str, how: str, owner: Owner, wrapper: Callable | None, state: dict,
                  args: argparse.Namespace) -> dict:
     inputs = owner.inputs
@@ -232,7 +245,7 @@ def _run_variant(name: str, how: str, owner: Owner, wrapper: Callable | None, st
         return wrapper(Executor(owner), x, t) if wrapper is not None else owner.apply_model(x, t)
 
     t_mid = torch.full((1,), 0.5, device=inputs["noise"].device)
-    graphs0 = _unique_graphs()
+    graphs0, skips0 = _unique_graphs(), _cudagraph_skips()
     start = time.perf_counter()
     call(inputs["noise"], t_mid)  # the first call compiles (if it does)
     _sync()
@@ -246,6 +259,7 @@ def _run_variant(name: str, how: str, owner: Owner, wrapper: Callable | None, st
         "variant": name, "run": how, "step_ms": round(step_ms, 2), "first_call_s": round(first_call_s, 2),
         "graphs_compiled": graphs_after_first - graphs0,
         "recompiles_after_first_call": _unique_graphs() - graphs_after_first,
+        "cudagraph_skips": _cudagraph_skips() - skips0,
         "layers_converted": state["converted"], "int8_backends": models.int8_backend_names(owner.diffusion_model),
     }
     if torch.cuda.is_available():

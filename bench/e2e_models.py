@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["FLUX_DEV", "TINY_FLUX", "import_comfy", "build_flux", "flux_inputs", "to_fp8_fast", "to_comfy_int8",
-           "to_ours", "int8_backend_names"]
+           "to_ours", "to_ours_loader_ops", "int8_backend_names"]
 
 # comfy/ldm/flux/model.py Flux(**FLUX_DEV): FLUX.1-dev's shapes, 11.9 B parameters.
 FLUX_DEV = dict(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=4096,
@@ -159,6 +159,29 @@ def to_ours(ref: nn.Module, outlier_method: str = "none", preset_name: str = "fl
     config = QuantizeConfig(outlier_method=outlier_method, runtime=Int8Config(runtime_backend=runtime_backend))
     report = quantize_model(model, load_preset(preset_name), config)
     return model, len(report.quantized)
+
+
+@torch.no_grad()
+def to_ours_loader_ops(ref: nn.Module, config: dict, outlier_method: str = "hadamard",
+                       runtime_backend: str = "auto") -> tuple[nn.Module, int]:
+    """What the loader node builds: ComfyUI's Flux with the node's ops class, loading the bf16 reference's state
+    dict (quantized on the fly per layer by the node's plan; int8 kept as ComfyUI QuantizedTensors)."""
+    import comfy.ldm.flux.model
+
+    from ..nodes.comfy_ops import make_int8_ops
+    from ..nodes.loader_node import LoaderOptions, build_load_plan
+
+    device = next(ref.parameters()).device
+    sd = {"diffusion_model." + k: v for k, v in ref.state_dict().items()}
+    options = LoaderOptions(model_type="flux", outlier_method=outlier_method, runtime_backend=runtime_backend)
+    plan = build_load_plan("e2e random Flux", sd, options, None, False, device)
+    plan.backend_for(device)
+    model = comfy.ldm.flux.model.Flux(**config, operations=make_int8_ops(plan), device=device, dtype=torch.bfloat16)
+    holder = nn.Module()
+    holder.diffusion_model = model  # the BaseModel prefix, so layer names are the ones the loader sees
+    holder.load_state_dict(sd, strict=False)
+    del sd
+    return model.eval().requires_grad_(False), plan.report.quantized_at_load
 
 
 def int8_backend_names(model: nn.Module) -> list[str]:

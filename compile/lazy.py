@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import torch
 import torch.nn as nn
 
 from .blocks import find_blocks, get_submodule, set_submodule
+from .cudagraph import InputCopyingBlock, OutputCopying
 from .fallback import CompiledWithFallback, FallbackState
 from .guards import TransformerOptionsGuardFilter
 from .settings import CompileSettings
@@ -68,6 +69,7 @@ class LazyCompiler:
         self._state: Hashable | None = None
         self._standins: dict[str, CompiledWithFallback] = {}
         self._warned_no_blocks = False
+        self._warned_lowvram = False
 
     @property
     def compiled_paths(self) -> list[str]:
@@ -115,14 +117,30 @@ class LazyCompiler:
     def _standins_for(self, owner: nn.Module) -> dict[str, CompiledWithFallback]:
         paths = self.target_paths(owner)
         modules = {path: get_submodule(owner, path) for path in paths}
-        state = (getattr(owner, "current_weight_patches_uuid", None), tuple((p, id(m)) for p, m in modules.items()))
+        lowvram = bool(getattr(owner, "model_lowvram", False))  # ComfyUI's flag: weights stream in per layer
+        state = (getattr(owner, "current_weight_patches_uuid", None), tuple((p, id(m)) for p, m in modules.items()),
+                 lowvram)
         if state != self._state:
-            self._standins = self._build(modules)
+            self._standins = self._build(modules, self._settings_for(lowvram))
             self._state = state
         return self._standins
 
-    def _build(self, modules: dict[str, nn.Module]) -> dict[str, CompiledWithFallback]:
-        settings = self.settings
+    def _settings_for(self, lowvram: bool) -> CompileSettings:
+        """CUDA graphs replay fixed addresses: with weights streamed in per layer (ComfyUI's lowvram load) a graph
+        would replay the copies of one call. Such a load compiles without graphs, and says so once."""
+        if not (lowvram and self.settings.uses_cuda_graphs):
+            return self.settings
+        if not self._warned_lowvram:
+            self._warned_lowvram = True
+            log.warning(
+                "INT8 Lazy Torch Compile: the model is only partly loaded on the GPU (lowvram), and CUDA graphs "
+                "(backend=%s, mode=%s) need every weight resident; compiling without CUDA graphs instead. Free VRAM "
+                "(smaller batch, resolution or other models) to get them back.", self.settings.backend,
+                self.settings.mode,
+            )
+        return self.settings.without_cuda_graphs()
+
+    def _build(self, modules: dict[str, nn.Module], settings: CompileSettings) -> dict[str, CompiledWithFallback]:
         if settings.cache_size_limit:
             torch._dynamo.config.cache_size_limit = int(settings.cache_size_limit)
         self.builds += 1
@@ -136,9 +154,16 @@ class LazyCompiler:
                 settings.backend, settings.mode, settings.dynamic, settings.fullgraph,
                 "; the first call of each compiles it" if self.builds == 1 else "",
             )
+        return {path: CompiledWithFallback(self._compile(path, module, settings), module, path, self.fallback)
+                for path, module in modules.items()}
+
+    def _compile(self, path: str, module: nn.Module, settings: CompileSettings) -> Callable:
         # torch.compile pops the guard filter out of ``options``: each module gets its own kwargs dict.
-        return {
-            path: CompiledWithFallback(torch.compile(module, **settings.torch_compile_kwargs(self.guard_filter)),
-                                       module, path, self.fallback)
-            for path, module in modules.items()
-        }
+        kwargs = settings.torch_compile_kwargs(self.guard_filter)
+        if not settings.uses_cuda_graphs:
+            return torch.compile(module, **kwargs)
+        compiled = torch.compile(InputCopyingBlock(module), **kwargs)
+        # A graph's outputs live in its memory pool until it replays. Inside one model call a block's outputs are
+        # consumed by the next block; the whole model's output goes back to the sampler, which may keep it across
+        # calls (cond and uncond), so it is copied out.
+        return compiled if path != DIFFUSION_MODEL else OutputCopying(compiled)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 __all__ = ["CompileSettings", "BACKENDS", "MODES", "DYNAMIC_CHOICES", "parse_dynamic"]
 
 BACKENDS = ("inductor", "cudagraphs")
 MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs", "reduce-overhead")
+# Inductor modes that record CUDA graphs -> the same mode without them.
+CUDA_GRAPH_MODES = {"reduce-overhead": "default", "max-autotune": "max-autotune-no-cudagraphs"}
 # The node's combo text -> torch.compile's ``dynamic`` (None lets dynamo mark shapes dynamic after a change).
 DYNAMIC_CHOICES: dict[str, bool | None] = {"auto": None, "true": True, "false": False}
 CACHE_SIZE_RANGE = (0, 2048)
@@ -47,6 +49,21 @@ class CompileSettings:
             raise ValueError(
                 f"INT8 Lazy Torch Compile: dynamo_cache_size_limit must be in {low}..{high}, got {self.cache_size_limit}."
             )
+
+    @property
+    def uses_cuda_graphs(self) -> bool:
+        """Whether the compiled modules run as CUDA graphs (the cudagraphs backend; inductor's reduce-overhead and
+        max-autotune modes turn on ``triton.cudagraphs``)."""
+        return self.backend == "cudagraphs" or (self.backend == "inductor" and self.mode in CUDA_GRAPH_MODES)
+
+    def without_cuda_graphs(self) -> CompileSettings:
+        """The same compile with CUDA graphs off: reduce-overhead -> default, max-autotune -> its no-cudagraphs twin,
+        the cudagraphs backend -> inductor."""
+        if not self.uses_cuda_graphs:
+            return self
+        if self.backend == "cudagraphs":
+            return replace(self, backend="inductor", mode="default")
+        return replace(self, mode=CUDA_GRAPH_MODES[self.mode])
 
     def torch_compile_kwargs(self, guard_filter_fn: object | None) -> dict:
         """Keyword arguments for ``torch.compile`` (a fresh ``options`` dict each time: torch pops from it).
