@@ -70,6 +70,7 @@ class LazyCompiler:
         self._standins: dict[str, CompiledWithFallback] = {}
         self._warned_no_blocks = False
         self._warned_lowvram = False
+        self.active_settings = settings  # what the current stand-ins were compiled with (lowvram drops graphs)
 
     @property
     def compiled_paths(self) -> list[str]:
@@ -104,6 +105,10 @@ class LazyCompiler:
             for path, standin in standins.items():
                 originals[path] = get_submodule(owner, path)
                 set_submodule(owner, path, standin)
+            if self.active_settings.uses_cuda_graphs:
+                # One model call = one CUDA-graph generation. Without this each compiled block, called from eager
+                # code, starts a generation of its own and frees the previous block's outputs: its own inputs.
+                torch.compiler.cudagraph_mark_step_begin()
             return executor(*args, **kwargs)
         finally:
             for path, module in originals.items():
@@ -121,7 +126,8 @@ class LazyCompiler:
         state = (getattr(owner, "current_weight_patches_uuid", None), tuple((p, id(m)) for p, m in modules.items()),
                  lowvram)
         if state != self._state:
-            self._standins = self._build(modules, self._settings_for(lowvram))
+            self.active_settings = self._settings_for(lowvram)
+            self._standins = self._build(modules, self.active_settings)
             self._state = state
         return self._standins
 

@@ -108,6 +108,8 @@ class CompileRecorder:
 def test_reduce_overhead_copies_block_inputs_unless_lowvram(tiny, monkeypatch, caplog, lowvram):
     recorder = CompileRecorder()
     monkeypatch.setattr(torch, "compile", recorder)
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
     owner = tiny.Owner(tiny.TinyDiT(depth=2))
     owner.model_lowvram = lowvram
     compiler = LazyCompiler(CompileSettings(mode="reduce-overhead", blocks_only=True))
@@ -123,6 +125,8 @@ def test_reduce_overhead_copies_block_inputs_unless_lowvram(tiny, monkeypatch, c
         assert graphs_on is not lowvram
         assert isinstance(module, InputCopyingBlock) is not lowvram
     assert len(warned) == (1 if lowvram else 0)
+    # With graphs, each model call is one CUDA-graph generation (blocks' outputs stay valid through the call).
+    assert len(marks) == (0 if lowvram else 2)
 
 
 def test_whole_model_under_cuda_graphs_copies_its_output(tiny, monkeypatch):
