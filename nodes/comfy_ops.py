@@ -99,7 +99,9 @@ class Int8LoadPlan:
             raise QuantizationFailureError(layer, self.file, str(exc), self.outlier_method) from exc
         if self.on_layer_quantized is not None:
             self.on_layer_quantized()
-        return {k: v.to(weight.device) for k, v in tensors.items()}
+        # The comfy_quant metadata stays on the CPU: ComfyUI parses it with .numpy() (a state dict on the GPU
+        # would otherwise fail in ComfyUI's loader).
+        return {k: v if k == "comfy_quant" else v.to(weight.device) for k, v in tensors.items()}
 
 
 def _is_float_weight(weight: torch.Tensor | None) -> bool:
