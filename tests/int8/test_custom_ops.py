@@ -36,16 +36,6 @@ def test_triton_linear_fake_impls_give_output_shape_and_dtype(op):
     assert out.shape == (7, 33) and out.dtype == torch.bfloat16
 
 
-def test_gemm_dequant_fake_impl_gives_output_shape_and_requested_dtype():
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        xq = torch.empty(7, 64, dtype=torch.int8)
-        out = torch.ops.comfy_int8.int8_gemm_dequant_triton(xq, torch.empty(7, 1), torch.empty(33, 64, dtype=torch.int8),
-                                                            torch.empty(33, 1), None, torch.float16)
-    assert out.shape == (7, 33) and out.dtype == torch.float16
-
-
 def test_int_mm_op_matches_int_mm_padded_on_cpu():
     from comfy_int8_w8a8.int8.backends.torch_int_mm import int_mm_padded
 
