@@ -34,11 +34,12 @@ def _unique_graphs() -> int:
 
 
 def _prime_per_device_state(root: nn.Module) -> None:
-    """Resolve each INT8 layer's per-device backend before tracing.
+    """Resolve each INT8 layer's per-device backend and persistent buffers before tracing.
 
     ``Int8Linear`` picks its backend on its first forward and caches it in a dict; traced first, dynamo guards on
     that dict being empty and recompiles on the second step. Resolving it here (the weights are already on the
-    sampling device: the patcher loaded them before calling the model) lets the first trace see the steady state.
+    sampling device: the patcher loaded them before calling the model) lets the first trace see the steady state,
+    and allocates the kernels' persistent buffers outside any CUDA-graph memory pool.
     """
     for module in root.modules():
         backend_for = getattr(module, "backend_for", None)

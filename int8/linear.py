@@ -132,6 +132,7 @@ class Int8Linear(nn.Module):
             if self.config.prepack_int8_weights:
                 self._packed[device] = backend.prepack(self.weight)
         state = self._state[device] = (backend, self.int8_weights(device))
+        backend.prepare_device_state(state[1], self.config)
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -218,16 +218,27 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
                 return out
 
-            def _int8_linear(self, x: torch.Tensor, weight, bias, cache_pack: bool) -> torch.Tensor:  # noqa: ANN001
+            def backend_for(self, device: torch.device) -> Backend:
+                """The backend this layer runs on ``device``; for a resident int8 weight, its persistent per-device
+                buffers are allocated here too (the lazy compile calls this before tracing)."""
+                backend = plan.backend_for(device)
+                if self.is_int8 and self.weight.device == device:
+                    backend.prepare_device_state(self._int8_weights(self.weight, self.bias, device, None),
+                                                 plan.int8_config)
+                return backend
+
+            def _int8_weights(self, weight, bias, device: torch.device, packed: object) -> Int8Weights:  # noqa: ANN001
                 params = weight._params
-                qdata = weight._qdata
                 smooth = getattr(self, "input_smooth", None)
-                if smooth is not None and smooth.device != x.device:
-                    smooth = smooth.to(x.device)
+                if smooth is not None and smooth.device != device:
+                    smooth = smooth.to(device)
+                return Int8Weights(weight._qdata, params.scale, bias, params.convrot_groupsize if params.convrot else 0,
+                                   smooth, packed)
+
+            def _int8_linear(self, x: torch.Tensor, weight, bias, cache_pack: bool) -> torch.Tensor:  # noqa: ANN001
                 backend = plan.backend_for(x.device)
-                packed = self._packed_for(backend, qdata, x.device) if cache_pack else None
-                w = Int8Weights(qdata, params.scale, bias, params.convrot_groupsize if params.convrot else 0,
-                                smooth, packed)
+                packed = self._packed_for(backend, weight._qdata, x.device) if cache_pack else None
+                w = self._int8_weights(weight, bias, x.device, packed)
                 y = backend.linear(x.reshape(-1, self.in_features), w, plan.int8_config)
                 return y.reshape(*x.shape[:-1], self.out_features)
 

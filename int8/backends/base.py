@@ -84,6 +84,14 @@ class Backend:
         """Build at load the weight layout this backend reads fastest (default: none needed)."""
         return None
 
+    def prepare_device_state(self, w: Int8Weights, config: Int8Config) -> None:
+        """Allocate now the persistent per-device buffers this layer's calls will use (default: none).
+
+        Called when a layer's per-device state is built, which the lazy compile does eagerly before tracing: a
+        buffer first allocated inside a CUDA-graph warm-up would land in the graph's memory pool, which inductor
+        refuses ("tensor(s) in the cudagraph pool not tracked as outputs").
+        """
+
     def linear(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> torch.Tensor:
         """A 2-D call as ``config`` routes it: few rows take :meth:`weight_only_linear`, the rest :meth:`w8a8_linear`."""
         if config.uses_small_batch_path(x.shape[0], w.weight.numel()):

@@ -7,6 +7,7 @@ import importlib.util
 
 import torch
 
+from ..config import Int8Config
 from ..kernels import custom_ops
 from .base import Backend, Int8Weights, cuda_int8_unavailable_reason
 from .registry import register_backend
@@ -29,6 +30,11 @@ class TritonBackend(Backend):
         from ..kernels import triton_w8a8
 
         return triton_w8a8.prepack_weight(weight)
+
+    def prepare_device_state(self, w: Int8Weights, config: Int8Config) -> None:
+        from ..kernels import triton_w8a8
+
+        triton_w8a8.prepare_device_state(w, config)
 
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         return custom_ops.triton_w8a8(x, w)

@@ -26,7 +26,7 @@ import triton.language as tl
 
 from .fast_launch import CompiledLauncher
 
-__all__ = ["w8a16_linear", "w8a16_config"]
+__all__ = ["w8a16_linear", "w8a16_config", "reserve_workspace"]
 
 
 @triton.jit
@@ -136,6 +136,19 @@ class _Workspace:
 
 
 _workspace = _Workspace()
+
+
+def reserve_workspace(device: torch.device, n: int, k: int, max_rows: int) -> None:
+    """Grow the split-K workspace to what any call with 1..``max_rows`` rows on an ``[n, k]`` weight needs."""
+    sm_count = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    part, tiles = 0, 0
+    for m in range(1, max_rows + 1):
+        block_m, block_n, _, split, _, _ = w8a16_config(m, n, k, sm_count)
+        grid_tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+        if split > 1:
+            part, tiles = max(part, grid_tiles * split * block_m * block_n), max(tiles, grid_tiles)
+    if part:
+        _workspace.get(device, part, tiles)
 
 
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

@@ -10,12 +10,14 @@ from __future__ import annotations
 import torch
 
 from ..backends.base import Int8Weights, prepare_activation
+from ..config import Int8Config
+from ..hadamard import build_hadamard
 from ..quantize import dequantize
 from .triton_gemm import int8_gemm_dequant
 from .triton_quant import quantize_per_token_triton
-from .triton_w8a16 import w8a16_linear
+from .triton_w8a16 import reserve_workspace, w8a16_linear
 
-__all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight"]
+__all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
 
 
 def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -46,3 +48,17 @@ def prepack_weight(weight: torch.Tensor) -> object | None:
     """No prepacked layout: both kernels read the row-major ``[N, K]`` int8 weight directly (K-major tiles via
     TMA on Hopper); see docs/results/kernels_h100.md for the measurement behind this choice."""
     return None
+
+
+def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
+    """Fill the per-device caches the kernels read (see ``Backend.prepare_device_state``): the Hadamard matrices
+    of a rotated layer, and the split-K workspace for the largest small-batch call this layer can get."""
+    device = w.weight.device
+    if device.type != "cuda":
+        return
+    if w.hadamard_group:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            build_hadamard(64, device, dtype)  # the rotation kernel's, in the activation's dtype
+        build_hadamard(w.hadamard_group, device, torch.float32)  # rotate_activation's, small-batch path
+    if config.uses_small_batch_path(1, w.weight.numel()):
+        reserve_workspace(device, w.out_features, w.in_features, config.small_batch_rows)

@@ -131,3 +131,18 @@ def test_cached_call_state_follows_replaced_and_reloaded_buffers():
     q.weight = torch.zeros_like(q.weight)  # a new buffer object
     assert torch.equal(q(x), q.bias.expand(20, 32))
     assert not torch.equal(first, q(x))
+
+
+def test_per_device_state_build_prepares_backend_buffers_once_per_state(monkeypatch):
+    from comfy_int8_w8a8.int8.backends.reference import ReferenceBackend
+
+    prepared = []
+    monkeypatch.setattr(ReferenceBackend, "prepare_device_state", lambda self, w, config: prepared.append(w.weight))
+    q = Int8Linear.from_linear(_linear(64, 32), Int8Config(runtime_backend="reference"))
+    q.backend_for(torch.device("cpu"))  # what the lazy compile calls before tracing
+    q(torch.randn(3, 64))
+    q(torch.randn(40, 64))
+    assert len(prepared) == 1 and prepared[0] is q.weight
+    q.weight = q.weight.clone()  # a new buffer: new state, prepared again
+    q(torch.randn(3, 64))
+    assert len(prepared) == 2 and prepared[1] is q.weight

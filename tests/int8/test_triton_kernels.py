@@ -285,3 +285,21 @@ def test_one_pass_rotation_kernel_matches_rotate_activation(m, k, group):
     rot_err = 2 * group * torch.finfo(torch.float32).eps * group_abs.amax(-1, keepdim=True)
     assert ((s - s_ref).abs() <= rot_err / 127 + s_ref * torch.finfo(dtype).eps).all()
     assert (q.int() - q_ref.int()).abs().max() <= 1
+
+
+def test_reserved_workspace_covers_every_small_batch_call_without_growing():
+    # A workspace grown during a CUDA-graph warm-up would be allocated in the graph's pool: preparing the layer's
+    # state must reserve enough for every row count the small-batch path takes.
+    from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
+    from comfy_int8_w8a8.int8.kernels import triton_w8a16
+
+    triton_w8a16._workspace._bufs.clear()
+    lin = torch.nn.Linear(3072, 18432).cuda()
+    config = Int8Config(runtime_backend="triton", small_batch_fallback="always")
+    layer = Int8Linear.from_linear(lin, config)
+    layer.backend_for(torch.device("cuda", torch.cuda.current_device()))
+    reserved = triton_w8a16._workspace._bufs[torch.cuda.current_device()]
+    for m in range(1, config.small_batch_rows + 1):
+        layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16))
+        now = triton_w8a16._workspace._bufs[torch.cuda.current_device()]
+        assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m} rows"
