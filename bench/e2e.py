@@ -44,17 +44,14 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "ours": ("ours", "eager"),
     "ours+node_compile": ("ours", "node"),
     "ours+node_compile_reduce_overhead": ("ours", "node_ro"),
-    "ours+node_compile_whole_reduce_overhead": ("ours", "node_whole_ro"),
     "ours_hadamard+node_compile": ("ours_hadamard", "node"),
     "loader_ops+node_compile": ("loader_ops", "node"),
     "loader_ops+node_compile_reduce_overhead": ("loader_ops", "node_ro"),
-    "loader_ops+node_compile_whole_reduce_overhead": ("loader_ops", "node_whole_ro"),
 }
 QUICK_VARIANTS = ("bf16", "ours", "ours+node_compile")
 PROFILED = ("bf16", "bf16+stock_compile", "comfy_int8+stock_compile", "ours+node_compile",
             "bf16+node_compile_reduce_overhead", "ours+node_compile_reduce_overhead", "loader_ops+node_compile",
-            "loader_ops+node_compile_reduce_overhead", "ours+node_compile_whole_reduce_overhead",
-            "loader_ops+node_compile_whole_reduce_overhead")
+            "loader_ops+node_compile_reduce_overhead")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,8 +124,6 @@ def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable |
         return _node_wrapper(args)
     if how == "node_ro":  # the node with mode reduce-overhead: CUDA graphs remove the per-kernel launch cost
         return _node_wrapper(args, "reduce-overhead")
-    if how == "node_whole_ro":  # the whole diffusion model as CUDA graphs: the code between blocks too
-        return _node_wrapper(args, "reduce-overhead", blocks_only=False)
     return None
 
 
