@@ -32,8 +32,10 @@ class INT8LazyTorchCompile:
                               "Require each compiled module to be one graph; a graph break then fails the compile "
                               "(and sampling falls back to uncompiled)."}),
                 "mode": (list(MODES), {"default": "default", "tooltip":
-                         "inductor mode. max-autotune tunes GEMM tiles (slow first run); reduce-overhead adds CUDA "
-                         "graphs (more VRAM)."}),
+                         "inductor mode. reduce-overhead records CUDA graphs: the fastest choice for INT8 models "
+                         "(int8 layers are many short kernels; on an H100 Flux step 115 ms vs 175 ms with default), "
+                         "needs the whole model on the GPU (falls back without graphs on lowvram). max-autotune "
+                         "tunes GEMM tiles (slow first run)."}),
                 "dynamic": (["auto", "true", "false"], {"default": "true", "tooltip":
                             "Shape handling: true compiles shape-generic graphs (no recompiles when the resolution "
                             "changes), false specialises to each shape, auto lets torch decide after a change."}),
