@@ -49,11 +49,9 @@ def build_hadamard(size: int, device: torch.device | str = "cpu", dtype: torch.d
 
     Cached per (size, device, dtype): a host-to-device copy on every call is a synchronous transfer that stalls
     the CPU until the GPU queue drains (the small-batch path rotates in torch, once per modulation layer).
+    Traced code reads the cache too, so dynamo guards on the entry: ``Backend.prepare_device_state`` fills it
+    before the lazy compile traces, or the first step's graph would recompile once the entry appears.
     """
-    if torch.compiler.is_compiling():
-        # Traced code builds it as a graph constant: reading the cache dict would make dynamo guard on its
-        # contents and recompile once the first eager call has filled it.
-        return _hadamard_cpu.__wrapped__(size).to(device=device, dtype=dtype)
     key = (size, str(torch.device(device)), dtype)
     h = _ON_DEVICE.get(key)
     if h is None:

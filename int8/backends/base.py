@@ -89,8 +89,13 @@ class Backend:
 
         Called when a layer's per-device state is built, which the lazy compile does eagerly before tracing: a
         buffer first allocated inside a CUDA-graph warm-up would land in the graph's memory pool, which inductor
-        refuses ("tensor(s) in the cudagraph pool not tracked as outputs").
+        refuses ("tensor(s) in the cudagraph pool not tracked as outputs"). The base backend fills the Hadamard
+        matrix :func:`prepare_activation` rotates with (fp32 math for 16-bit and fp32 inputs).
         """
+        if w.hadamard_group:
+            from ..hadamard import build_hadamard
+
+            build_hadamard(w.hadamard_group, w.weight.device, torch.float32)
 
     def linear(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> torch.Tensor:
         """A 2-D call as ``config`` routes it: few rows take :meth:`weight_only_linear`, the rest :meth:`w8a8_linear`."""

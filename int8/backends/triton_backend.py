@@ -34,6 +34,8 @@ class TritonBackend(Backend):
     def prepare_device_state(self, w: Int8Weights, config: Int8Config) -> None:
         from ..kernels import triton_w8a8
 
+        super().prepare_device_state(w, config)
+
         triton_w8a8.prepare_device_state(w, config)
 
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:

@@ -56,9 +56,8 @@ def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
     device = w.weight.device
     if device.type != "cuda":
         return
-    if w.hadamard_group:
+    if w.hadamard_group:  # (the base backend fills rotate_activation's matrix for the small-batch path)
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             build_hadamard(64, device, dtype)  # the rotation kernel's, in the activation's dtype
-        build_hadamard(w.hadamard_group, device, torch.float32)  # rotate_activation's, small-batch path
     if config.uses_small_batch_path(1, w.weight.numel()):
         reserve_workspace(device, w.out_features, w.in_features, config.small_batch_rows)

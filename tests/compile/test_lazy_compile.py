@@ -179,3 +179,25 @@ def test_new_weight_patch_state_rebuilds_and_same_state_does_not(tiny):
     owner.diffusion_model.blocks[0] = tiny.Block()  # an object patch replaced a block
     tiny.call_through(compiler, owner, *_inputs(3))
     assert compiler.builds == 3
+
+
+def test_hadamard_layers_compile_without_recompiling_on_the_second_step(tiny):
+    # The rotation reads a per-device cache of Hadamard matrices; filled while priming (before tracing), so the
+    # first graph already sees it and the second step does not recompile.
+    from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
+    from comfy_int8_w8a8.int8.hadamard import _ON_DEVICE
+
+    _ON_DEVICE.clear()
+    model = tiny.TinyDiT(depth=1, quantize=False)
+    cfg = Int8Config(runtime_backend="torch_int_mm", small_batch_fallback="never")
+    block = model.blocks[0]
+    block.up = Int8Linear.from_linear(block.up, cfg, name="up", hadamard_group=64)
+    block.down = Int8Linear.from_linear(block.down, cfg, name="down", hadamard_group=64)
+    _ON_DEVICE.clear()  # as after a restart: nothing cached before the first sampling call
+    owner = tiny.Owner(model)
+    compiler = LazyCompiler(CompileSettings(backend="eager", blocks_only=True))
+    tiny.call_through(compiler, owner, *_inputs(0))
+    first = _graphs()
+    for step in (1, 2):
+        tiny.call_through(compiler, owner, *_inputs(step))
+    assert first >= 1 and _graphs() == first
