@@ -37,6 +37,7 @@ log = logging.getLogger("comfy_int8_w8a8")
 VARIANTS: dict[str, tuple[str, str]] = {
     "bf16": ("bf16", "eager"),
     "bf16+stock_compile": ("bf16", "stock"),
+    "bf16+stock_compile_whole": ("bf16", "stock_whole"),
     "bf16+node_compile_reduce_overhead": ("bf16", "node_ro"),
     "fp8_e4m3fn_fast": ("fp8", "eager"),
     "comfy_int8": ("comfy_int8", "eager"),
@@ -49,6 +50,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "loader_ops+node_compile_reduce_overhead": ("loader_ops", "node_ro"),
 }
 QUICK_VARIANTS = ("bf16", "ours", "ours+node_compile")
+SLOW_VARIANTS = ("bf16+stock_compile_whole",)  # minutes of compiling: only when named in --variants
 PROFILED = ("bf16", "bf16+stock_compile", "comfy_int8+stock_compile", "ours+node_compile",
             "bf16+node_compile_reduce_overhead", "ours+node_compile_reduce_overhead", "loader_ops+node_compile",
             "loader_ops+node_compile_reduce_overhead")
@@ -59,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and a .png chart are written beside it)")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps for the fidelity comparison")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per variant (median reported)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="subset to run (default: all)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="subset to run (default: all but the slow whole-model stock compile)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend for the compiled variants")
     parser.add_argument("--dynamic", default="true", choices=["auto", "true", "false"],
                         help="the node's dynamic input for ours+node (the node's default is true)")
@@ -93,9 +95,10 @@ class Executor:
         return self.class_obj.apply_model(*args, **kwargs)
 
 
-def _stock_wrapper(owner: Owner, backend: str) -> Callable:
-    """TorchCompileModel's mechanism, per block: ``torch.compile`` each block with the stock guard filter and let
-    ComfyUI's ``apply_torch_compile_factory`` swap them in around each call."""
+def _stock_wrapper(owner: Owner, backend: str, whole: bool = False) -> Callable:
+    """TorchCompileModel's mechanism: ``torch.compile`` each block (or, as the stock node does by default, the whole
+    diffusion model) with the stock guard filter and let ComfyUI's ``apply_torch_compile_factory`` swap them in
+    around each call."""
     from comfy_api.torch_helpers.torch_compile import apply_torch_compile_factory
 
     from ..compile.blocks import find_blocks, get_submodule
@@ -103,7 +106,7 @@ def _stock_wrapper(owner: Owner, backend: str) -> Callable:
     def skip_torch_compile_dict(guard_entries):  # noqa: ANN001, ANN202 - comfy_extras/nodes_torch_compile.py
         return [("transformer_options" not in entry.name) for entry in guard_entries]
 
-    keys = find_blocks(owner.diffusion_model, "diffusion_model.")
+    keys = ["diffusion_model"] if whole else find_blocks(owner.diffusion_model, "diffusion_model.")
     compiled = {k: torch.compile(get_submodule(owner, k), backend=backend,
                                  options={"guard_filter_fn": skip_torch_compile_dict}) for k in keys}
     return apply_torch_compile_factory(compiled)
@@ -118,8 +121,8 @@ def _node_wrapper(args: argparse.Namespace, mode: str = "default", blocks_only: 
 
 
 def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable | None:
-    if how == "stock":
-        return _stock_wrapper(owner, args.backend)
+    if how in ("stock", "stock_whole"):
+        return _stock_wrapper(owner, args.backend, whole=how == "stock_whole")
     if how == "node":
         return _node_wrapper(args)
     if how == "node_ro":  # the node with mode reduce-overhead: CUDA graphs remove the per-kernel launch cost
@@ -312,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = models.TINY_FLUX if args.tiny else models.FLUX_DEV
     size, txt = (128, 16) if args.tiny else (1024, 512)
-    names = list(args.variants or (QUICK_VARIANTS if args.quick else VARIANTS))
+    names = list(args.variants or (QUICK_VARIANTS if args.quick else [v for v in VARIANTS if v not in SLOW_VARIANTS]))
     if args.quick:
         args.steps, args.repeats = min(args.steps, 2), min(args.repeats, 3)
     results = {"environment": _environment(device), "model": "tiny Flux" if args.tiny else "Flux-dev-sized (Flux)",
