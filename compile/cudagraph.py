@@ -8,7 +8,8 @@ functionalization the copy fuses into the first op that reads it (``img + y`` re
 costs no extra kernel where the input was mutated, and at most one copy where an extern kernel reads it.
 
 Without graphs the step of a W8A8 model is bound by the CPU: ~500 kernel launches of a few microseconds of GPU
-each (measured on an H100: 104.5 ms of GPU kernels in a 124-137 ms step, docs/results/e2e_h100.md).
+each (measured on an H100, Flux-dev-sized: 104.5 ms of GPU kernels in a 124-137 ms step, docs/results/e2e_h100.md;
+with graphs through this module 106 ms of kernels in a 110.6-112.8 ms step, docs/results/e2e_h100_s2*.json).
 """
 
 from __future__ import annotations

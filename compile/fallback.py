@@ -95,9 +95,10 @@ class CompiledWithFallback(nn.Module):
         try:
             return self.compiled(*args, **kwargs)
         except compile_error_types() as exc:
-            # A compile error is raised before the failing graph runs; DiT blocks do not mutate their inputs,
-            # so running the eager module from the start gives the result the compiled one would have. If the
-            # eager module raises too, the model itself is at fault: that error propagates and compiling stays on.
+            # A compile error is raised before the failing graph runs, so the inputs are still as the caller
+            # passed them (even for blocks that add into their inputs in place): running the eager module from the
+            # start gives the result the compiled one would have. If the eager module raises too, the model itself
+            # is at fault: that error propagates and compiling stays on.
             result = self.eager(*args, **kwargs)
             self.state.record_failure(self.path, exc)
             return result
