@@ -16,10 +16,11 @@ from comfy_int8_w8a8.nodes.lora import bake_error_bound, requantize_per_channel
 
 def _plan(**kw: object) -> Int8LoadPlan:
     calls = []
+    kw.setdefault("quantize",
+                  lambda layer, w, b: quantize_linear_weight(layer, w, b, QuantizeConfig(outlier_method="none")))
     plan = Int8LoadPlan(
         file="/m/tiny.safetensors", int8_config=Int8Config(), on_the_fly=True,
         decide=lambda layer, w: None if "blocks" in layer else "outside blocks",
-        quantize=lambda layer, w, b: quantize_linear_weight(layer, w, b, QuantizeConfig(outlier_method="none")),
         on_layer_quantized=lambda: calls.append(1), **kw)
     plan.progress_calls = calls
     return plan
@@ -34,6 +35,17 @@ def test_plan_quantize_layer_returns_native_int8_tensors_and_feeds_progress() ->
     assert torch.equal(tensors["weight"], q) and torch.equal(tensors["weight_scale"], s)
     assert "comfy_quant" in tensors and torch.equal(tensors["bias"], b)
     assert plan.progress_calls == [1]
+
+
+def test_plan_quantize_layer_keeps_comfy_quant_metadata_on_the_cpu() -> None:
+    # A state dict on another device (the GPU in the e2e benchmark; "meta" here): the int8 tensors follow the
+    # weight, the metadata stays on the CPU because ComfyUI's loader parses it with .numpy().
+    cpu_result = {"weight": torch.zeros(4, 8, dtype=torch.int8), "weight_scale": torch.ones(4, 1),
+                  "comfy_quant": torch.tensor([123, 125], dtype=torch.uint8)}
+    plan = _plan(quantize=lambda layer, w, b: dict(cpu_result))
+    tensors = plan.quantize_layer("blocks.0.qkv", torch.empty(4, 8, device="meta"), None)
+    assert tensors["comfy_quant"].device.type == "cpu"
+    assert tensors["weight"].device.type == "meta" and tensors["weight_scale"].device.type == "meta"
 
 
 def test_plan_quantize_layer_failure_names_layer_file_and_setting() -> None:
