@@ -61,7 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "and a .png chart are written beside it)")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps for the fidelity comparison")
     parser.add_argument("--repeats", type=int, default=5, help="timed forwards per variant (median reported)")
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="subset to run (default: all but the slow whole-model stock compile)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="subset to run (default: all but the slow whole-model stock compile)")
     parser.add_argument("--backend", default="inductor", help="torch.compile backend for the compiled variants")
     parser.add_argument("--dynamic", default="true", choices=["auto", "true", "false"],
                         help="the node's dynamic input for ours+node (the node's default is true)")
@@ -112,12 +113,12 @@ def _stock_wrapper(owner: Owner, backend: str, whole: bool = False) -> Callable:
     return apply_torch_compile_factory(compiled)
 
 
-def _node_wrapper(args: argparse.Namespace, mode: str = "default", blocks_only: bool = True) -> Callable:
-    """The node's defaults (guard filter on, dynamic from --dynamic, cache 640), blocks-only unless told."""
+def _node_wrapper(args: argparse.Namespace, mode: str = "default") -> Callable:
+    """The node's defaults (guard filter on, dynamic from --dynamic, cache 640) with blocks-only on."""
     from ..compile import CompileSettings, LazyCompiler, parse_dynamic
 
     return LazyCompiler(CompileSettings(backend=args.backend, mode=mode, dynamic=parse_dynamic(args.dynamic),
-                                        blocks_only=blocks_only))
+                                        blocks_only=True))
 
 
 def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable | None:
@@ -315,7 +316,8 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = models.TINY_FLUX if args.tiny else models.FLUX_DEV
     size, txt = (128, 16) if args.tiny else (1024, 512)
-    names = list(args.variants or (QUICK_VARIANTS if args.quick else [v for v in VARIANTS if v not in SLOW_VARIANTS]))
+    default_names = QUICK_VARIANTS if args.quick else [v for v in VARIANTS if v not in SLOW_VARIANTS]
+    names = list(args.variants or default_names)
     if args.quick:
         args.steps, args.repeats = min(args.steps, 2), min(args.repeats, 3)
     results = {"environment": _environment(device), "model": "tiny Flux" if args.tiny else "Flux-dev-sized (Flux)",

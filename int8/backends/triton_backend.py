@@ -35,7 +35,6 @@ class TritonBackend(Backend):
         from ..kernels import triton_w8a8
 
         super().prepare_device_state(w, config)
-
         triton_w8a8.prepare_device_state(w, config)
 
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:

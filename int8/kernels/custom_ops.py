@@ -6,7 +6,8 @@ launchers directly unless TorchDynamo is tracing. Importing this module never im
 
 The activation quantization stays inside the op rather than traced as torch ops for inductor to fuse into the
 producer: measured on an H100 (Flux-dev-sized, compiled), inductor splits it into an amax reduction and a second
-pass that recomputes the producer, and the step's GPU kernel time was 110.2 ms against 107.1 ms with the fused op (two runs, one each way).
+pass that recomputes the producer, and the step's GPU kernel time was 110.2 ms against 107.1 ms with the fused
+op (two runs, one each way).
 """
 
 from __future__ import annotations
