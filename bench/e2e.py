@@ -45,12 +45,16 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "ours": ("ours", "eager"),
     "ours+node_compile": ("ours", "node"),
     "ours+node_compile_reduce_overhead": ("ours", "node_ro"),
+    "ours+node_compile_reduce_overhead_blocks_only": ("ours", "node_ro_blocks"),
+    "ours+node_compile_blocks_only": ("ours", "node_blocks"),
     "ours_hadamard+node_compile": ("ours_hadamard", "node"),
     "loader_ops+node_compile": ("loader_ops", "node"),
     "loader_ops+node_compile_reduce_overhead": ("loader_ops", "node_ro"),
 }
 QUICK_VARIANTS = ("bf16", "ours", "ours+node_compile")
-SLOW_VARIANTS = ("bf16+stock_compile_whole",)  # minutes of compiling: only when named in --variants
+# only when named in --variants: minutes of compiling, or A/B checks of the node's choices
+SLOW_VARIANTS = ("bf16+stock_compile_whole", "ours+node_compile_reduce_overhead_blocks_only",
+                 "ours+node_compile_blocks_only")
 PROFILED = ("bf16", "bf16+stock_compile", "comfy_int8+stock_compile", "ours+node_compile",
             "bf16+node_compile_reduce_overhead", "ours+node_compile_reduce_overhead", "loader_ops+node_compile",
             "loader_ops+node_compile_reduce_overhead")
@@ -113,12 +117,13 @@ def _stock_wrapper(owner: Owner, backend: str, whole: bool = False) -> Callable:
     return apply_torch_compile_factory(compiled)
 
 
-def _node_wrapper(args: argparse.Namespace, mode: str = "default") -> Callable:
-    """The node's defaults (guard filter on, dynamic from --dynamic, cache 640) with blocks-only on."""
+def _node_wrapper(args: argparse.Namespace, mode: str = "default", glue: bool = True) -> Callable:
+    """The node's defaults (guard filter on, dynamic from --dynamic, cache 640) with blocks-only on; ``glue`` False
+    leaves the modules around the blocks uncompiled (the node compiles them)."""
     from ..compile import CompileSettings, LazyCompiler, parse_dynamic
 
     return LazyCompiler(CompileSettings(backend=args.backend, mode=mode, dynamic=parse_dynamic(args.dynamic),
-                                        blocks_only=True))
+                                        blocks_only=True), compile_glue=glue)
 
 
 def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable | None:
@@ -128,6 +133,10 @@ def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable |
         return _node_wrapper(args)
     if how == "node_ro":  # the node with mode reduce-overhead: CUDA graphs remove the per-kernel launch cost
         return _node_wrapper(args, "reduce-overhead")
+    if how == "node_ro_blocks":  # A/B: reduce-overhead compiling the blocks alone (the embedders run eagerly)
+        return _node_wrapper(args, "reduce-overhead", glue=False)
+    if how == "node_blocks":  # A/B: default mode compiling the blocks alone
+        return _node_wrapper(args, glue=False)
     return None
 
 

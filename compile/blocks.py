@@ -7,7 +7,7 @@ import logging
 
 import torch.nn as nn
 
-__all__ = ["block_list_names", "find_blocks", "get_submodule", "set_submodule"]
+__all__ = ["block_list_names", "find_blocks", "find_glue_modules", "get_submodule", "set_submodule"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
@@ -46,6 +46,16 @@ def find_blocks(model: nn.Module, prefix: str = "", names: tuple[str, ...] | Non
         if isinstance(container, (nn.ModuleList, nn.Sequential)):
             found.extend(f"{prefix}{attr}.{index}" for index in range(len(container)))
     return found
+
+
+def find_glue_modules(model: nn.Module, prefix: str = "", names: tuple[str, ...] | None = None) -> list[str]:
+    """Dotted paths of ``model``'s direct children outside its block lists: the embedders, the positional-encoding
+    module and the final layer that run before and after the blocks (``img_in``, ``time_in``, ``pe_embedder``,
+    ``final_layer`` in Flux). Containers (``ModuleList``/``ModuleDict``) are skipped: they are never called.
+    """
+    lists = set(names if names is not None else block_list_names())
+    return [f"{prefix}{name}" for name, child in model.named_children()
+            if name not in lists and not isinstance(child, (nn.ModuleList, nn.ModuleDict))]
 
 
 def get_submodule(root: nn.Module, path: str) -> nn.Module:

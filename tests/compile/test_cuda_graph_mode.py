@@ -118,7 +118,7 @@ def test_reduce_overhead_copies_block_inputs_unless_lowvram(tiny, monkeypatch, c
         for _ in range(2):
             out = tiny.call_through(compiler, owner, x, t)
     assert torch.allclose(out, owner.apply_model(x, t))
-    assert len(recorder.calls) == 2 and compiler.builds == 1  # one per block, built once
+    assert len(recorder.calls) == 5 and compiler.builds == 1  # two blocks, three modules around them, built once
     warned = [r for r in caplog.records if "only partly loaded on the GPU (lowvram)" in r.getMessage()]
     for module, kwargs in recorder.calls:
         graphs_on = kwargs.get("options", {}).get("triton.cudagraphs", False)
@@ -127,6 +127,17 @@ def test_reduce_overhead_copies_block_inputs_unless_lowvram(tiny, monkeypatch, c
     assert len(warned) == (1 if lowvram else 0)
     # With graphs, each model call is one CUDA-graph generation (blocks' outputs stay valid through the call).
     assert len(marks) == (0 if lowvram else 2)
+
+
+def test_modules_around_the_blocks_copy_their_outputs_under_cuda_graphs(tiny, monkeypatch):
+    # The final layer's output is the model's (the sampler keeps it across calls); an embedder's output may be kept
+    # by model code too. Blocks' outputs are consumed within the call and stay in the graph pool.
+    monkeypatch.setattr(torch, "compile", CompileRecorder())
+    owner = tiny.Owner(tiny.TinyDiT(depth=1))
+    compiler = LazyCompiler(CompileSettings(mode="reduce-overhead", blocks_only=True))
+    tiny.call_through(compiler, owner, torch.randn(1, 24, 8), torch.tensor([1.0]))
+    copied = {path for path, standin in compiler._standins.items() if isinstance(standin.compiled, OutputCopying)}
+    assert copied == {"diffusion_model.final_layer", "diffusion_model.img_in", "diffusion_model.time_in"}
 
 
 def test_whole_model_under_cuda_graphs_copies_its_output(tiny, monkeypatch):

@@ -24,9 +24,11 @@ class RecordingBackend:
 
     def __init__(self) -> None:
         self.graphs: list[list[str]] = []
+        self.input_ptrs: set[int] = set()  # storage addresses of the tensors the graphs took as inputs
 
     def __call__(self, gm, example_inputs):  # noqa: ANN001, ANN204
         self.graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "placeholder"])
+        self.input_ptrs.update(t.data_ptr() for t in example_inputs if isinstance(t, torch.Tensor))
         return gm.forward
 
 
@@ -94,14 +96,28 @@ def test_lazy_compile_model_is_restored_after_each_call(inductor_run):
     assert all(type(b).__name__ == "Block" for b in owner.diffusion_model.blocks)
 
 
-def test_blocks_only_compiles_each_block_and_nothing_else(tiny):
+def test_blocks_only_compiles_each_block_and_the_modules_around_them(tiny):
     owner = tiny.Owner(tiny.TinyDiT(depth=2))
     backend = RecordingBackend()
     compiler = LazyCompiler(CompileSettings(backend=backend, blocks_only=True))
     out = tiny.call_through(compiler, owner, *_inputs(0))
+    assert compiler.compiled_paths == ["diffusion_model.blocks.0", "diffusion_model.blocks.1",
+                                       "diffusion_model.final_layer", "diffusion_model.img_in",
+                                       "diffusion_model.time_in"]
+    model = owner.diffusion_model  # the embedders' and the final layer's weights went into compiled graphs
+    assert {model.img_in.weight.data_ptr(), model.final_layer.weight.data_ptr()} <= backend.input_ptrs
+    assert torch.equal(out, owner.apply_model(*_inputs(0)))
+
+
+def test_blocks_only_without_glue_compiles_each_block_and_nothing_else(tiny):
+    owner = tiny.Owner(tiny.TinyDiT(depth=2))
+    backend = RecordingBackend()
+    compiler = LazyCompiler(CompileSettings(backend=backend, blocks_only=True), compile_glue=False)
+    out = tiny.call_through(compiler, owner, *_inputs(0))
     assert compiler.compiled_paths == ["diffusion_model.blocks.0", "diffusion_model.blocks.1"]
     inputs = [name for graph in backend.graphs for name in graph]
     assert backend.graphs and all("img_in" not in n and "final_layer" not in n for n in inputs)
+    assert owner.diffusion_model.img_in.weight.data_ptr() not in backend.input_ptrs
     assert any("up" in n for n in inputs)
     assert torch.equal(out, owner.apply_model(*_inputs(0)))
 
@@ -150,7 +166,7 @@ def test_forced_compile_failure_warns_once_and_returns_eager_result(tiny, caplog
         outs = [tiny.call_through(compiler, owner, *_inputs(step)) for step in range(3)]
     warnings = [r.getMessage() for r in caplog.records if FAILED_MESSAGE in r.getMessage()]
     assert len(warnings) == 1
-    assert "deliberate backend failure" in warnings[0] and "diffusion_model.blocks.0" in warnings[0]
+    assert "deliberate backend failure" in warnings[0] and "diffusion_model.img_in" in warnings[0]  # the first compiled module to run
     assert FailingBackend.calls == 1  # after the failure nothing tries to compile again
     for step, out in enumerate(outs):
         assert torch.equal(out, owner.apply_model(*_inputs(step)))
