@@ -19,8 +19,9 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CompiledLauncher
+from .workspace import SplitKWorkspace
 
-__all__ = ["int8_gemm_dequant", "m_bucket", "hopper_tma_ok"]
+__all__ = ["TMA_CONFIGS", "int8_gemm_dequant", "m_bucket", "hopper_tma_ok", "reserve_tail_workspace"]
 
 
 def m_bucket(m: int) -> int:
@@ -128,22 +129,25 @@ def _set_block_shapes(nargs: dict) -> None:
 
 
 def _tma_cfg(bm: int, bn: int, bk: int, warps: int, stages: int, subtile: bool = True, tma_store: bool = True,
-             persistent: bool = True, group_m: int = 8) -> triton.Config:
+             persistent: bool = True, split_tail: bool = True, group_m: int = 8) -> triton.Config:
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m, "EPILOGUE_SUBTILE": subtile,
-                          "USE_TMA_STORE": tma_store, "PERSISTENT": persistent, "FLATTEN": False,
-                          "WARP_SPECIALIZE": False},
+                          "USE_TMA_STORE": tma_store, "PERSISTENT": persistent,
+                          "SPLIT_TAIL": split_tail and persistent},
                          num_warps=warps, num_stages=stages, pre_hook=_set_block_shapes)
 
 
 # The fastest variants of an H100 sweep (docs/results/kernels_h100.md): at Flux/Wan shapes a 128x256 tile with
 # 4 stages and a TMA store, 256x128 (persistent or one tile per program), or 128x256 with 3 stages and pointer
 # stores won; flattened loops, automatic warp specialization, BLOCK_K 64/256 and 128x128 tiles were slower, and
-# 2-CTA clusters failed to compile (Triton 3.6).
-_TMA_CONFIGS = [
-    _tma_cfg(128, 256, 128, 8, 4), _tma_cfg(256, 128, 128, 8, 3), _tma_cfg(256, 128, 128, 8, 3, persistent=False),
-    _tma_cfg(128, 256, 128, 8, 3, tma_store=False), _tma_cfg(128, 256, 128, 8, 3, subtile=False, tma_store=False),
+# 2-CTA clusters failed to compile (Triton 3.6). Persistent configs split the last partial wave's K (SPLIT_TAIL).
+TMA_CONFIGS = [
+    _tma_cfg(128, 256, 128, 8, 4), _tma_cfg(128, 256, 128, 8, 4, split_tail=False), _tma_cfg(256, 128, 128, 8, 3),
+    _tma_cfg(256, 128, 128, 8, 3, persistent=False), _tma_cfg(128, 256, 128, 8, 3, tma_store=False),
+    _tma_cfg(128, 256, 128, 8, 3, subtile=False, tma_store=False),
     _tma_cfg(64, 128, 128, 4, 4, subtile=False), _tma_cfg(64, 64, 128, 4, 5, subtile=False),
 ]
+MAX_TAIL_SPLITS = tl.constexpr(4)  # a split tile costs a partial write and a reduce; past 4 ways that outweighs it
+MIN_SPLIT_K_TILES = tl.constexpr(4)  # K tiles per split, so the software pipeline still fills
 
 
 @triton.jit
@@ -166,66 +170,153 @@ def _store_c(c_desc, c_ptr, y, xs_ptr, ws_ptr, bias_ptr, off_m, off_n, M, N, str
         tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-@triton.autotune(configs=_TMA_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m})
+@triton.jit
+def _tile_acc(a_desc, b_desc, off_m, off_n, kt_lo, kt_hi, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              BLOCK_K: tl.constexpr):
+    """int32 ``A[off_m:, K tiles kt_lo..kt_hi] @ B[off_n:, same]^T`` (TMA zero-fills rows/columns past the edges)."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for kt in range(kt_lo, kt_hi):
+        a = a_desc.load([off_m, kt * BLOCK_K])
+        b = b_desc.load([off_n, kt * BLOCK_K])
+        acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
+    return acc
+
+
+@triton.jit
+def _finish_tile(acc, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, off_m, off_n, M, N, stride_cm, HAS_BIAS: tl.constexpr,
+                 TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 EPILOGUE_SUBTILE: tl.constexpr):
+    if EPILOGUE_SUBTILE:
+        # Two half-width stores: half the epilogue's live fp32 registers, so they don't spill at 128x256.
+        acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
+        _store_c(c_desc, c_ptr, acc0, xs_ptr, ws_ptr, bias_ptr, off_m, off_n, M, N, stride_cm, HAS_BIAS, TMA_STORE,
+                 BLOCK_M, BLOCK_N // 2)
+        _store_c(c_desc, c_ptr, acc1, xs_ptr, ws_ptr, bias_ptr, off_m, off_n + BLOCK_N // 2, M, N, stride_cm,
+                 HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N // 2)
+    else:
+        _store_c(c_desc, c_ptr, acc, xs_ptr, ws_ptr, bias_ptr, off_m, off_n, M, N, stride_cm, HAS_BIAS, TMA_STORE,
+                 BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _reduce_and_finish(part_tile, splits, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, off_m, off_n, M, N, stride_cm,
+                       HAS_BIAS: tl.constexpr, TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                       EPILOGUE_SUBTILE: tl.constexpr):
+    """Sum a split tile's partials (slot order: exact int32, deterministic) and run the epilogue, half a tile at a
+    time when the epilogue is subtiled (a whole 128x256 int32 tile plus the next partial would not fit in
+    registers)."""
+    PIECES: tl.constexpr = 2 if EPILOGUE_SUBTILE else 1
+    WIDTH: tl.constexpr = BLOCK_N // PIECES
+    tile_elems: tl.constexpr = BLOCK_M * BLOCK_N
+    for piece in tl.static_range(PIECES):
+        offs = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + (piece * WIDTH + tl.arange(0, WIDTH))[None, :]
+        total = tl.load(part_tile + offs, cache_modifier=".cg")
+        for s in range(1, splits):
+            total += tl.load(part_tile + s * tile_elems + offs, cache_modifier=".cg")
+        _store_c(c_desc, c_ptr, total, xs_ptr, ws_ptr, bias_ptr, off_m, off_n + piece * WIDTH, M, N, stride_cm,
+                 HAS_BIAS, TMA_STORE, BLOCK_M, WIDTH)
+
+
+@triton.autotune(configs=TMA_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m})
 @triton.jit
 def _int8_gemm_tma_kernel(
-    a_desc, b_desc, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, M, N, K, stride_cm, M_BUCKET,
+    a_desc, b_desc, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_cm, M_BUCKET,
     HAS_BIAS: tl.constexpr, CAN_TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, EPILOGUE_SUBTILE: tl.constexpr,
-    USE_TMA_STORE: tl.constexpr, PERSISTENT: tl.constexpr, FLATTEN: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
+    USE_TMA_STORE: tl.constexpr, PERSISTENT: tl.constexpr, SPLIT_TAIL: tl.constexpr,
 ):
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
     num_tiles = num_pid_m * num_pid_n
     TMA_STORE: tl.constexpr = CAN_TMA_STORE and USE_TMA_STORE
+    pid = tl.program_id(0)
     # Persistent: NUM_SMS programs stride over the tiles; otherwise one program per tile (the loop runs once).
     if PERSISTENT:
         step = NUM_SMS
     else:
         step = num_tiles
-    # The epilogue recomputes its tile from its own counter, so a flattened loop need not carry pid_m/pid_n.
-    tile_id_c = tl.program_id(0) - step
-    for tile_id in tl.range(tl.program_id(0), num_tiles, step, flatten=FLATTEN, warp_specialize=WARP_SPECIALIZE):
+    # Split tail (stream-K's idea, simplified): when the tiles leave a last wave only partly filled (432 tiles on
+    # 132 SMs: a fourth wave at 27%), the whole waves run as usual and each leftover tile's K loop is split over
+    # ``splits`` programs, so the last wave takes ~1/splits of a tile's time instead of a whole one.
+    dp_tiles = num_tiles
+    splits = 1
+    if SPLIT_TAIL:
+        rem = num_tiles % NUM_SMS
+        if rem > 0:
+            splits = tl.minimum(tl.minimum(NUM_SMS // rem, k_tiles // MIN_SPLIT_K_TILES), MAX_TAIL_SPLITS)
+            if splits > 1:
+                dp_tiles = num_tiles - rem
+    for tile_id in range(pid, dp_tiles, step):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-        for kt in range(k_tiles):
-            a = a_desc.load([pid_m * BLOCK_M, kt * BLOCK_K])  # TMA zero-fills out-of-bounds rows and columns
-            b = b_desc.load([pid_n * BLOCK_N, kt * BLOCK_K])
-            acc = tl.dot(a, b.T, acc, out_dtype=tl.int32)
-        tile_id_c += step
-        pid_m, pid_n = _tile_coords(tile_id_c, num_pid_m, num_pid_n, GROUP_M)
-        off_m = pid_m * BLOCK_M
-        if EPILOGUE_SUBTILE:
-            # Two half-width stores: half the epilogue's live fp32 registers, so they don't spill at 128x256.
-            acc0, acc1 = tl.split(tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1)))
-            _store_c(c_desc, c_ptr, acc0, xs_ptr, ws_ptr, bias_ptr, off_m, pid_n * BLOCK_N, M, N, stride_cm,
-                     HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N // 2)
-            _store_c(c_desc, c_ptr, acc1, xs_ptr, ws_ptr, bias_ptr, off_m, pid_n * BLOCK_N + BLOCK_N // 2, M, N,
-                     stride_cm, HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N // 2)
-        else:
-            _store_c(c_desc, c_ptr, acc, xs_ptr, ws_ptr, bias_ptr, off_m, pid_n * BLOCK_N, M, N, stride_cm,
-                     HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N)
+        acc = _tile_acc(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, 0, k_tiles, BLOCK_M, BLOCK_N, BLOCK_K)
+        _finish_tile(acc, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, pid_m * BLOCK_M, pid_n * BLOCK_N, M, N, stride_cm,
+                     HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N, EPILOGUE_SUBTILE)
+    if SPLIT_TAIL:
+        if pid < (num_tiles - dp_tiles) * splits:  # one unit per program: tail tiles * splits <= NUM_SMS
+            tail = pid // splits
+            part = pid % splits
+            pid_m, pid_n = _tile_coords(dp_tiles + tail, num_pid_m, num_pid_n, GROUP_M)
+            per = tl.cdiv(k_tiles, splits)
+            acc = _tile_acc(a_desc, b_desc, pid_m * BLOCK_M, pid_n * BLOCK_N, part * per,
+                            tl.minimum(part * per + per, k_tiles), BLOCK_M, BLOCK_N, BLOCK_K)
+            # Each split writes its int32 partial; the last to arrive sums them (same protocol as triton_w8a16).
+            tile_elems: tl.constexpr = BLOCK_M * BLOCK_N
+            offs_t = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            part_tile = part_ptr + (tail * splits).to(tl.int64) * tile_elems
+            tl.store(part_tile + part * tile_elems + offs_t, acc, cache_modifier=".cg")
+            tl.debug_barrier()  # every thread's partial is written before the counter says so
+            arrived = tl.atomic_add(count_ptr + tail, 1, sem="acq_rel", scope="gpu")
+            if arrived == splits - 1:
+                _reduce_and_finish(part_tile, splits, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, pid_m * BLOCK_M,
+                                   pid_n * BLOCK_N, M, N, stride_cm, HAS_BIAS, TMA_STORE, BLOCK_M, BLOCK_N,
+                                   EPILOGUE_SUBTILE)
+                tl.atomic_xchg(count_ptr + tail, 0, sem="relaxed", scope="gpu")  # re-arm for the next launch
 
 
 _tma_launch = CompiledLauncher(_int8_gemm_tma_kernel.fn)
 _tuned: dict[tuple, triton.Config] = {}  # autotuner's pick per (M bucket, N, K, dtypes, bias, TMA store)
+_split_workspace = SplitKWorkspace(torch.int32)  # int32 partial tiles of the split tail
+
+
+def _tail_workspace(device: torch.device, num_sms: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Room for one partial tile (the largest config's) per SM, and a counter per SM."""
+    largest = max(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in TMA_CONFIGS)
+    return _split_workspace.get(device, num_sms * largest, num_sms)
+
+
+def reserve_tail_workspace(device: torch.device) -> None:
+    """Allocate the TMA kernel's split-tail workspace now (before a CUDA graph is recorded: see
+    ``prepare_device_state``); a no-op where that kernel cannot run."""
+    if device.type != "cuda":
+        return
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if _capability(idx)[0] >= 9:
+        _tail_workspace(device, _sm_count(idx))
+
+
+def _grid_size(tiles: int, num_sms: int, kw: dict) -> int:
+    if not kw["PERSISTENT"]:
+        return tiles
+    return num_sms if kw["SPLIT_TAIL"] else min(num_sms, tiles)  # a split tail may put several programs on a tile
 
 
 def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor,
-                bias_arg: torch.Tensor, has_bias: bool) -> None:
+                bias_arg: torch.Tensor, has_bias: bool, config: triton.Config | None = None) -> None:
     """First call per shape key: the autotuner picks the config. Later calls: descriptors built for that config
-    and a direct launch of the compiled kernel (the autotuner and JIT binding cost ~100 us of CPU per call)."""
+    and a direct launch of the compiled kernel (the autotuner and JIT binding cost ~100 us of CPU per call).
+    ``config`` (tests, benchmarks) skips the autotuner."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     m, k = a.shape
     n = b.shape[0]
     dev = a.device.index if a.device.index is not None else torch.cuda.current_device()
     num_sms = _sm_count(dev)
+    part, count = _tail_workspace(a.device, num_sms)
     tma_store = n % 8 == 0 and c.data_ptr() % 16 == 0  # a TMA store needs 16-byte aligned rows of C
     bucket = m_bucket(m)
     tune_key = (bucket, n, k, c.dtype, bias_arg.dtype, has_bias, tma_store)
-    cfg = _tuned.get(tune_key)
+    cfg = config or _tuned.get(tune_key)
     if cfg is None:
         # block shapes are set per config by _set_block_shapes; these placeholders only build the descriptors
         a_desc = TensorDescriptor.from_tensor(a, [64, 128])
@@ -233,11 +324,10 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
         c_desc = TensorDescriptor.from_tensor(c, [64, 64]) if tma_store else None
 
         def grid(meta: dict) -> tuple[int]:
-            tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])
-            return (min(num_sms, tiles) if meta["PERSISTENT"] else tiles,)
+            return (_grid_size(triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), num_sms, meta),)
 
-        _int8_gemm_tma_kernel[grid](a_desc, b_desc, c_desc, c, xs, ws, bias_arg, m, n, k, c.stride(0), bucket,
-                                    HAS_BIAS=has_bias, CAN_TMA_STORE=tma_store, NUM_SMS=num_sms)
+        _int8_gemm_tma_kernel[grid](a_desc, b_desc, c_desc, c, xs, ws, bias_arg, part, count, m, n, k, c.stride(0),
+                                    bucket, HAS_BIAS=has_bias, CAN_TMA_STORE=tma_store, NUM_SMS=num_sms)
         _tuned[tune_key] = _int8_gemm_tma_kernel.best_config
         return
     kw = cfg.kwargs
@@ -245,14 +335,15 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
     a_desc = TensorDescriptor.from_tensor(a, [bm, bk])
     b_desc = TensorDescriptor.from_tensor(b, [bn, bk])
     c_desc = TensorDescriptor.from_tensor(c, [bm, bn // 2 if kw["EPILOGUE_SUBTILE"] else bn]) if tma_store else None
-    tiles = triton.cdiv(m, bm) * triton.cdiv(n, bn)
-    grid = (min(num_sms, tiles) if kw["PERSISTENT"] else tiles, 1, 1)
+    grid = (_grid_size(triton.cdiv(m, bm) * triton.cdiv(n, bn), num_sms, kw), 1, 1)
     # Specialization facts (see fast_launch): M is 1 / a multiple of 16; N, K and the bucket are in tune_key.
     key = (tune_key, m == 1, m % 16 == 0, xs.data_ptr() % 16 == 0, ws.data_ptr() % 16 == 0,
            bias_arg.data_ptr() % 16 == 0, c.data_ptr() % 16 == 0)
-    _tma_launch(key, dev, grid, (a_desc, b_desc, c_desc, c, xs, ws, bias_arg, m, n, k, c.stride(0), bucket, has_bias,
-                                 tma_store, bm, bn, bk, kw["GROUP_M"], num_sms, kw["EPILOGUE_SUBTILE"],
-                                 kw["USE_TMA_STORE"], kw["PERSISTENT"], kw["FLATTEN"], kw["WARP_SPECIALIZE"]),
+    if config is not None:  # the tuned pick is implied by tune_key; an explicit one is not
+        key += (tuple(sorted(kw.items())), config.num_warps, config.num_stages)
+    _tma_launch(key, dev, grid, (a_desc, b_desc, c_desc, c, xs, ws, bias_arg, part, count, m, n, k, c.stride(0),
+                                 bucket, has_bias, tma_store, bm, bn, bk, kw["GROUP_M"], num_sms,
+                                 kw["EPILOGUE_SUBTILE"], kw["USE_TMA_STORE"], kw["PERSISTENT"], kw["SPLIT_TAIL"]),
                 cfg.num_warps, cfg.num_stages)
 
 
@@ -271,12 +362,12 @@ def hopper_tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def int8_gemm_dequant(
     a: torch.Tensor, x_scale: torch.Tensor, b: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-    out_dtype: torch.dtype, use_tma: bool | None = None,
+    out_dtype: torch.dtype, use_tma: bool | None = None, tma_config: triton.Config | None = None,
 ) -> torch.Tensor:
     """``(a [M,K] int8 @ b [N,K]^T) * x_scale[M] * w_scale[N] (+ bias[N])`` as ``out_dtype`` ``[M, N]``.
 
     Both int8 operands row-major; scales fp32 (any shape with M / N elements). ``use_tma`` None picks the
-    Hopper TMA kernel where it can run.
+    Hopper TMA kernel where it can run; ``tma_config`` (one of ``TMA_CONFIGS``) bypasses its autotuner.
     """
     m, k = a.shape
     n = b.shape[0]
@@ -291,7 +382,7 @@ def int8_gemm_dequant(
     if use_tma is None:
         use_tma = hopper_tma_ok(a, b)
     if use_tma:
-        _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None)
+        _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None, tma_config)
         return c
 
     def grid_ptr(meta: dict) -> tuple[int]:

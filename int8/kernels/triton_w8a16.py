@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CompiledLauncher
+from .workspace import SplitKWorkspace
 
 __all__ = ["w8a16_linear", "w8a16_config", "reserve_workspace"]
 
@@ -111,31 +112,7 @@ def w8a16_config(m: int, n: int, k: int, sm_count: int) -> tuple[int, int, int, 
     return block_m, block_n, block_k, split, 4, 4
 
 
-class _Workspace:
-    """Per-device fp32 partial tiles and zeroed arrival counters for split-K; grown, never shrunk.
-
-    A grown-out buffer is kept alive, not freed: a CUDA graph recorded earlier (reduce-overhead compile) replays
-    with the old address baked in, so freeing it would let the allocator hand that memory to another tensor.
-    """
-
-    def __init__(self) -> None:
-        self._bufs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._retired: list[torch.Tensor] = []
-
-    def get(self, device: torch.device, part_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = device.index
-        part, count = self._bufs.get(idx, (None, None))
-        if part is None or part.numel() < part_elems:
-            self._retired += [part] if part is not None else []
-            part = torch.empty(max(part_elems, 1 << 20), dtype=torch.float32, device=device)
-        if count is None or count.numel() < tiles:
-            self._retired += [count] if count is not None else []
-            count = torch.zeros(max(tiles, 4096), dtype=torch.int32, device=device)
-        self._bufs[idx] = (part, count)
-        return part, count
-
-
-_workspace = _Workspace()
+_workspace = SplitKWorkspace(torch.float32)  # fp32 partial tiles
 
 
 def reserve_workspace(device: torch.device, n: int, k: int, max_rows: int) -> None:

@@ -13,7 +13,7 @@ from ..backends.base import Int8Weights, prepare_activation
 from ..config import Int8Config
 from ..hadamard import build_hadamard
 from ..quantize import dequantize
-from .triton_gemm import int8_gemm_dequant
+from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
 from .triton_quant import quantize_per_token_triton
 from .triton_w8a16 import reserve_workspace, w8a16_linear
 
@@ -52,10 +52,12 @@ def prepack_weight(weight: torch.Tensor) -> object | None:
 
 def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
     """Fill the per-device caches the kernels read (see ``Backend.prepare_device_state``): the Hadamard matrices
-    of a rotated layer, and the split-K workspace for the largest small-batch call this layer can get."""
+    of a rotated layer, the split-K workspace for the largest small-batch call this layer can get, and the GEMM's
+    split-tail workspace."""
     device = w.weight.device
     if device.type != "cuda":
         return
+    reserve_tail_workspace(device)
     if w.hadamard_group:  # (the base backend fills rotate_activation's matrix for the small-batch path)
         for dtype in (torch.bfloat16, torch.float16, torch.float32):
             build_hadamard(64, device, dtype)  # the rotation kernel's, in the activation's dtype

@@ -303,3 +303,62 @@ def test_reserved_workspace_covers_every_small_batch_call_without_growing():
         layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16))
         now = triton_w8a16._workspace._bufs[torch.cuda.current_device()]
         assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m} rows"
+
+
+def _split_tail_cases():
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import TMA_CONFIGS
+
+    return [c for c in TMA_CONFIGS if c.kwargs["SPLIT_TAIL"]]
+
+
+@pytest.mark.parametrize("extra_tiles", [3, -120])  # a last wave of 3 tiles; fewer tiles than SMs
+@pytest.mark.parametrize("config_index", range(6))
+def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles, config_index):
+    from comfy_int8_w8a8.int8.kernels import triton_gemm
+
+    configs = _split_tail_cases()
+    if config_index >= len(configs):
+        pytest.skip(f"only {len(configs)} split-tail configs")
+    split_cfg = configs[config_index]
+    kw = split_cfg.kwargs
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    cols = max(sms + extra_tiles, 2)  # one row of tiles: the tail has `extra_tiles` (or all) of them
+    m, n, k = kw["BLOCK_M"] - 5, kw["BLOCK_N"] * cols - 8, 16 * kw["BLOCK_K"] + 64  # ragged edges, K tail
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
+    b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+    if not triton_gemm.hopper_tma_ok(a, b):
+        pytest.skip("TMA kernel needs sm_90 and Triton tensor descriptors")
+    xs = torch.rand(m, 1, device="cuda") + 0.5
+    ws = torch.rand(n, 1, device="cuda") * 1e-3
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    unsplit_cfg = triton_gemm._tma_cfg(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], split_cfg.num_warps,
+                                       split_cfg.num_stages, kw["EPILOGUE_SUBTILE"], kw["USE_TMA_STORE"],
+                                       split_tail=False)
+    whole = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16, tma_config=unsplit_cfg)
+    for _ in range(3):  # repeated launches reuse the counters: each must leave them at zero
+        split = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16, tma_config=split_cfg)
+        _, counters = triton_gemm._split_workspace.get(a.device, 0, 0)
+        assert (counters == 0).all()
+        # int32 partial sums are exact, and the epilogue is the same code: bit-identical to the unsplit kernel
+        assert torch.equal(split, whole)
+    ref = (a.double() @ b.double().t()) * xs.double() * ws.double().t() + bias.double()
+    assert ((split.double() - ref).abs() <= _cast_step(ref, bias, torch.bfloat16)).all()
+
+
+def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls():
+    # Reserved when a layer's state is built (before any CUDA graph records); a GEMM call must never grow it.
+    from comfy_int8_w8a8.int8.kernels import triton_gemm
+
+    triton_gemm._split_workspace._bufs.clear()
+    device = torch.device("cuda", torch.cuda.current_device())
+    triton_gemm.reserve_tail_workspace(device)
+    if not triton_gemm._split_workspace._bufs:
+        pytest.skip("no TMA kernel on this GPU: nothing to reserve")
+    reserved = triton_gemm._split_workspace._bufs[device.index]
+    for m, n, k in [(1000, 3072, 2048), (64, 3072, 3072), (4608, 3072, 1024)]:
+        a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
+        b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+        triton_gemm.int8_gemm_dequant(a, torch.ones(m, device="cuda"), b, torch.ones(n, device="cuda"), None,
+                                      torch.bfloat16)
+        now = triton_gemm._split_workspace._bufs[device.index]
+        assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m}x{n}x{k}"
