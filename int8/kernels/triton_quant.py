@@ -200,40 +200,82 @@ def _rot_row_store(q_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, s, r, DT: tl
 
 
 @triton.jit
+def _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g, g_mask, GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """The groups ``g`` of one row, rotated: four ``[len(g), 64]`` sub-block tiles."""
+    z0 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 0, HAS_SMOOTH)
+    z1 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 1, HAS_SMOOTH)
+    z2 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 2, HAS_SMOOTH)
+    z3 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 3, HAS_SMOOTH)
+    if GROUP >= 256:  # H4 butterfly over the four sub-blocks (see _rot256)
+        t = 0.5 * (z0 + z1 + z2 + z3)
+        z0, z1, z2, z3 = t - z3, t - z2, t - z1, t - z0
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def _rot_row_absmax(z0, z1, z2, z3, DT: tl.constexpr):
+    # Padded groups loaded zeros: they add nothing to the absmax.
+    m = tl.maximum(tl.maximum(tl.abs(z0.to(DT).to(tl.float32)), tl.abs(z1.to(DT).to(tl.float32))),
+                   tl.maximum(tl.abs(z2.to(DT).to(tl.float32)), tl.abs(z3.to(DT).to(tl.float32))))
+    return tl.max(tl.max(m, axis=1), axis=0)
+
+
+@triton.jit
+def _rot_row_store4(q_ptr, q_off, g, g_mask, z0, z1, z2, z3, scale, r, DT: tl.constexpr, INTERPRETED: tl.constexpr):
+    _rot_row_store(q_ptr, q_off, g, g_mask, 0, z0, scale, r, DT, INTERPRETED)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 1, z1, scale, r, DT, INTERPRETED)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 2, z2, scale, r, DT, INTERPRETED)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 3, z3, scale, r, DT, INTERPRETED)
+
+
+@triton.jit
 def _rotated_row_quant_kernel(
     x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
-    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, G_P2: tl.constexpr, INTERPRETED: tl.constexpr,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, G_A: tl.constexpr, G_B: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
     """Rotation path in one pass when ``K % 256 == 0`` and a rotated row fits in registers (``K <= 64 * 256``):
-    each program walks rows (persistent grid, H64 loaded once), keeps the row's four ``[G_P2, 64]`` rotated
-    sub-block tiles in registers, reduces their absmax, then quantizes and stores them: x is read once."""
+    each program walks rows (persistent grid, H64 loaded once), keeps the row's rotated sub-block tiles in
+    registers, reduces their absmax, then quantizes and stores them: x is read once.
+
+    A row's K / 256 groups are the dots' M dimension, which must be a power of two (>= 16): they are covered by
+    ``G_A`` groups plus, if ``G_B`` > 0, ``G_B`` more (48 groups = 32 + 16 rather than 64 with 16 masked: the
+    padded rows cost as much as real ones, so at K = 12288 this is a quarter less work per row)."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
-    g = tl.arange(0, G_P2)
-    g_mask = g < K // 256
+    g_a = tl.arange(0, G_A)
+    mask_a = g_a < K // 256
+    if G_B > 0:
+        g_b = G_A + tl.arange(0, G_B)
+        mask_b = g_b < K // 256
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     for it in range(0, tl.cdiv(M - pid, n_prog)):
         row = pid + it * n_prog
         x_off = row.to(tl.int64) * stride_xm
-        z0 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 0, HAS_SMOOTH)
-        z1 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 1, HAS_SMOOTH)
-        z2 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 2, HAS_SMOOTH)
-        z3 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 3, HAS_SMOOTH)
-        if GROUP >= 256:  # H4 butterfly over the four sub-blocks (see _rot256)
-            t = 0.5 * (z0 + z1 + z2 + z3)
-            z0, z1, z2, z3 = t - z3, t - z2, t - z1, t - z0
-        # Padded groups (g >= K / 256) loaded zeros: they add nothing to the absmax.
-        m = tl.maximum(tl.maximum(tl.abs(z0.to(DT).to(tl.float32)), tl.abs(z1.to(DT).to(tl.float32))),
-                       tl.maximum(tl.abs(z2.to(DT).to(tl.float32)), tl.abs(z3.to(DT).to(tl.float32))))
-        scale = tl.maximum(tl.max(tl.max(m, axis=1), axis=0) * (1.0 / 127.0), 1e-12)
+        a0, a1, a2, a3 = _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g_a, mask_a, GROUP, HAS_SMOOTH)
+        amax = _rot_row_absmax(a0, a1, a2, a3, DT)
+        if G_B > 0:
+            b0, b1, b2, b3 = _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g_b, mask_b, GROUP, HAS_SMOOTH)
+            amax = tl.maximum(amax, _rot_row_absmax(b0, b1, b2, b3, DT))
+        scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
         tl.store(scale_ptr + row, scale)
         r = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
         q_off = row.to(tl.int64) * stride_qm
-        _rot_row_store(q_ptr, q_off, g, g_mask, 0, z0, scale, r, DT, INTERPRETED)
-        _rot_row_store(q_ptr, q_off, g, g_mask, 1, z1, scale, r, DT, INTERPRETED)
-        _rot_row_store(q_ptr, q_off, g, g_mask, 2, z2, scale, r, DT, INTERPRETED)
-        _rot_row_store(q_ptr, q_off, g, g_mask, 3, z3, scale, r, DT, INTERPRETED)
+        _rot_row_store4(q_ptr, q_off, g_a, mask_a, a0, a1, a2, a3, scale, r, DT, INTERPRETED)
+        if G_B > 0:
+            _rot_row_store4(q_ptr, q_off, g_b, mask_b, b0, b1, b2, b3, scale, r, DT, INTERPRETED)
+
+
+def rot_row_group_split(groups: int) -> tuple[int, int]:
+    """``(G_A, G_B)``: power-of-two group counts (each >= 16, the dot's minimum M; ``G_B`` 0 when unused) that
+    cover ``groups`` with the least padding."""
+    whole = max(16, triton.next_power_of_2(groups))
+    g_a = max(16, whole // 2)
+    rest = groups - g_a
+    if rest <= 0:
+        return whole, 0
+    g_b = max(16, triton.next_power_of_2(rest))
+    return (g_a, g_b) if g_a + g_b < whole else (whole, 0)
 
 
 @triton.jit
@@ -327,12 +369,12 @@ def _launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool,
     # entries +-1/8 are exact in 16-bit, and half the bytes per load.
     h = build_hadamard(64, x.device, x.dtype)
     if group <= 256 and k % 256 == 0 and k <= _ROT_ROW_MAX_K:
-        g_p2 = max(16, triton.next_power_of_2(k // 256))
+        g_a, g_b = rot_row_group_split(k // 256)
         # Pipelined stages let the next row's loads fly while this row is reduced and stored; the H100 sweep
         # (docs/results/quant_kernel_h100.json) measured 3 stages faster than 2 at every shape (4608x12288: 94 vs 106 us).
         per_sm, warps, stages = config or (_ROT_ROW_PROGRAMS_PER_SM, 4, 3)
         runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
-        constexprs = (group, has_smooth, g_p2, _INTERPRETED)
+        constexprs = (group, has_smooth, g_a, g_b, _INTERPRETED)
         grid = (min(m, _sm_count(dev) * per_sm), 1, 1)
         _rot_row_launch(_spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
                         stages)

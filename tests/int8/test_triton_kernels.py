@@ -271,7 +271,7 @@ def test_quant_kernel_repeat_calls_respect_alignment():
 
 
 @pytest.mark.parametrize("group", [64, 256])
-@pytest.mark.parametrize("m,k", [(1500, 3072), (3, 15360), (37, 1024)])
+@pytest.mark.parametrize("m,k", [(1500, 3072), (3, 15360), (37, 1024), (7, 12288), (5, 10240)])
 def test_one_pass_rotation_kernel_matches_rotate_activation(m, k, group):
     # m = 1500 exceeds the persistent grid on any GPU below 188 SMs, so programs walk several rows;
     # K = 15360 pads 60 groups to 64.
@@ -362,3 +362,14 @@ def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls():
                                       torch.bfloat16)
         now = triton_gemm._split_workspace._bufs[device.index]
         assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m}x{n}x{k}"
+
+
+def test_one_pass_rotation_covers_groups_with_least_padding():
+    from comfy_int8_w8a8.int8.kernels.triton_quant import rot_row_group_split
+
+    # K = 12288 (48 groups of 256) and 10240 (40) take two dots (32 + 16 rows) instead of one of 64.
+    assert rot_row_group_split(48) == (32, 16) and rot_row_group_split(40) == (32, 16)
+    assert rot_row_group_split(12) == (16, 0) and rot_row_group_split(60) == (64, 0)
+    for groups in range(1, 65):
+        g_a, g_b = rot_row_group_split(groups)
+        assert g_a + g_b >= groups and g_a >= 16 and g_b in (0, *(2**i for i in range(4, 7)))
