@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,6 +39,7 @@ QUICK = {"Flux-1024 qkv", "Flux-1024 mlp_down", "M=64", "M=1"}
 SWEEP_ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256]
 SWEEP_SHAPES = [(3072, 3072), (3072, 12288), (3072, 18432)]
 GRAPH_MAX_M = 256
+EAGER_ROUNDS = 7  # interleaved eager timing rounds per shape
 L2_DEFEAT_BYTES = 256 << 20
 
 
@@ -130,20 +132,30 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
     bs = [torch.randn(n, device="cuda").to(torch.bfloat16) for _ in range(copies)]
     per_copy = [_methods(w, b, m) for w, b in zip(ws, bs)]
     ref = (xs[0].float() @ ws[0].t() + bs[0].float())
-    rows = []
+    rows, timed = [], {}
     for name in per_copy[0]:
         fns = [lambda f=pc[name], x=x: f(x) for pc, x in zip(per_copy, xs)]
         row: dict = {"shape": label, "M": m, "K": k, "N": n, "method": name, "copies": copies}
         try:
             y = per_copy[0][name](xs[0])
             row["rel_err"] = float((y.float() - ref).norm() / ref.norm())
-            row["eager_ms"] = eager_time_ms(fns)
+            eager_time_ms(fns, target_ms=5.0, repeats=1)  # warm-up: autotuning, compiling
+            timed[name] = fns
             if m <= GRAPH_MAX_M:
                 row["graph_ms"] = graph_time_ms(fns)
         except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         rows.append(row)
         torch.cuda.empty_cache()
+    # Eager times in interleaved rounds (each method once per round, median over rounds): the GPU's clocks drift
+    # over seconds (power, heat), and timing the methods one after the other put that drift into their ratios.
+    rounds = {name: [] for name in timed}
+    for _ in range(EAGER_ROUNDS):
+        for name, fns in timed.items():
+            rounds[name].append(eager_time_ms(fns, target_ms=20.0, repeats=1, warmup=1))
+    for row in rows:
+        if row["method"] in rounds:
+            row["eager_ms"] = statistics.median(rounds[row["method"]])
     ops = 2.0 * m * k * n
     by_name = {r["method"]: r for r in rows}
     for r in rows:

@@ -142,6 +142,7 @@ def _tma_cfg(bm: int, bn: int, bk: int, warps: int, stages: int, subtile: bool =
 # 2-CTA clusters failed to compile (Triton 3.6). Persistent configs split the last partial wave's K (SPLIT_TAIL).
 TMA_CONFIGS = [
     _tma_cfg(128, 256, 128, 8, 4), _tma_cfg(128, 256, 128, 8, 4, split_tail=False), _tma_cfg(256, 128, 128, 8, 3),
+    _tma_cfg(256, 128, 128, 8, 4),
     _tma_cfg(256, 128, 128, 8, 3, persistent=False), _tma_cfg(128, 256, 128, 8, 3, tma_store=False),
     _tma_cfg(128, 256, 128, 8, 3, subtile=False, tma_store=False),
     _tma_cfg(64, 128, 128, 4, 4, subtile=False), _tma_cfg(64, 64, 128, 4, 5, subtile=False),

@@ -312,7 +312,7 @@ def _split_tail_cases():
 
 
 @pytest.mark.parametrize("extra_tiles", [3, -120])  # a last wave of 3 tiles; fewer tiles than SMs
-@pytest.mark.parametrize("config_index", range(6))
+@pytest.mark.parametrize("config_index", range(7))
 def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles, config_index):
     from comfy_int8_w8a8.int8.kernels import triton_gemm
 
