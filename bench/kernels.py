@@ -39,7 +39,7 @@ QUICK = {"Flux-1024 qkv", "Flux-1024 mlp_down", "M=64", "M=1"}
 SWEEP_ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256]
 SWEEP_SHAPES = [(3072, 3072), (3072, 12288), (3072, 18432)]
 GRAPH_MAX_M = 256
-EAGER_ROUNDS = 7  # interleaved eager timing rounds per shape
+EAGER_ROUNDS = 3  # eager timing rounds per shape (see _bench_shape)
 L2_DEFEAT_BYTES = 256 << 20
 
 
@@ -147,12 +147,14 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         rows.append(row)
         torch.cuda.empty_cache()
-    # Eager times in interleaved rounds (each method once per round, median over rounds): the GPU's clocks drift
-    # over seconds (power, heat), and timing the methods one after the other put that drift into their ratios.
+    # Eager times in rounds (each method once per round, median over rounds). The H100's clocks follow its power
+    # draw (1500-1845 MHz seen under these loads): a 20 ms burst after another method ran at other clocks than a
+    # sustained run, and timing each method once, one after the other, put the drift into their ratios. So each
+    # round times every method sustained (3 x 40 ms, like a sampling loop) and the rounds spread the drift.
     rounds = {name: [] for name in timed}
     for _ in range(EAGER_ROUNDS):
         for name, fns in timed.items():
-            rounds[name].append(eager_time_ms(fns, target_ms=20.0, repeats=1, warmup=1))
+            rounds[name].append(eager_time_ms(fns, target_ms=40.0, repeats=3, warmup=1))
     for row in rows:
         if row["method"] in rounds:
             row["eager_ms"] = statistics.median(rounds[row["method"]])
