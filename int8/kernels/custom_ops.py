@@ -12,6 +12,8 @@ op (two runs, one each way).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..backends.base import Int8Weights
@@ -19,48 +21,61 @@ from ..backends.base import Int8Weights
 __all__ = ["triton_w8a8", "triton_w8a16", "int_mm"]
 
 _NS = "comfy_int8"
+_LINEAR_SCHEMA = ("(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, Tensor? smooth, int hadamard_group) "
+                  "-> Tensor")
 
 
 def _weights(weight, weight_scale, bias, smooth, hadamard_group) -> Int8Weights:  # noqa: ANN001
     return Int8Weights(weight, weight_scale, bias, hadamard_group, smooth)
 
 
-@torch.library.custom_op(f"{_NS}::w8a8_triton", mutates_args=())
-def _w8a8_triton_op(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
-    smooth: torch.Tensor | None, hadamard_group: int,
-) -> torch.Tensor:
+def _define(name: str, schema: str, impl: Callable, fake: Callable) -> Callable:
+    """Define ``comfy_int8::name`` with the plain ``torch.library`` API and return its overload.
+
+    Not ``torch.library.custom_op``: its Python wrappers (autograd registration, aliasing checks) cost ~25-60 us
+    per call (measured on the CPU: 34-78 us against 17-20 us for this registration), paid once per layer per
+    step whenever no CUDA graph replays the compiled code. The ops are inference-only (no autograd formula) and
+    return fresh tensors, which is what the schema (no alias annotations) says. The kernel is registered for
+    every backend (CompositeExplicitAutograd): the launchers themselves check the device.
+    """
+    namespace = getattr(torch.ops, _NS)
+    if not hasattr(namespace, name):  # a second import of this package (another module name) reuses the op
+        _LIBRARY.define(name + schema)
+        _LIBRARY.impl(name, impl, "CompositeExplicitAutograd")
+        torch.library.register_fake(f"{_NS}::{name}", fake, lib=_LIBRARY)
+    return getattr(namespace, name).default
+
+
+def _w8a8_impl(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
     from . import triton_w8a8
 
     return triton_w8a8.w8a8_linear(x, _weights(weight, weight_scale, bias, smooth, hadamard_group))
 
 
-@torch.library.custom_op(f"{_NS}::w8a16_triton", mutates_args=())
-def _w8a16_triton_op(
-    x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
-    smooth: torch.Tensor | None, hadamard_group: int,
-) -> torch.Tensor:
+def _w8a16_impl(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
     from . import triton_w8a8
 
     return triton_w8a8.weight_only_linear(x, _weights(weight, weight_scale, bias, smooth, hadamard_group))
 
 
-@_w8a8_triton_op.register_fake
-@_w8a16_triton_op.register_fake
 def _linear_fake(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
     return x.new_empty((x.shape[0], weight.shape[0]))
 
 
-@torch.library.custom_op(f"{_NS}::int_mm", mutates_args=())
-def _int_mm_op(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _int_mm_impl(a, b):  # noqa: ANN001, ANN202
     from ..backends.torch_int_mm import int_mm_padded
 
     return int_mm_padded(a, b).contiguous()
 
 
-@_int_mm_op.register_fake
 def _int_mm_fake(a, b):  # noqa: ANN001, ANN202
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.int32)
+
+
+_LIBRARY = torch.library.Library(_NS, "FRAGMENT")
+_w8a8_triton_op = _define("w8a8_triton", _LINEAR_SCHEMA, _w8a8_impl, _linear_fake)
+_w8a16_triton_op = _define("w8a16_triton", _LINEAR_SCHEMA, _w8a16_impl, _linear_fake)
+_int_mm_op = _define("int_mm", "(Tensor a, Tensor b) -> Tensor", _int_mm_impl, _int_mm_fake)
 
 
 def triton_w8a8(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
