@@ -334,9 +334,11 @@ _rot_row_launch = CompiledLauncher(_rotated_row_quant_kernel)
 # Chunked rotation kernel (K beyond the one-pass kernel, GROUP = 1024): rows per program and warps.
 _ROT_BLOCK_M = 16
 _ROT_WARPS = 4
-# One-pass rotation kernel: the largest K it keeps in registers, programs per SM of its persistent grid.
+# One-pass rotation kernel: the largest K it keeps in registers, programs per SM of its persistent grid (H100,
+# 4608 rows, docs/results/quant_kernel_h100_s3_programs.json: 12 vs 8 per SM 75.3 vs 77.9 us at K = 12288,
+# 25.4 vs 26.5 at 3072, 100.2 vs 99.0 at 15360; 4, 16 and 24 per SM were slower in a sweep).
 _ROT_ROW_MAX_K = 64 * 256
-_ROT_ROW_PROGRAMS_PER_SM = 8
+_ROT_ROW_PROGRAMS_PER_SM = 12
 
 
 def _plain_launch_shape(k: int) -> tuple[int, int, int]:
