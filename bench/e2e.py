@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..compile.lazy import compiled_graph_count
 from . import e2e_models as models
 
 __all__ = ["add_arguments", "run", "VARIANTS"]
@@ -237,12 +238,6 @@ def _build_group(group: str, ref: nn.Module, args: argparse.Namespace) -> tuple[
     return models.to_ours(ref, outlier, runtime_backend=args.runtime_backend)
 
 
-def _unique_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return int(counters["stats"]["unique_graphs"])
-
-
 def _cudagraph_skips() -> int:
     """Graphs inductor compiled but would not record as CUDA graphs (mutated inputs, CPU tensors, ...)."""
     from torch._dynamo.utils import counters
@@ -258,12 +253,12 @@ def _run_variant(name: str, how: str, owner: Owner, wrapper: Callable | None, st
         return wrapper(Executor(owner), x, t) if wrapper is not None else owner.apply_model(x, t)
 
     t_mid = torch.full((1,), 0.5, device=inputs["noise"].device)
-    graphs0, skips0 = _unique_graphs(), _cudagraph_skips()
+    graphs0, skips0 = compiled_graph_count(), _cudagraph_skips()
     start = time.perf_counter()
     call(inputs["noise"], t_mid)  # the first call compiles (if it does)
     _sync()
     first_call_s = time.perf_counter() - start
-    graphs_after_first = _unique_graphs()
+    graphs_after_first = compiled_graph_count()
     out = _sample(call, inputs["noise"], args.steps)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
@@ -271,7 +266,7 @@ def _run_variant(name: str, how: str, owner: Owner, wrapper: Callable | None, st
     result = {
         "variant": name, "run": how, "step_ms": round(step_ms, 2), "first_call_s": round(first_call_s, 2),
         "graphs_compiled": graphs_after_first - graphs0,
-        "recompiles_after_first_call": _unique_graphs() - graphs_after_first,
+        "recompiles_after_first_call": compiled_graph_count() - graphs_after_first,
         "cudagraph_skips": _cudagraph_skips() - skips0,
         "layers_converted": state["converted"], "int8_backends": models.int8_backend_names(owner.diffusion_model),
     }

@@ -20,14 +20,15 @@ from .fallback import CompiledWithFallback, FallbackState
 from .guards import TransformerOptionsGuardFilter
 from .settings import CompileSettings
 
-__all__ = ["LazyCompiler", "DIFFUSION_MODEL"]
+__all__ = ["LazyCompiler", "DIFFUSION_MODEL", "compiled_graph_count"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
 DIFFUSION_MODEL = "diffusion_model"  # the attribute of ComfyUI's BaseModel that holds the network
 
 
-def _unique_graphs() -> int:
+def compiled_graph_count() -> int:
+    """How many distinct graphs dynamo has compiled in this process (its ``unique_graphs`` counter)."""
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"])
@@ -112,7 +113,7 @@ class LazyCompiler:
         owner = executor.class_obj
         standins = self._standins_for(owner)
         originals: dict[str, nn.Module] = {}
-        graphs_before = _unique_graphs() if self.settings.log_compile else 0
+        graphs_before = compiled_graph_count() if self.settings.log_compile else 0
         start = time.perf_counter()
         try:
             for path, standin in standins.items():
@@ -127,7 +128,7 @@ class LazyCompiler:
             for path, module in originals.items():
                 set_submodule(owner, path, module)
             if self.settings.log_compile:
-                new_graphs = _unique_graphs() - graphs_before
+                new_graphs = compiled_graph_count() - graphs_before
                 if new_graphs:
                     log.info("INT8 Lazy Torch Compile: this call compiled %d new graph(s) in %.1f s.",
                              new_graphs, time.perf_counter() - start)
