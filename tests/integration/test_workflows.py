@@ -134,12 +134,24 @@ def test_workflow_lora_matches_16bit_lora_and_reapplies_without_reload(comfy, fa
     assert torch.equal(run_latent(comfy, family, files["bf16"]), base)
 
 
-def test_flux_workflow_with_lazy_compile_matches_eager(comfy) -> None:
-    files = comfy.files["flux"]
-    eager = run_latent(comfy, "flux", files["bf16"])
-    ref = run_latent(comfy, "flux", files["bf16"], stock_loader=True)
-    fake = run_latent(comfy, "flux", files["fakequant"], stock_loader=True)
-    compiled = run_latent(comfy, "flux", files["bf16"], compile_model=True)
+COMPILE_FAILED = "INT8 Lazy Torch Compile: compile failed"  # the node's fallback warning (falls back to eager)
+
+
+@pytest.mark.parametrize("family", ["flux", "wan"])
+def test_workflow_with_lazy_compile_matches_eager_without_fallback(comfy, family: str) -> None:
+    files = comfy.files[family]
+    eager = run_latent(comfy, family, files["bf16"])
+    ref = run_latent(comfy, family, files["bf16"], stock_loader=True)
+    fake = run_latent(comfy, family, files["fakequant"], stock_loader=True)
+    log_start = comfy.log.stat().st_size
+    compiled = run_latent(comfy, family, files["bf16"], compile_model=True)
+    # Every module the node compiles (blocks, and the embedders and final layer around them) compiled: a failure
+    # would log the fallback warning and give the eager result, which the comparisons below cannot tell apart.
+    with open(comfy.log, "rb") as log:
+        log.seek(log_start)
+        run_log = log.read().decode(errors="replace")
+    assert "Prompt executed in" in run_log  # the server's log of this run (ComfyUI's main.py) was read
+    assert COMPILE_FAILED not in run_log
     # Fused (compiled) activation quantization may round a few ties the other way: single int8 values move by one
     # step, so compiled and eager may differ by part of one rounding's error, never by more than a whole one.
     assert rel_err(compiled, eager) <= rel_err(fake, ref)
