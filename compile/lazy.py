@@ -180,6 +180,10 @@ class LazyCompiler:
     def _compile(self, path: str, module: nn.Module, settings: CompileSettings) -> Callable:
         # torch.compile pops the guard filter out of ``options``: each module gets its own kwargs dict.
         kwargs = settings.torch_compile_kwargs(self.guard_filter)
+        if path in self._glue_paths:
+            # fullgraph is for the blocks: an embedder with Python dynamo cannot trace (some positional encodings
+            # use numpy or loops) graph-breaks instead of failing, which would turn the whole compile off.
+            kwargs["fullgraph"] = False
         if not settings.uses_cuda_graphs:
             return torch.compile(module, **kwargs)
         compiled = torch.compile(InputCopyingBlock(module), **kwargs)

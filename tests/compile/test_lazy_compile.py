@@ -122,6 +122,30 @@ def test_blocks_only_without_glue_compiles_each_block_and_nothing_else(tiny):
     assert torch.equal(out, owner.apply_model(*_inputs(0)))
 
 
+class GraphBreakingEmbedder(torch.nn.Module):
+    """An embedder with Python dynamo cannot put in one graph (as some positional encodings have)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return self.inner(t)
+
+
+def test_fullgraph_applies_to_blocks_not_to_the_modules_around_them(tiny):
+    owner = tiny.Owner(tiny.TinyDiT(depth=2))
+    owner.diffusion_model.time_in = GraphBreakingEmbedder(owner.diffusion_model.time_in)
+    backend = RecordingBackend()
+    compiler = LazyCompiler(CompileSettings(backend=backend, blocks_only=True, fullgraph=True))
+    out = tiny.call_through(compiler, owner, *_inputs(0))
+    # With fullgraph on the embedder too, its graph break would fail the compile and turn it off for every module.
+    assert not compiler.fallback.failed
+    assert any("modules_up" in name for graph in backend.graphs for name in graph)  # the blocks were compiled
+    assert torch.equal(out, owner.apply_model(*_inputs(0)))
+
+
 def test_whole_model_mode_compiles_embedders_too(tiny):
     owner = tiny.Owner(tiny.TinyDiT(depth=2))
     backend = RecordingBackend()
