@@ -115,15 +115,20 @@ def w8a16_config(m: int, n: int, k: int, sm_count: int) -> tuple[int, int, int, 
 _workspace = SplitKWorkspace(torch.float32)  # fp32 partial tiles
 
 
+def _workspace_size(m: int, n: int, block_m: int, block_n: int, split: int) -> tuple[int, int]:
+    """(partial elements, counters) a launch with this tiling needs; (0, 0) without split-K."""
+    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    return (tiles * split * block_m * block_n, tiles) if split > 1 else (0, 0)
+
+
 def reserve_workspace(device: torch.device, n: int, k: int, max_rows: int) -> None:
     """Grow the split-K workspace to what any call with 1..``max_rows`` rows on an ``[n, k]`` weight needs."""
     sm_count = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     part, tiles = 0, 0
     for m in range(1, max_rows + 1):
         block_m, block_n, _, split, _, _ = w8a16_config(m, n, k, sm_count)
-        grid_tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-        if split > 1:
-            part, tiles = max(part, grid_tiles * split * block_m * block_n), max(tiles, grid_tiles)
+        need_part, need_tiles = _workspace_size(m, n, block_m, block_n, split)
+        part, tiles = max(part, need_part), max(tiles, need_tiles)
     if part:
         _workspace.get(device, part, tiles)
 
@@ -148,8 +153,7 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, b
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split)
     ws = w_scale  # [N] or [N, 1] contiguous: the kernel reads ws[n] either way
     bias_arg = bias if bias is not None else ws
-    part, count = (_workspace.get(x.device, grid[0] * grid[1] * split * block_m * block_n, grid[0] * grid[1])
-                   if split > 1 else (ws, ws))
+    part, count = _workspace.get(x.device, *_workspace_size(m, n, block_m, block_n, split)) if split > 1 else (ws, ws)
     sx, sw = x.stride(0), weight.stride(0)
     # Everything the JIT specializes on (see fast_launch): dtypes, ints that are 1 or multiples of 16, aligned pointers.
     aligned = (x.data_ptr() | weight.data_ptr() | ws.data_ptr() | bias_arg.data_ptr()) % 16 == 0
