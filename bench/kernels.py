@@ -158,6 +158,7 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
     for row in rows:
         if row["method"] in rounds:
             row["eager_ms"] = statistics.median(rounds[row["method"]])
+            row["eager_rounds_ms"] = rounds[row["method"]]  # the spread, for the reader of the JSON
     ops = 2.0 * m * k * n
     by_name = {r["method"]: r for r in rows}
     for r in rows:
