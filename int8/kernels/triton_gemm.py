@@ -278,12 +278,12 @@ def _int8_gemm_tma_kernel(
 _tma_launch = CompiledLauncher(_int8_gemm_tma_kernel.fn)
 _tuned: dict[tuple, triton.Config] = {}  # autotuner's pick per (M bucket, N, K, dtypes, bias, TMA store)
 _split_workspace = SplitKWorkspace(torch.int32)  # int32 partial tiles of the split tail
+_LARGEST_TILE = max(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in TMA_CONFIGS)  # elements
 
 
 def _tail_workspace(device: torch.device, num_sms: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Room for one partial tile (the largest config's) per SM, and a counter per SM."""
-    largest = max(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in TMA_CONFIGS)
-    return _split_workspace.get(device, num_sms * largest, num_sms)
+    return _split_workspace.get(device, num_sms * _LARGEST_TILE, num_sms)
 
 
 def reserve_tail_workspace(device: torch.device) -> None:
