@@ -48,6 +48,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
     "ours+node_compile_reduce_overhead": ("ours", "node_ro"),
     "ours+node_compile_reduce_overhead_blocks_only": ("ours", "node_ro_blocks"),
     "ours+node_compile_blocks_only": ("ours", "node_blocks"),
+    "ours+node_compile_reduce_overhead_glue_graphs": ("ours", "node_ro_glue_graphs"),
     "ours_hadamard+node_compile": ("ours_hadamard", "node"),
     "loader_ops+node_compile": ("loader_ops", "node"),
     "loader_ops+node_compile_reduce_overhead": ("loader_ops", "node_ro"),
@@ -55,7 +56,7 @@ VARIANTS: dict[str, tuple[str, str]] = {
 QUICK_VARIANTS = ("bf16", "ours", "ours+node_compile")
 # only when named in --variants: minutes of compiling, or A/B checks of the node's choices
 SLOW_VARIANTS = ("bf16+stock_compile_whole", "ours+node_compile_reduce_overhead_blocks_only",
-                 "ours+node_compile_blocks_only")
+                 "ours+node_compile_blocks_only", "ours+node_compile_reduce_overhead_glue_graphs")
 PROFILED = ("bf16", "bf16+stock_compile", "comfy_int8+stock_compile", "ours+node_compile",
             "bf16+node_compile_reduce_overhead", "ours+node_compile_reduce_overhead", "loader_ops+node_compile",
             "loader_ops+node_compile_reduce_overhead")
@@ -118,13 +119,15 @@ def _stock_wrapper(owner: Owner, backend: str, whole: bool = False) -> Callable:
     return apply_torch_compile_factory(compiled)
 
 
-def _node_wrapper(args: argparse.Namespace, mode: str = "default", glue: bool = True) -> Callable:
+def _node_wrapper(args: argparse.Namespace, mode: str = "default", glue: bool = True,
+                  glue_graphs: bool = False) -> Callable:
     """The node's defaults (guard filter on, dynamic from --dynamic, cache 640) with blocks-only on; ``glue`` False
-    leaves the modules around the blocks uncompiled (the node compiles them)."""
+    leaves the modules around the blocks uncompiled (the node compiles them); ``glue_graphs`` records them as CUDA
+    graphs under reduce-overhead (the node compiles them without)."""
     from ..compile import CompileSettings, LazyCompiler, parse_dynamic
 
     return LazyCompiler(CompileSettings(backend=args.backend, mode=mode, dynamic=parse_dynamic(args.dynamic),
-                                        blocks_only=True), compile_glue=glue)
+                                        blocks_only=True), compile_glue=glue, glue_cuda_graphs=glue_graphs)
 
 
 def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable | None:
@@ -138,6 +141,8 @@ def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable |
         return _node_wrapper(args, "reduce-overhead", glue=False)
     if how == "node_blocks":  # A/B: default mode compiling the blocks alone
         return _node_wrapper(args, glue=False)
+    if how == "node_ro_glue_graphs":  # A/B: reduce-overhead with the modules around the blocks as CUDA graphs too
+        return _node_wrapper(args, "reduce-overhead", glue_graphs=True)
     return None
 
 

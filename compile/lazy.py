@@ -63,10 +63,11 @@ class LazyCompiler:
     """
 
     def __init__(self, settings: CompileSettings, block_names: tuple[str, ...] | None = None,
-                 compile_glue: bool = True) -> None:
+                 compile_glue: bool = True, glue_cuda_graphs: bool = False) -> None:
         self.settings = settings
         self.block_names = block_names
         self.compile_glue = compile_glue  # blocks-only also compiles the modules around the blocks (target_paths)
+        self.glue_cuda_graphs = glue_cuda_graphs  # record those as CUDA graphs too (the benchmark's A/B; see _compile)
         self._glue_paths: set[str] = set()
         self.guard_filter = TransformerOptionsGuardFilter() if settings.use_guard_filter else None
         self.fallback = FallbackState()
@@ -85,10 +86,10 @@ class LazyCompiler:
     def target_paths(self, owner: nn.Module) -> list[str]:
         """What to compile: every recognised block (blocks-only) or the whole diffusion model.
 
-        With ``compile_glue`` blocks-only also compiles the diffusion model's other direct children (embedders,
-        positional encoding, final layer). Run eagerly, their ~100 small kernels leave the GPU waiting for the CPU
-        at the start of every step (a trace showed 5 ms of it); measured on an H100, Flux-dev-sized, one run
-        (docs/results/e2e_h100_s3_glue.json): reduce-overhead 112.9 -> 111.4 ms per step, default mode 131.7 ->
+        With ``compile_glue`` blocks-only also compiles the diffusion model's other direct children that hold weights
+        (embedders, final layer: :func:`find_glue_modules`). Run eagerly, their small kernels leave the GPU waiting
+        for the CPU at the start of every step (a trace showed 5 ms of it); measured on an H100, Flux-dev-sized, one
+        run (docs/results/e2e_h100_s3_glue.json): reduce-overhead 112.9 -> 111.4 ms per step, default mode 131.7 ->
         113.7 ms.
         """
         if self.settings.blocks_only:
@@ -178,9 +179,15 @@ class LazyCompiler:
                 for path, module in modules.items()}
 
     def _compile(self, path: str, module: nn.Module, settings: CompileSettings) -> Callable:
+        glue = path in self._glue_paths
+        if glue and not self.glue_cuda_graphs:
+            # A module around the blocks runs a handful of small kernels once per step. Replayed as a CUDA graph it
+            # costs cudagraph trees' bookkeeping (300-450 us of CPU per call in a trace of a Flux-dev-sized step on
+            # an H100) while the GPU, with nothing queued yet, waits; compiled without graphs it only fuses.
+            settings = settings.without_cuda_graphs()
         # torch.compile pops the guard filter out of ``options``: each module gets its own kwargs dict.
         kwargs = settings.torch_compile_kwargs(self.guard_filter)
-        if path in self._glue_paths:
+        if glue:
             # fullgraph is for the blocks: an embedder with Python dynamo cannot trace (some positional encodings
             # use numpy or loops) graph-breaks instead of failing, which would turn the whole compile off.
             kwargs["fullgraph"] = False
@@ -189,7 +196,7 @@ class LazyCompiler:
         compiled = torch.compile(InputCopyingBlock(module), **kwargs)
         # A graph's outputs live in its memory pool until it replays. Inside one model call a block's outputs are
         # consumed by the next block; the whole model's output goes back to the sampler, which may keep it across
-        # calls (cond and uncond), so it is copied out. So are the glue modules' outputs: eager model code between
-        # them may keep one past the call (the final layer's output is the model's).
-        copy_out = path == DIFFUSION_MODEL or path in self._glue_paths
+        # calls (cond and uncond), so it is copied out. So are the glue modules' outputs when they are graphs:
+        # eager model code between them may keep one past the call (the final layer's output is the model's).
+        copy_out = path == DIFFUSION_MODEL or glue
         return OutputCopying(compiled) if copy_out else compiled

@@ -120,7 +120,9 @@ def test_reduce_overhead_copies_block_inputs_unless_lowvram(tiny, monkeypatch, c
     assert torch.allclose(out, owner.apply_model(x, t))
     assert len(recorder.calls) == 5 and compiler.builds == 1  # two blocks, three modules around them, built once
     warned = [r for r in caplog.records if "only partly loaded on the GPU (lowvram)" in r.getMessage()]
-    for module, kwargs in recorder.calls:
+    blocks = [(module, kwargs) for module, kwargs in recorder.calls if _compiled_block(module)]
+    assert len(blocks) == 2
+    for module, kwargs in blocks:
         graphs_on = kwargs.get("options", {}).get("triton.cudagraphs", False)
         assert graphs_on is not lowvram
         assert isinstance(module, InputCopyingBlock) is not lowvram
@@ -129,12 +131,35 @@ def test_reduce_overhead_copies_block_inputs_unless_lowvram(tiny, monkeypatch, c
     assert len(marks) == (0 if lowvram else 2)
 
 
-def test_modules_around_the_blocks_copy_their_outputs_under_cuda_graphs(tiny, monkeypatch):
-    # The final layer's output is the model's (the sampler keeps it across calls); an embedder's output may be kept
-    # by model code too. Blocks' outputs are consumed within the call and stay in the graph pool.
-    monkeypatch.setattr(torch, "compile", CompileRecorder())
+def _compiled_block(module: torch.nn.Module) -> bool:
+    return type(getattr(module, "block", module)).__name__ == "Block"
+
+
+def test_modules_around_the_blocks_compile_without_cuda_graphs_or_copies(tiny, monkeypatch):
+    # A glue module runs a few small kernels per step: as a CUDA graph its replay bookkeeping cost more CPU time
+    # than it saved. Compiled without graphs its outputs are ordinary tensors (nothing to copy out of a pool).
+    recorder = CompileRecorder()
+    monkeypatch.setattr(torch, "compile", recorder)
     owner = tiny.Owner(tiny.TinyDiT(depth=1))
     compiler = LazyCompiler(CompileSettings(mode="reduce-overhead", blocks_only=True))
+    tiny.call_through(compiler, owner, torch.randn(1, 24, 8), torch.tensor([1.0]))
+    glue = {"diffusion_model.final_layer", "diffusion_model.img_in", "diffusion_model.time_in"}
+    assert set(compiler.compiled_paths) == glue | {"diffusion_model.blocks.0"}
+    for path in glue:
+        standin = compiler._standins[path]
+        assert not isinstance(standin.compiled, OutputCopying)
+    for module, kwargs in recorder.calls:
+        graphs_on = kwargs.get("options", {}).get("triton.cudagraphs", False) or kwargs.get("mode") is not None
+        assert graphs_on is _compiled_block(module)
+        assert isinstance(module, InputCopyingBlock) is _compiled_block(module)
+
+
+def test_modules_around_the_blocks_as_cuda_graphs_copy_their_outputs(tiny, monkeypatch):
+    # The A/B setting (glue_cuda_graphs): the final layer's output is the model's (the sampler keeps it across
+    # calls); an embedder's output may be kept by model code too. Blocks' outputs stay in the graph pool.
+    monkeypatch.setattr(torch, "compile", CompileRecorder())
+    owner = tiny.Owner(tiny.TinyDiT(depth=1))
+    compiler = LazyCompiler(CompileSettings(mode="reduce-overhead", blocks_only=True), glue_cuda_graphs=True)
     tiny.call_through(compiler, owner, torch.randn(1, 24, 8), torch.tensor([1.0]))
     copied = {path for path, standin in compiler._standins.items() if isinstance(standin.compiled, OutputCopying)}
     assert copied == {"diffusion_model.final_layer", "diffusion_model.img_in", "diffusion_model.time_in"}

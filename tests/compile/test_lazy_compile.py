@@ -25,8 +25,10 @@ class RecordingBackend:
     def __init__(self) -> None:
         self.graphs: list[list[str]] = []
         self.input_ptrs: set[int] = set()  # storage addresses of the tensors the graphs took as inputs
+        self.graph_modules: list[torch.fx.GraphModule] = []
 
     def __call__(self, gm, example_inputs):  # noqa: ANN001, ANN204
+        self.graph_modules.append(gm)
         self.graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "placeholder"])
         self.input_ptrs.update(t.data_ptr() for t in example_inputs if isinstance(t, torch.Tensor))
         return gm.forward
@@ -106,6 +108,8 @@ def test_blocks_only_compiles_each_block_and_the_modules_around_them(tiny):
                                        "diffusion_model.time_in"]
     model = owner.diffusion_model  # the embedders' and the final layer's weights went into compiled graphs
     assert {model.img_in.weight.data_ptr(), model.final_layer.weight.data_ptr()} <= backend.input_ptrs
+    # the parameter-free position module stays eager: no graph computes its sine
+    assert not any("sin" in str(node.target) for graph in backend.graph_modules for node in graph.graph.nodes)
     assert torch.equal(out, owner.apply_model(*_inputs(0)))
 
 

@@ -33,10 +33,20 @@ class Block(nn.Module):
         return out
 
 
+class PositionEmbedding(nn.Module):
+    """Parameter-free position math, like Flux's ``pe_embedder``: the compile leaves such modules eager."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(x.shape[1], device=x.device, dtype=torch.float64).reshape(1, -1, 1)
+        freqs = 10000.0 ** -torch.linspace(0, 1, HIDDEN, dtype=torch.float64, device=x.device)
+        return torch.sin(pos * freqs).to(x.dtype)
+
+
 class TinyDiT(nn.Module):
     def __init__(self, depth: int = 2, quantize: bool = True) -> None:
         super().__init__()
         self.img_in = nn.Linear(CHANNELS, HIDDEN)
+        self.pe_embedder = PositionEmbedding()
         self.time_in = nn.Linear(1, HIDDEN)
         self.blocks = nn.ModuleList(Block() for _ in range(depth))
         self.final_layer = nn.Linear(HIDDEN, CHANNELS)
@@ -46,7 +56,7 @@ class TinyDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, transformer_options: dict | None = None) -> torch.Tensor:
         options = transformer_options or {}
-        h = self.img_in(x)
+        h = self.img_in(x) + self.pe_embedder(x)
         vec = self.time_in(t.reshape(-1, 1, 1).to(x.dtype))
         for block in self.blocks:
             h = block(h, vec, options)
