@@ -68,20 +68,19 @@ class CompileSettings:
     def torch_compile_kwargs(self, guard_filter_fn: object | None) -> dict:
         """Keyword arguments for ``torch.compile`` (a fresh ``options`` dict each time: torch pops from it).
 
-        Inductor gets this pack's graph pass (``prologue_fusion``) in ``options``; torch.compile refuses ``mode``
-        and ``options`` together, so a mode is expanded into its option dict (``torch._inductor.list_mode_options``)
-        and merged, and the guard filter travels in ``options`` too. Other backends take no mode.
+        torch.compile refuses ``mode`` and ``options`` together, and the guard filter travels in ``options``; so
+        for inductor a mode is expanded into its option dict (``torch._inductor.list_mode_options``) and merged.
+        Other backends take no mode.
         """
         kwargs: dict = {"backend": self.backend, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
         options: dict = {}
-        if self.backend == "inductor":
-            import torch._inductor  # local: importing inductor is slow and only needed at compile time
+        if self.mode != "default" and self.backend == "inductor":
+            if guard_filter_fn is None:
+                kwargs["mode"] = self.mode
+            else:
+                import torch._inductor  # local: importing inductor is slow and only needed at compile time
 
-            from .prologue_fusion import PrologueFusionPass
-
-            if self.mode != "default":
                 options.update(torch._inductor.list_mode_options(self.mode, self.dynamic))
-            options["pre_grad_custom_pass"] = PrologueFusionPass()
         if guard_filter_fn is not None:
             options["guard_filter_fn"] = guard_filter_fn
         if options:

@@ -18,7 +18,7 @@ import torch
 
 from ..backends.base import Int8Weights
 
-__all__ = ["triton_w8a8", "triton_w8a16", "int_mm", "W8A8_CAT_ACT_OP", "W8A8_OP"]
+__all__ = ["triton_w8a8", "triton_w8a16", "int_mm"]
 
 _NS = "comfy_int8"
 _LINEAR_SCHEMA = ("(Tensor x, Tensor weight, Tensor weight_scale, Tensor? bias, Tensor? smooth, int hadamard_group) "
@@ -47,14 +47,9 @@ def _define(name: str, schema: str, impl: Callable, fake: Callable) -> Callable:
 
 
 def _w8a8_impl(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
-    w = _weights(weight, weight_scale, bias, smooth, hadamard_group)
-    if not x.is_cuda:  # the CPU kernel is the reference (compile passes over these ops are tested on the CPU)
-        from ..backends.reference import ReferenceBackend
-
-        return ReferenceBackend().w8a8_linear(x, w)
     from . import triton_w8a8
 
-    return triton_w8a8.w8a8_linear(x, w)
+    return triton_w8a8.w8a8_linear(x, _weights(weight, weight_scale, bias, smooth, hadamard_group))
 
 
 def _w8a16_impl(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
@@ -65,22 +60,6 @@ def _w8a16_impl(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa:
 
 def _linear_fake(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
     return x.new_empty((x.shape[0], weight.shape[0]))
-
-
-def _w8a8_cat_act_impl(a, b, act, weight, weight_scale, bias):  # noqa: ANN001, ANN202
-    w = Int8Weights(weight, weight_scale, bias)
-    if not b.is_cuda:  # the CPU kernel is the reference (the compile pass is tested on the CPU)
-        from ..activation import cat_act_reference
-        from ..backends.reference import ReferenceBackend
-
-        return ReferenceBackend().w8a8_linear(cat_act_reference(a, b, act), w)
-    from . import triton_w8a8
-
-    return triton_w8a8.w8a8_cat_act_linear(a, b, act, w)
-
-
-def _cat_act_fake(a, b, act, weight, weight_scale, bias):  # noqa: ANN001, ANN202
-    return b.new_empty((b.numel() // b.shape[-1], weight.shape[0]))
 
 
 def _int_mm_impl(a, b):  # noqa: ANN001, ANN202
@@ -97,13 +76,6 @@ _LIBRARY = torch.library.Library(_NS, "FRAGMENT")
 _w8a8_triton_op = _define("w8a8_triton", _LINEAR_SCHEMA, _w8a8_impl, _linear_fake)
 _w8a16_triton_op = _define("w8a16_triton", _LINEAR_SCHEMA, _w8a16_impl, _linear_fake)
 _int_mm_op = _define("int_mm", "(Tensor a, Tensor b) -> Tensor", _int_mm_impl, _int_mm_fake)
-# Only created by the compile pass that fuses a layer's GELU / concatenated input into its quant
-# (compile/prologue_fusion.py): W8A8 linear of cat([a, act(b)], -1) for a plain layer (no smoothing, no rotation).
-_w8a8_cat_act_op = _define(
-    "w8a8_cat_act_triton", "(Tensor? a, Tensor b, int act, Tensor weight, Tensor weight_scale, Tensor? bias) -> Tensor",
-    _w8a8_cat_act_impl, _cat_act_fake)
-W8A8_OP = _w8a8_triton_op
-W8A8_CAT_ACT_OP = _w8a8_cat_act_op
 
 
 def triton_w8a8(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from ..activation import cat_act_reference
 from ..backends.base import Int8Weights, prepare_activation
 from ..config import Int8Config
 from ..hadamard import build_hadamard
 from ..quantize import dequantize
 from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
 from .triton_quant import quantize_per_token_triton
-from .triton_quant_fused import quantize_cat_act_per_token
-from .triton_quant_fused import supports as cat_act_supported
 from .triton_w8a16 import reserve_workspace, w8a16_linear
 
-__all__ = ["w8a8_linear", "w8a8_cat_act_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
+__all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
 
 
 def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -34,18 +31,6 @@ def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
     x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
     xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
     return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, _bias_arg(w.bias, x2d.device), x2d.dtype)
-
-
-def w8a8_cat_act_linear(a: torch.Tensor | None, b: torch.Tensor, act: int, w: Int8Weights) -> torch.Tensor:
-    """The W8A8 linear of ``cat([a, act(b)], -1)`` (2-D ``[M, N]`` in b's dtype), its quant fused with the GELU and
-    the concatenation when the fused kernel takes the inputs; for a plain layer only (no smoothing, no rotation)."""
-    if w.smooth is not None or w.hadamard_group:
-        raise ValueError("w8a8_cat_act_linear: smoothing and rotation layers take the unfused path.")
-    if cat_act_supported(a, b):
-        xq, xs = quantize_cat_act_per_token(a, b, act)
-    else:
-        xq, xs = quantize_per_token_triton(cat_act_reference(a, b, act).contiguous())
-    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, _bias_arg(w.bias, b.device), b.dtype)
 
 
 def weight_only_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:

@@ -93,15 +93,9 @@ def test_mode_with_guard_filter_becomes_inductor_options_torch_accepts():
     torch.compile(nn.Linear(2, 2), **kwargs)  # builds lazily; raises here if the combination is refused
 
 
-def test_inductor_gets_the_prologue_fusion_pass_and_its_mode_as_options():
-    from comfy_int8_w8a8.compile.prologue_fusion import PrologueFusionPass
-
+def test_mode_without_guard_filter_is_passed_as_mode():
     kwargs = CompileSettings(mode="reduce-overhead", use_guard_filter=False).torch_compile_kwargs(None)
-    assert "mode" not in kwargs and kwargs["options"]["triton.cudagraphs"] is True
-    assert isinstance(kwargs["options"]["pre_grad_custom_pass"], PrologueFusionPass)
-    torch.compile(nn.Linear(2, 2), **kwargs)  # raises here if torch refuses the options
-    other = CompileSettings(backend="cudagraphs").torch_compile_kwargs(None)
-    assert "options" not in other  # only inductor runs the pass
+    assert kwargs["mode"] == "reduce-overhead" and "options" not in kwargs
 
 
 def test_find_blocks_reads_every_known_block_list():
