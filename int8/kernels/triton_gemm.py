@@ -140,9 +140,13 @@ def _tma_cfg(bm: int, bn: int, bk: int, warps: int, stages: int, subtile: bool =
 # 4 stages and a TMA store, 256x128 (persistent or one tile per program), or 128x256 with 3 stages and pointer
 # stores won; flattened loops, automatic warp specialization, BLOCK_K 64/256 and 128x128 tiles were slower, and
 # 2-CTA clusters failed to compile (Triton 3.6). Persistent configs split the last partial wave's K (SPLIT_TAIL).
+# At K = 3072 a 128x128 tile, one per program, 3 stages (two programs fit on an SM, so one's epilogue overlaps the
+# other's main loop) beat the autotuner's previous picks by 2-6% (docs/results/gemm_sweep_k3072_h100_s4.json:
+# 4096x3072->9216 209.6 -> 196.8 us, 4608x3072->21504 523.2 -> 512.3); at K >= 12288 it lost, so both stay.
 TMA_CONFIGS = [
     _tma_cfg(128, 256, 128, 8, 4), _tma_cfg(128, 256, 128, 8, 4, split_tail=False), _tma_cfg(256, 128, 128, 8, 3),
-    _tma_cfg(256, 128, 128, 8, 4),
+    _tma_cfg(256, 128, 128, 8, 4), _tma_cfg(128, 128, 128, 4, 3, persistent=False),
+    _tma_cfg(128, 128, 128, 8, 3, persistent=False),
     _tma_cfg(256, 128, 128, 8, 3, persistent=False), _tma_cfg(128, 256, 128, 8, 3, tma_store=False),
     _tma_cfg(128, 256, 128, 8, 3, subtile=False, tma_store=False),
     _tma_cfg(64, 128, 128, 4, 4, subtile=False), _tma_cfg(64, 64, 128, 4, 5, subtile=False),

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CompiledLauncher
+from .triton_gemv import use_gemv, w8a16_gemv
 from .workspace import SplitKWorkspace
 
 __all__ = ["w8a16_linear", "w8a16_config", "reserve_workspace"]
@@ -137,7 +138,8 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, b
                  config: tuple[int, int, int, int, int, int] | None = None) -> torch.Tensor:
     """``(x [M,K] fp16/bf16 @ weight [N,K] int8 ^T) * w_scale[N] (+ bias)`` in x's dtype, fp32 accumulation.
 
-    ``config`` overrides the table (benchmarks); see :func:`w8a16_config`.
+    One or two rows on a wide layer take the GEMV (:mod:`triton_gemv`); ``config`` overrides the table and
+    always runs the tile kernel (benchmarks); see :func:`w8a16_config`.
     """
     if x.dtype not in (torch.float16, torch.bfloat16):
         raise TypeError(f"w8a16_linear takes fp16/bf16 activations, got {x.dtype}.")
@@ -149,6 +151,8 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, b
     if m == 0 or n == 0:
         return c
     dev = x.device.index
+    if config is None and use_gemv(m, n, _sm_count(dev)):
+        return w8a16_gemv(x, weight, w_scale, bias, c)
     block_m, block_n, block_k, split, warps, stages = config or w8a16_config(m, n, k, _sm_count(dev))
     grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split)
     ws = w_scale  # [N] or [N, 1] contiguous: the kernel reads ws[n] either way

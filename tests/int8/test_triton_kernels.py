@@ -120,6 +120,33 @@ def test_gemm_kernels_agree_on_aligned_shape(use_tma):
     assert ((y.double() - ref).abs() <= ref.abs() * 4 * torch.finfo(torch.float32).eps).all()
 
 
+def _tma_config_count() -> int:
+    try:
+        from comfy_int8_w8a8.int8.kernels.triton_gemm import TMA_CONFIGS
+    except ImportError:  # no Triton here: the module's skip marker reports it
+        return 0
+    return len(TMA_CONFIGS)
+
+
+@pytest.mark.parametrize("config_index", range(max(_tma_config_count(), 1)))
+def test_every_tma_config_matches_the_float64_reference(config_index):
+    # The autotuner may pick any of them: each one, with ragged edges (M, N not tile multiples, a K tail) and bias.
+    from comfy_int8_w8a8.int8.kernels import triton_gemm
+
+    cfg = triton_gemm.TMA_CONFIGS[config_index]
+    m, n, k = 300, 520, 3 * 128 + 64
+    a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
+    b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
+    if not triton_gemm.hopper_tma_ok(a, b):
+        pytest.skip("TMA kernel needs sm_90 and Triton tensor descriptors")
+    xs = torch.rand(m, 1, device="cuda") + 0.5
+    ws = torch.rand(n, 1, device="cuda") * 1e-3
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    y = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16, tma_config=cfg)
+    ref = (a.double() @ b.double().t()) * xs.double() * ws.double().t() + bias.double()
+    assert ((y.double() - ref).abs() <= _cast_step(ref, bias, torch.bfloat16)).all()
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group", [64, 256])
 def test_w8a8_linear_with_rotation_and_smooth_matches_reference(dtype, group):
