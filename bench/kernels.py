@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import platform
 import statistics
@@ -38,6 +39,8 @@ SHAPES: list[tuple[str, int, int, int]] = [
 QUICK = {"Flux-1024 qkv", "Flux-1024 mlp_down", "M=64", "M=1"}
 SWEEP_ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256]
 SWEEP_SHAPES = [(3072, 3072), (3072, 12288), (3072, 18432)]
+log = logging.getLogger("comfy_int8_w8a8")
+
 GRAPH_MAX_M = 256
 EAGER_ROUNDS = 3  # eager timing rounds per shape (see _bench_shape)
 L2_DEFEAT_BYTES = 256 << 20
@@ -151,14 +154,27 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
     # draw (1500-1845 MHz seen under these loads): a 20 ms burst after another method ran at other clocks than a
     # sustained run, and timing each method once, one after the other, put the drift into their ratios. So each
     # round times every method sustained (3 x 40 ms, like a sampling loop) and the rounds spread the drift.
+    # Large M is also timed as CUDA-graph replays (GPU time without Python dispatch: how a layer runs under the
+    # compile node's reduce-overhead mode), in the same rounds.
     rounds = {name: [] for name in timed}
+    graph_rounds = {name: [] for name in timed}
     for _ in range(EAGER_ROUNDS):
         for name, fns in timed.items():
             rounds[name].append(eager_time_ms(fns, target_ms=40.0, repeats=3, warmup=1))
+            if m > GRAPH_MAX_M and graph_rounds[name] is not None:
+                try:
+                    graph_rounds[name].append(graph_time_ms(fns, calls_per_graph=2 * len(fns), repeats=3,
+                                                            target_ms=40.0))
+                except RuntimeError as exc:  # a method CUDA graphs cannot capture keeps its eager time only
+                    log.warning("bench kernels: %s at %s has no CUDA-graph time (%s)", name, label, exc)
+                    graph_rounds[name] = None
     for row in rows:
         if row["method"] in rounds:
             row["eager_ms"] = statistics.median(rounds[row["method"]])
             row["eager_rounds_ms"] = rounds[row["method"]]  # the spread, for the reader of the JSON
+        if graph_rounds.get(row["method"]):
+            row["graph_ms"] = statistics.median(graph_rounds[row["method"]])
+            row["graph_rounds_ms"] = graph_rounds[row["method"]]
     ops = 2.0 * m * k * n
     by_name = {r["method"]: r for r in rows}
     for r in rows:

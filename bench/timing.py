@@ -48,8 +48,12 @@ def eager_time_ms(fns: Sequence[Callable[[], object]], target_ms: float = 40.0, 
 
 
 def graph_time_ms(fns: Sequence[Callable[[], object]], calls_per_graph: int = 20, repeats: int = 5,
-                  replays: int = 10) -> float:
-    """Median per-call milliseconds of replaying a CUDA graph that holds ``calls_per_graph`` round-robin calls."""
+                  replays: int = 10, target_ms: float | None = None) -> float:
+    """Median per-call milliseconds of replaying a CUDA graph that holds ``calls_per_graph`` round-robin calls.
+
+    ``target_ms``: replay as often as needed for each repeat to last about that long (sustained load, like eager
+    timing), instead of ``replays`` times.
+    """
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # warm up (autotuning, allocations) outside the capture
@@ -62,8 +66,13 @@ def graph_time_ms(fns: Sequence[Callable[[], object]], calls_per_graph: int = 20
     with torch.cuda.graph(graph):
         for i in range(calls_per_graph):
             fns[i % len(fns)]()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
     graph.replay()
+    end.record()
     torch.cuda.synchronize()
+    if target_ms is not None:
+        replays = max(1, int(target_ms / max(start.elapsed_time(end), 1e-3)))
     times = []
     for _ in range(repeats):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
