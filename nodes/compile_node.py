@@ -42,8 +42,9 @@ class INT8LazyTorchCompile:
                             "changes), false specialises to each shape, auto lets torch decide after a change."}),
                 "compile_transformer_blocks_only": ("BOOLEAN", {"default": False, "tooltip":
                                                     "Compile each transformer block on its own, and the embedders "
-                                                    "and final layer around them, instead of the whole model "
-                                                    "(compiles in seconds, reused across identical blocks)."}),
+                                                    "and final layer around them (those never as CUDA graphs), "
+                                                    "instead of the whole model (compiles in seconds, reused "
+                                                    "across identical blocks)."}),
                 "dynamo_cache_size_limit": ("INT", {"default": 640, "min": 0, "max": 2048, "step": 1, "tooltip":
                                             "torch._dynamo.config.cache_size_limit: compiled variants kept per "
                                             "function before falling back to eager (0 keeps torch's value)."}),
