@@ -134,17 +134,27 @@ def test_every_tma_config_matches_the_float64_reference(config_index):
     from comfy_int8_w8a8.int8.kernels import triton_gemm
 
     cfg = triton_gemm.TMA_CONFIGS[config_index]
-    m, n, k = 300, 520, 3 * 128 + 64
+    a, b, xs, ws, bias = _tma_gemm_operands(300, 520, 3 * 128 + 64)
+    y = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16, tma_config=cfg)
+    ref = _gemm_reference(a, b, xs, ws, bias)
+    assert ((y.double() - ref).abs() <= _cast_step(ref, bias, torch.bfloat16)).all()
+
+
+def _tma_gemm_operands(m: int, n: int, k: int):
+    """Random int8 operands, fp32 scales and a bf16 bias for a TMA GEMM test (skips where that kernel can't run)."""
+    from comfy_int8_w8a8.int8.kernels import triton_gemm
+
     a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
     b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
     if not triton_gemm.hopper_tma_ok(a, b):
         pytest.skip("TMA kernel needs sm_90 and Triton tensor descriptors")
     xs = torch.rand(m, 1, device="cuda") + 0.5
     ws = torch.rand(n, 1, device="cuda") * 1e-3
-    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    y = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16, tma_config=cfg)
-    ref = (a.double() @ b.double().t()) * xs.double() * ws.double().t() + bias.double()
-    assert ((y.double() - ref).abs() <= _cast_step(ref, bias, torch.bfloat16)).all()
+    return a, b, xs, ws, torch.randn(n, device="cuda", dtype=torch.bfloat16)
+
+
+def _gemm_reference(a, b, xs, ws, bias):
+    return (a.double() @ b.double().t()) * xs.double() * ws.double().t() + bias.double()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -350,14 +360,8 @@ def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles
     kw = split_cfg.kwargs
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     cols = max(sms + extra_tiles, 2)  # one row of tiles: the tail has `extra_tiles` (or all) of them
-    m, n, k = kw["BLOCK_M"] - 5, kw["BLOCK_N"] * cols - 8, 16 * kw["BLOCK_K"] + 64  # ragged edges, K tail
-    a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
-    b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
-    if not triton_gemm.hopper_tma_ok(a, b):
-        pytest.skip("TMA kernel needs sm_90 and Triton tensor descriptors")
-    xs = torch.rand(m, 1, device="cuda") + 0.5
-    ws = torch.rand(n, 1, device="cuda") * 1e-3
-    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    # ragged edges, K tail
+    a, b, xs, ws, bias = _tma_gemm_operands(kw["BLOCK_M"] - 5, kw["BLOCK_N"] * cols - 8, 16 * kw["BLOCK_K"] + 64)
     unsplit_cfg = triton_gemm._tma_cfg(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], split_cfg.num_warps,
                                        split_cfg.num_stages, kw["EPILOGUE_SUBTILE"], kw["USE_TMA_STORE"],
                                        split_tail=False)
@@ -368,7 +372,7 @@ def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles
         assert (counters == 0).all()
         # int32 partial sums are exact, and the epilogue is the same code: bit-identical to the unsplit kernel
         assert torch.equal(split, whole)
-    ref = (a.double() @ b.double().t()) * xs.double() * ws.double().t() + bias.double()
+    ref = _gemm_reference(a, b, xs, ws, bias)
     assert ((split.double() - ref).abs() <= _cast_step(ref, bias, torch.bfloat16)).all()
 
 
