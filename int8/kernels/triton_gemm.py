@@ -12,13 +12,12 @@ M is bucketed to a power of two so a sampler's changing token count does not re-
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
 from .fast_launch import CompiledLauncher
+from .host import alignment_bits, capability, cdiv, descriptor, device_index, next_power_of_2, sm_count
 from .workspace import SplitKWorkspace
 
 __all__ = ["TMA_CONFIGS", "int8_gemm_dequant", "m_bucket", "hopper_tma_ok", "reserve_tail_workspace"]
@@ -26,23 +25,13 @@ __all__ = ["TMA_CONFIGS", "int8_gemm_dequant", "m_bucket", "hopper_tma_ok", "res
 
 def m_bucket(m: int) -> int:
     """Autotune key for M: the next power of two, clamped to [16, 16384]."""
-    return min(max(triton.next_power_of_2(m), 16), 16384)
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-@functools.cache
-def _capability(device_index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device_index)
+    return min(max(next_power_of_2(m), 16), 16384)
 
 
 def _prune_by_m(configs, named_args, **kwargs):  # noqa: ANN001 - triton autotune hook signature
     # Tiles much taller than the problem waste the tensor cores; keep the ones that fit the M bucket.
     m = named_args["M"]
-    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, triton.next_power_of_2(m))]
+    fitting = [c for c in configs if c.kwargs["BLOCK_M"] <= max(64, next_power_of_2(m))]
     return fitting or configs
 
 
@@ -90,7 +79,7 @@ _POINTER_CONFIGS_AMPERE = [
 def _pointer_configs() -> list[triton.Config]:
     if not torch.cuda.is_available():
         return _POINTER_CONFIGS_AMPERE
-    return _POINTER_CONFIGS_HOPPER if _capability(torch.cuda.current_device())[0] >= 9 else _POINTER_CONFIGS_AMPERE
+    return _POINTER_CONFIGS_HOPPER if capability(torch.cuda.current_device())[0] >= 9 else _POINTER_CONFIGS_AMPERE
 
 
 @triton.autotune(configs=_pointer_configs(), key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m})
@@ -298,9 +287,9 @@ def reserve_tail_workspace(device: torch.device) -> None:
     ``prepare_device_state``); a no-op where that kernel cannot run."""
     if device.type != "cuda":
         return
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if _capability(idx)[0] >= 9:
-        _tail_workspace(device, _sm_count(idx))
+    idx = device_index(device)
+    if capability(idx)[0] >= 9:
+        _tail_workspace(device, sm_count(idx))
 
 
 def _grid_size(tiles: int, num_sms: int, kw: dict) -> int:
@@ -314,25 +303,25 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
     """First call per shape key: the autotuner picks the config. Later calls: descriptors built for that config
     and a direct launch of the compiled kernel (the autotuner and JIT binding cost ~100 us of CPU per call).
     ``config`` (tests, benchmarks) skips the autotuner."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     m, k = a.shape
     n = b.shape[0]
-    dev = a.device.index if a.device.index is not None else torch.cuda.current_device()
-    num_sms = _sm_count(dev)
+    dev = device_index(a.device)
+    num_sms = sm_count(dev)
     part, count = _tail_workspace(a.device, num_sms)
     tma_store = n % 8 == 0 and c.data_ptr() % 16 == 0  # a TMA store needs 16-byte aligned rows of C
     bucket = m_bucket(m)
     tune_key = (bucket, n, k, c.dtype, bias_arg.dtype, has_bias, tma_store)
     cfg = config or _tuned.get(tune_key)
     if cfg is None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
         # block shapes are set per config by _set_block_shapes; these placeholders only build the descriptors
         a_desc = TensorDescriptor.from_tensor(a, [64, 128])
         b_desc = TensorDescriptor.from_tensor(b, [64, 128])
         c_desc = TensorDescriptor.from_tensor(c, [64, 64]) if tma_store else None
 
         def grid(meta: dict) -> tuple[int]:
-            return (_grid_size(triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]), num_sms, meta),)
+            return (_grid_size(cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]), num_sms, meta),)
 
         _int8_gemm_tma_kernel[grid](a_desc, b_desc, c_desc, c, xs, ws, bias_arg, part, count, m, n, k, c.stride(0),
                                     bucket, HAS_BIAS=has_bias, CAN_TMA_STORE=tma_store, NUM_SMS=num_sms)
@@ -340,13 +329,12 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
         return
     kw = cfg.kwargs
     bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
-    a_desc = TensorDescriptor.from_tensor(a, [bm, bk])
-    b_desc = TensorDescriptor.from_tensor(b, [bn, bk])
-    c_desc = TensorDescriptor.from_tensor(c, [bm, bn // 2 if kw["EPILOGUE_SUBTILE"] else bn]) if tma_store else None
-    grid = (_grid_size(triton.cdiv(m, bm) * triton.cdiv(n, bn), num_sms, kw), 1, 1)
+    a_desc = descriptor(a, [bm, bk])
+    b_desc = descriptor(b, [bn, bk])
+    c_desc = descriptor(c, [bm, bn // 2 if kw["EPILOGUE_SUBTILE"] else bn]) if tma_store else None
+    grid = (_grid_size(cdiv(m, bm) * cdiv(n, bn), num_sms, kw), 1, 1)
     # Specialization facts (see fast_launch): M is 1 / a multiple of 16; N, K and the bucket are in tune_key.
-    key = (tune_key, m == 1, m % 16 == 0, xs.data_ptr() % 16 == 0, ws.data_ptr() % 16 == 0,
-           bias_arg.data_ptr() % 16 == 0, c.data_ptr() % 16 == 0)
+    key = (tune_key, m == 1, m % 16 == 0, alignment_bits(xs, ws, bias_arg, c))
     if config is not None:  # the tuned pick is implied by tune_key; an explicit one is not
         key += (tuple(sorted(kw.items())), config.num_warps, config.num_stages)
     _tma_launch(key, dev, grid, (a_desc, b_desc, c_desc, c, xs, ws, bias_arg, part, count, m, n, k, c.stride(0),
@@ -357,7 +345,7 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
 
 def hopper_tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
     """True when the TMA kernel can run: sm_90+, Triton with host tensor descriptors, 16-byte aligned rows."""
-    if _capability(a.device.index if a.device.index is not None else torch.cuda.current_device())[0] < 9:
+    if capability(device_index(a.device))[0] < 9:
         return False
     if a.shape[1] % 16 or a.stride(0) % 16 or b.stride(0) % 16 or a.data_ptr() % 16 or b.data_ptr() % 16:
         return False
@@ -394,7 +382,7 @@ def int8_gemm_dequant(
         return c
 
     def grid_ptr(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+        return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
 
     _int8_gemm_kernel[grid_ptr](a, b, c, xs, ws, bias_arg, m, n, k, a.stride(0), b.stride(0), c.stride(0),
                                 m_bucket(m), HAS_BIAS=bias is not None)

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CompiledLauncher
+from .host import alignment_bits, cdiv
 
 __all__ = ["use_gemv", "w8a16_gemv"]
 
@@ -29,7 +30,7 @@ MAX_ROWS = 2
 def use_gemv(m: int, n: int, sm_count: int) -> bool:
     """Whether an ``[m, K] x [n, K]^T`` call takes the GEMV: at most two rows, and enough 32-channel programs for
     two per SM."""
-    return 1 <= m <= MAX_ROWS and triton.cdiv(n, _BLOCK_N) >= 2 * sm_count
+    return 1 <= m <= MAX_ROWS and cdiv(n, _BLOCK_N) >= 2 * sm_count
 
 
 @triton.jit
@@ -78,9 +79,9 @@ def w8a16_gemv(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bia
     bias_arg = bias if bias is not None else w_scale
     sx, sw = x.stride(0), weight.stride(0)
     # Everything the JIT specializes on (see fast_launch): dtypes, ints that are 1 or multiples of 16, aligned pointers.
-    aligned = (x.data_ptr() | weight.data_ptr() | w_scale.data_ptr() | bias_arg.data_ptr() | c.data_ptr()) % 16 == 0
+    aligned = alignment_bits(x, weight, w_scale, bias_arg, c)
     key = (x.dtype, bias.dtype if bias is not None else None, m, n, k, sx == 1, sx % 16 == 0, sw % 16 == 0, aligned)
-    grid = (triton.cdiv(n, _BLOCK_N), 1, 1)
+    grid = (cdiv(n, _BLOCK_N), 1, 1)
     _launch(key, x.device.index, grid, (x, weight, c, w_scale, bias_arg, n, k, sx, sw, c.stride(0), bias is not None,
                                         m, _BLOCK_N, _BLOCK_K, _STAGES), _WARPS, 3)
     return c

@@ -16,7 +16,6 @@ butterflies are elementwise adds, with no reshapes or shuffles.
 
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -26,6 +25,7 @@ from triton.language.extra import libdevice
 
 from ..hadamard import build_hadamard, check_group_size
 from .fast_launch import CompiledLauncher
+from .host import cdiv, next_power_of_2, sm_count
 
 __all__ = ["quantize_per_token_triton"]
 
@@ -269,12 +269,12 @@ def _rotated_row_quant_kernel(
 def rot_row_group_split(groups: int) -> tuple[int, int]:
     """``(G_A, G_B)``: power-of-two group counts (each >= 16, the dot's minimum M; ``G_B`` 0 when unused) that
     cover ``groups`` with the least padding."""
-    whole = max(16, triton.next_power_of_2(groups))
+    whole = max(16, next_power_of_2(groups))
     g_a = max(16, whole // 2)
     rest = groups - g_a
     if rest <= 0:
         return whole, 0
-    g_b = max(16, triton.next_power_of_2(rest))
+    g_b = max(16, next_power_of_2(rest))
     return (g_a, g_b) if g_a + g_b < whole else (whole, 0)
 
 
@@ -312,11 +312,8 @@ def _quant_per_token_kernel(
             tl.store(q_ptrs, _quantize(y, scale, INTERPRETED), mask=row_mask[:, None] & (cols < K)[None, :])
 
 
-@functools.cache
 def _sm_count(device_index: int | None) -> int:
-    if _INTERPRETED:  # CPU tensors under the interpreter: any small grid will do
-        return 2
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
+    return 2 if _INTERPRETED else sm_count(device_index)  # CPU tensors under the interpreter: any small grid
 
 
 def _spec_key(runtime_args: tuple, constexprs: tuple) -> tuple:
@@ -346,7 +343,7 @@ def _plain_launch_shape(k: int) -> tuple[int, int, int]:
     once); a longer one is walked twice in 8192-column chunks, one row per program so it stays in L2 between them.
     About 64 elements per thread was fastest in an H100 sweep (docs/results/kernels_h100.md): more warps per
     program lost up to 20% at K = 5120 and 12288."""
-    chunk = min(triton.next_power_of_2(k), 16384)
+    chunk = min(next_power_of_2(k), 16384)
     if k > chunk:
         return 8192, 1, 8
     block_m = max(1, 8192 // chunk)
@@ -359,7 +356,7 @@ def _launch_plain(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, q
     chunk, block_m, warps = config or _plain_launch_shape(k)
     runtime = (x, smooth_arg, q, scale, m, k, x.stride(0), q.stride(0))
     constexprs = (chunk, has_smooth, block_m, k <= chunk, _INTERPRETED)
-    _plain_launch(_spec_key(runtime, constexprs + (warps,)), x.device.index, (triton.cdiv(m, block_m), 1, 1),
+    _plain_launch(_spec_key(runtime, constexprs + (warps,)), x.device.index, (cdiv(m, block_m), 1, 1),
                   runtime + constexprs, warps, 3)
 
 
@@ -382,12 +379,12 @@ def _launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool,
                         stages)
         return
     chunk_cols = 1024 if group >= 1024 else 256
-    n_chunks = triton.cdiv(k, chunk_cols)
+    n_chunks = cdiv(k, chunk_cols)
     part = torch.empty((m, n_chunks), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(m, _ROT_BLOCK_M), n_chunks, 1)
+    grid = (cdiv(m, _ROT_BLOCK_M), n_chunks, 1)
     for quant in (False, True):
         runtime = (x, smooth_arg, h, q, scale, part, m, k, x.stride(0), q.stride(0), n_chunks)
-        constexprs = (group, has_smooth, _ROT_BLOCK_M, triton.next_power_of_2(n_chunks), quant, _INTERPRETED)
+        constexprs = (group, has_smooth, _ROT_BLOCK_M, next_power_of_2(n_chunks), quant, _INTERPRETED)
         _rot_launch(_spec_key(runtime, constexprs), dev, grid, runtime + constexprs, _ROT_WARPS, 3)
 
 

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CompiledLauncher
+from .host import alignment_bits, cdiv, device_index, sm_count
 from .triton_gemv import use_gemv, w8a16_gemv
 from .workspace import SplitKWorkspace
 
@@ -89,12 +90,7 @@ _launch = CompiledLauncher(_w8a16_kernel)
 
 
 @functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-@functools.cache
-def w8a16_config(m: int, n: int, k: int, sm_count: int) -> tuple[int, int, int, int, int, int]:
+def w8a16_config(m: int, n: int, k: int, num_sms: int) -> tuple[int, int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) for an ``[m, k] x [n, k]^T`` call.
 
     From an H100 sweep (CUDA-graph GPU time, docs/results/kernels_h100.md): wide 128-column tiles at 1-4 rows,
@@ -104,9 +100,9 @@ def w8a16_config(m: int, n: int, k: int, sm_count: int) -> tuple[int, int, int, 
     block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
     block_n = 128 if m <= 4 else (32 if m <= 32 else 64)
     block_k = 128
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
-    target = 2 * sm_count if m <= 32 else sm_count
-    k_tiles = triton.cdiv(k, block_k)
+    tiles = cdiv(n, block_n) * cdiv(m, block_m)
+    target = 2 * num_sms if m <= 32 else num_sms
+    k_tiles = cdiv(k, block_k)
     split = 1
     while tiles * split < target and k_tiles >= 4 * split and split < 4:
         split *= 2
@@ -118,16 +114,16 @@ _workspace = SplitKWorkspace(torch.float32)  # fp32 partial tiles
 
 def _workspace_size(m: int, n: int, block_m: int, block_n: int, split: int) -> tuple[int, int]:
     """(partial elements, counters) a launch with this tiling needs; (0, 0) without split-K."""
-    tiles = triton.cdiv(n, block_n) * triton.cdiv(m, block_m)
+    tiles = cdiv(n, block_n) * cdiv(m, block_m)
     return (tiles * split * block_m * block_n, tiles) if split > 1 else (0, 0)
 
 
 def reserve_workspace(device: torch.device, n: int, k: int, max_rows: int) -> None:
     """Grow the split-K workspace to what any call with 1..``max_rows`` rows on an ``[n, k]`` weight needs."""
-    sm_count = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    sms = sm_count(device_index(device))
     part, tiles = 0, 0
     for m in range(1, max_rows + 1):
-        block_m, block_n, _, split, _, _ = w8a16_config(m, n, k, sm_count)
+        block_m, block_n, _, split, _, _ = w8a16_config(m, n, k, sms)
         need_part, need_tiles = _workspace_size(m, n, block_m, block_n, split)
         part, tiles = max(part, need_part), max(tiles, need_tiles)
     if part:
@@ -151,16 +147,17 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, b
     if m == 0 or n == 0:
         return c
     dev = x.device.index
-    if config is None and use_gemv(m, n, _sm_count(dev)):
+    sms = sm_count(dev)
+    if config is None and use_gemv(m, n, sms):
         return w8a16_gemv(x, weight, w_scale, bias, c)
-    block_m, block_n, block_k, split, warps, stages = config or w8a16_config(m, n, k, _sm_count(dev))
-    grid = (triton.cdiv(n, block_n), triton.cdiv(m, block_m), split)
+    block_m, block_n, block_k, split, warps, stages = config or w8a16_config(m, n, k, sms)
+    grid = (cdiv(n, block_n), cdiv(m, block_m), split)
     ws = w_scale  # [N] or [N, 1] contiguous: the kernel reads ws[n] either way
     bias_arg = bias if bias is not None else ws
     part, count = _workspace.get(x.device, *_workspace_size(m, n, block_m, block_n, split)) if split > 1 else (ws, ws)
     sx, sw = x.stride(0), weight.stride(0)
     # Everything the JIT specializes on (see fast_launch): dtypes, ints that are 1 or multiples of 16, aligned pointers.
-    aligned = (x.data_ptr() | weight.data_ptr() | ws.data_ptr() | bias_arg.data_ptr()) % 16 == 0
+    aligned = alignment_bits(x, weight, ws, bias_arg, part, count, c)
     key = (x.dtype, bias.dtype if bias is not None else None, m == 1, m % 16 == 0, n, k, sx == 1, sx % 16 == 0,
            sw % 16 == 0, aligned, block_m, block_n, block_k, split, warps, stages)
     _launch(key, dev, grid, (x, weight, c, ws, bias_arg, part, count, m, n, k, sx, sw, c.stride(0), bias is not None,
