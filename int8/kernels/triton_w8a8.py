@@ -13,6 +13,8 @@ from ..backends.base import Int8Weights, prepare_activation
 from ..config import Int8Config
 from ..hadamard import build_hadamard
 from ..quantize import dequantize
+from . import triton_splitk
+from .host import device_index, sm_count
 from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
 from .triton_quant import quantize_per_token_triton
 from .triton_w8a16 import reserve_workspace, w8a16_linear
@@ -27,10 +29,16 @@ def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor |
 
 
 def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
-    """``x2d [M, K]`` fp16/bf16/fp32 on CUDA -> ``[M, N]`` in ``x2d.dtype`` (whole W8A8 linear, two kernels)."""
+    """``x2d [M, K]`` fp16/bf16/fp32 on CUDA -> ``[M, N]`` in ``x2d.dtype`` (whole W8A8 linear, two kernels).
+    Few rows take the split-K GEMM (:mod:`triton_splitk`), which keeps every SM streaming the weight."""
     x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
     xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
-    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, _bias_arg(w.bias, x2d.device), x2d.dtype)
+    bias = _bias_arg(w.bias, x2d.device)
+    m, k = x2d.shape
+    split_k = triton_splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(x2d.device.index))
+    if split_k is not None:
+        return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k)
+    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, x2d.dtype)
 
 
 def weight_only_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
@@ -52,8 +60,8 @@ def prepack_weight(weight: torch.Tensor) -> object | None:
 
 def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
     """Fill the per-device caches the kernels read (see ``Backend.prepare_device_state``): the Hadamard matrices
-    of a rotated layer, the split-K workspace for the largest small-batch call this layer can get, and the GEMM's
-    split-tail workspace."""
+    of a rotated layer, the split-K workspaces for the largest small-batch and few-rows W8A8 calls this layer can
+    get, and the GEMM's split-tail workspace."""
     device = w.weight.device
     if device.type != "cuda":
         return
@@ -63,3 +71,16 @@ def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
             build_hadamard(64, device, dtype)  # the rotation kernel's, in the activation's dtype
     if config.uses_small_batch_path(1, w.weight.numel()):
         reserve_workspace(device, w.out_features, w.in_features, config.small_batch_rows)
+    reserve_w8a8_workspace(device, w.out_features, w.in_features)
+
+
+def reserve_w8a8_workspace(device: torch.device, n: int, k: int) -> None:
+    """Grow the W8A8 split-K workspace to what any few-rows W8A8 call on an ``[n, k]`` weight needs."""
+    sms = sm_count(device_index(device))
+    part, tiles = 0, 0
+    for m in range(1, triton_splitk.W8A8_MAX_ROWS + 1):
+        cfg = triton_splitk.w8a8_config(m, n, k, sms)
+        if cfg is not None:
+            need_part, need_tiles = triton_splitk.workspace_size(m, n, cfg)
+            part, tiles = max(part, need_part), max(tiles, need_tiles)
+    triton_splitk.reserve(device, True, part, tiles)

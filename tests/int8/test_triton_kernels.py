@@ -239,14 +239,14 @@ def test_compiled_int8_linear_triton_has_no_graph_break(hadamard_group):
 @pytest.mark.parametrize("config", [(16, 64, 128, 4, 4, 4), (32, 32, 256, 3, 4, 3), (64, 64, 128, 8, 4, 4)])
 @pytest.mark.parametrize("m,k,n", [(5, 3073, 971), (64, 3072, 3072)])
 def test_w8a16_split_k_matches_single_pass_and_rearms_counters(m, k, n, config):
-    from comfy_int8_w8a8.int8.kernels import triton_w8a16
+    from comfy_int8_w8a8.int8.kernels import triton_splitk, triton_w8a16
 
     w = _layer(n, k, True)
     x = _acts(m, k, torch.bfloat16)
     whole = triton_w8a16.w8a16_linear(x, w.weight, w.weight_scale, w.bias, config=(*config[:3], 1, *config[4:]))
     for _ in range(3):  # repeated launches reuse the counters: each must leave them at zero
         split = triton_w8a16.w8a16_linear(x, w.weight, w.weight_scale, w.bias, config=config)
-        _, counters = triton_w8a16._workspace.get(x.device, 0, 0)
+        _, counters = triton_splitk._workspaces[torch.float32].get(x.device, 0, 0)
         assert (counters == 0).all()
     acc = (x.double().abs() @ w.weight.double().abs().t()) * w.weight_scale.double().t()
     # Both sum the same exact products in fp32 (different order): K roundings each, then one bf16 cast each.
@@ -328,17 +328,18 @@ def test_reserved_workspace_covers_every_small_batch_call_without_growing():
     # A workspace grown during a CUDA-graph warm-up would be allocated in the graph's pool: preparing the layer's
     # state must reserve enough for every row count the small-batch path takes.
     from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
-    from comfy_int8_w8a8.int8.kernels import triton_w8a16
+    from comfy_int8_w8a8.int8.kernels import triton_splitk
 
-    triton_w8a16._workspace._bufs.clear()
+    workspace = triton_splitk._workspaces[torch.float32]
+    workspace._bufs.clear()
     lin = torch.nn.Linear(3072, 18432).cuda()
     config = Int8Config(runtime_backend="triton", small_batch_fallback="always")
     layer = Int8Linear.from_linear(lin, config)
     layer.backend_for(torch.device("cuda", torch.cuda.current_device()))
-    reserved = triton_w8a16._workspace._bufs[torch.cuda.current_device()]
+    reserved = workspace._bufs[torch.cuda.current_device()]
     for m in range(1, config.small_batch_rows + 1):
         layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16))
-        now = triton_w8a16._workspace._bufs[torch.cuda.current_device()]
+        now = workspace._bufs[torch.cuda.current_device()]
         assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m} rows"
 
 
@@ -396,7 +397,7 @@ def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls():
 
 
 def test_one_pass_rotation_covers_groups_with_least_padding():
-    from comfy_int8_w8a8.int8.kernels.triton_quant import rot_row_group_split
+    from comfy_int8_w8a8.int8.kernels.triton_quant_rotated import rot_row_group_split
 
     # K = 12288 (48 groups of 256) and 10240 (40) take two dots (32 + 16 rows) instead of one of 64.
     assert rot_row_group_split(48) == (32, 16) and rot_row_group_split(40) == (32, 16)

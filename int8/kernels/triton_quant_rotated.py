@@ -1,0 +1,303 @@
+"""Per-token int8 quantization after a block Hadamard rotation (the ``hadamard`` outlier method), fused.
+
+The rotation uses the Kronecker structure of the regular Hadamard matrix (``H_{4^k} = H4 (x) ... (x) H4``): every
+64-column block is multiplied by ``H64`` on the tensor cores (``tl.dot`` of ``[rows, 64] x [64, 64]``), then
+each ``H4`` level above 64 is a butterfly over 4 sub-blocks: with ``H4[i, k] = -1`` exactly when ``i + k == 3``,
+``y_k = 0.5 * sum_i z_i - z_{3-k}``. Each block stays a separate tile in the dot's register layout, so the
+butterflies are elementwise adds, with no reshapes or shuffles.
+
+Numerics as :mod:`triton_quant` (the rotated values are rounded to x's dtype like the torch path); only the fp32
+summation order inside the rotation differs from :func:`int8.hadamard.rotate_activation`.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..hadamard import build_hadamard
+from .fast_launch import CompiledLauncher
+from .host import cdiv, next_power_of_2
+from .triton_quant_common import INTERPRETED, grid_sm_count, load_tile, quantize_by, quantize_rn, spec_key
+
+__all__ = ["launch_rotated", "rot_row_group_split", "one_pass_launch_shape"]
+
+
+@triton.jit
+def _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH: tl.constexpr):
+    """One 64-column block times H64 on the tensor cores: fp32 ``[BLOCK_M, 64]``."""
+    x = load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, col0 + tl.arange(0, 64), K, HAS_SMOOTH)
+    if x.dtype == tl.float32:
+        return tl.dot(x, h, input_precision="ieee")
+    return tl.dot(x, h.to(x.dtype))
+
+
+@triton.jit
+def _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH: tl.constexpr,
+            GROUP: tl.constexpr):
+    """Four 64-column blocks from col0, each times H64; with GROUP >= 256 also the H4 butterfly over them
+    (``y_k = 0.5 * sum_i z_i - z_{3-k}``, since ``H4[i, k] = -1`` exactly when ``i + k == 3``)."""
+    z0 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH)
+    z1 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 64, K, HAS_SMOOTH)
+    z2 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 128, K, HAS_SMOOTH)
+    z3 = _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 192, K, HAS_SMOOTH)
+    if GROUP >= 256:
+        t = 0.5 * (z0 + z1 + z2 + z3)
+        return t - z3, t - z2, t - z1, t - z0
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def _amax4(amax, y0, y1, y2, y3, DT: tl.constexpr):
+    # Round the rotated values to x's dtype first, as the torch path (rotate_activation) does.
+    m01 = tl.maximum(tl.abs(y0.to(DT).to(tl.float32)), tl.abs(y1.to(DT).to(tl.float32)))
+    m23 = tl.maximum(tl.abs(y2.to(DT).to(tl.float32)), tl.abs(y3.to(DT).to(tl.float32)))
+    return tl.maximum(amax, tl.max(tl.maximum(m01, m23), axis=1))
+
+
+@triton.jit
+def _store4(q_ptr, stride_qm, rows, row_mask, col0, K, y0, y1, y2, y3, scale, DT: tl.constexpr,
+            INTERPRETED: tl.constexpr):
+    base = q_ptr + rows.to(tl.int64)[:, None] * stride_qm + col0 + tl.arange(0, 64)[None, :]
+    mask = row_mask[:, None]
+    # Column masks only bite for GROUP = 64 with K % 256 != 0 (a chunk's last 64-blocks lie past K).
+    tl.store(base, quantize_rn(y0.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 < K))
+    tl.store(base + 64, quantize_rn(y1.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 + 64 < K))
+    tl.store(base + 128, quantize_rn(y2.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 + 128 < K))
+    tl.store(base + 192, quantize_rn(y3.to(DT).to(tl.float32), scale, INTERPRETED), mask=mask & (col0 + 192 < K))
+
+
+@triton.jit
+def _rotated_quant_kernel(
+    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, part_ptr, M, K, stride_xm, stride_qm, n_chunks,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, NCHUNK_P2: tl.constexpr,
+    QUANT: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """Rotation path, launched twice over a (row block, column chunk) grid; a chunk is 256 columns (1024 for
+    GROUP = 1024). QUANT = False: rotate the chunk and store its per-row absmax in ``part [M, n_chunks]``.
+    QUANT = True: reduce those partial maxima to the row scale, rotate the chunk again and quantize it
+    (recomputing the rotation costs less than writing the rotated activation out and reading it back).
+    Splitting the columns over programs keeps thousands of loads in flight; one program per row block that
+    walked all of K twice left the kernel latency-bound (+47% layer time at K = 12288).
+    Every block is a [BLOCK_M, 64] tile in the dot's register layout, so the butterflies are elementwise."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_mask = rows < M
+    chunk = tl.program_id(1)
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    part_ptrs = part_ptr + rows.to(tl.int64) * n_chunks
+    if QUANT:
+        chunks = tl.arange(0, NCHUNK_P2)
+        part = tl.load(part_ptrs[:, None] + chunks[None, :], mask=row_mask[:, None] & (chunks < n_chunks)[None, :],
+                       other=0.0)
+        # x * (1/127), not x / 127: torch divides by a Python scalar through its fp32 reciprocal, and we match it.
+        scale = tl.maximum(tl.max(part, axis=1) * (1.0 / 127.0), 1e-12)
+        if chunk == 0:
+            tl.store(scale_ptr + rows, scale, mask=row_mask)
+    amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if GROUP <= 256:
+        col0 = chunk * 256
+        y0, y1, y2, y3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+        if QUANT:
+            _store4(q_ptr, stride_qm, rows, row_mask, col0, K, y0, y1, y2, y3, scale, DT, INTERPRETED)
+        else:
+            amax = _amax4(amax, y0, y1, y2, y3, DT)
+    else:
+        col0 = chunk * 1024
+        a0, a1, a2, a3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH, GROUP)
+        b0, b1, b2, b3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 256, K, HAS_SMOOTH, GROUP)
+        c0, c1, c2, c3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 512, K, HAS_SMOOTH, GROUP)
+        d0, d1, d2, d3 = _rot256(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0 + 768, K, HAS_SMOOTH, GROUP)
+        t0, t1, t2, t3 = 0.5 * (a0 + b0 + c0 + d0), 0.5 * (a1 + b1 + c1 + d1), 0.5 * (a2 + b2 + c2 + d2), \
+            0.5 * (a3 + b3 + c3 + d3)
+        if QUANT:
+            _store4(q_ptr, stride_qm, rows, row_mask, col0, K, t0 - d0, t1 - d1, t2 - d2, t3 - d3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 256, K, t0 - c0, t1 - c1, t2 - c2, t3 - c3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 512, K, t0 - b0, t1 - b1, t2 - b2, t3 - b3, scale, DT,
+                    INTERPRETED)
+            _store4(q_ptr, stride_qm, rows, row_mask, col0 + 768, K, t0 - a0, t1 - a1, t2 - a2, t3 - a3, scale, DT,
+                    INTERPRETED)
+        else:
+            amax = _amax4(amax, t0 - d0, t1 - d1, t2 - d2, t3 - d3, DT)
+            amax = _amax4(amax, t0 - c0, t1 - c1, t2 - c2, t3 - c3, DT)
+            amax = _amax4(amax, t0 - b0, t1 - b1, t2 - b2, t3 - b3, DT)
+            amax = _amax4(amax, t0 - a0, t1 - a1, t2 - a2, t3 - a3, DT)
+    if not QUANT:
+        tl.store(part_ptrs + chunk, amax, mask=row_mask)
+
+
+@triton.jit
+def _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, SUB: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """Sub-block SUB (0..3) of the given row-groups (a row-group is one row's 256-column group: ``x_off`` is its
+    row's offset, ``col`` its first column), times H64: fp32 ``[len(col), 64]``. The row-groups are the dot's M
+    dimension, so a single row's groups already fill a tensor-core tile."""
+    cols = col[:, None] + SUB * 64 + tl.arange(0, 64)[None, :]
+    x = tl.load(x_ptr + x_off[:, None] + cols, mask=rg_mask[:, None], other=0.0)
+    if HAS_SMOOTH:
+        s = tl.load(smooth_ptr + cols, mask=rg_mask[:, None], other=0.0)
+        x = (x.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
+    if x.dtype == tl.float32:
+        return tl.dot(x, h, input_precision="ieee")
+    return tl.dot(x, h.to(x.dtype))
+
+
+@triton.jit
+def _rg_rotate(x_ptr, smooth_ptr, h, x_off, col, rg_mask, GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """The given row-groups, rotated: four ``[len(col), 64]`` sub-block tiles."""
+    z0 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 0, HAS_SMOOTH)
+    z1 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 1, HAS_SMOOTH)
+    z2 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 2, HAS_SMOOTH)
+    z3 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 3, HAS_SMOOTH)
+    if GROUP >= 256:  # H4 butterfly over the four sub-blocks (see _rot256)
+        t = 0.5 * (z0 + z1 + z2 + z3)
+        z0, z1, z2, z3 = t - z3, t - z2, t - z1, t - z0
+    return z0, z1, z2, z3
+
+
+@triton.jit
+def _rg_absmax(z0, z1, z2, z3, DT: tl.constexpr):
+    """Per row-group absmax of the rotated values rounded to x's dtype (as the torch path rounds them)."""
+    m = tl.maximum(tl.maximum(tl.abs(z0.to(DT).to(tl.float32)), tl.abs(z1.to(DT).to(tl.float32))),
+                   tl.maximum(tl.abs(z2.to(DT).to(tl.float32)), tl.abs(z3.to(DT).to(tl.float32))))
+    return tl.max(m, axis=1)
+
+
+@triton.jit
+def _rg_store(q_ptr, q_off, col, rg_mask, z0, z1, z2, z3, s, r, DT: tl.constexpr, INTERPRETED: tl.constexpr):
+    base = q_ptr + q_off[:, None] + col[:, None] + tl.arange(0, 64)[None, :]
+    mask = rg_mask[:, None]
+    s, r = s[:, None], r[:, None]
+    tl.store(base, quantize_by(z0.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
+    tl.store(base + 64, quantize_by(z1.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
+    tl.store(base + 128, quantize_by(z2.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
+    tl.store(base + 192, quantize_by(z3.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
+
+
+@triton.jit
+def _rg_coords(rg, row0, groups, M, stride_xm, stride_qm, ROWS: tl.constexpr):
+    """Row-groups ``rg`` of the block starting at row ``row0``: (row within the block, x offset, q offset, first
+    column, valid)."""
+    local = rg // groups
+    row = row0 + local
+    valid = (local < ROWS) & (row < M)
+    return local, row.to(tl.int64) * stride_xm, row.to(tl.int64) * stride_qm, (rg % groups) * 256, valid
+
+
+@triton.jit
+def _rg_scales(m_rg, local, scale_ptr, row0, M, ROWS: tl.constexpr, m_rg_b, local_b, HAS_B: tl.constexpr):
+    """Each row's scale from its row-groups' absmax (``m_rg``, and ``m_rg_b`` for the second tile when HAS_B),
+    stored to ``scale[row]``; returns the scale per row-group of each tile (1 where padded)."""
+    s_a = tl.full(m_rg.shape, 1.0, tl.float32)
+    s_b = tl.full(m_rg_b.shape, 1.0, tl.float32)
+    for r in tl.static_range(ROWS):
+        amax = tl.max(tl.where(local == r, m_rg, 0.0), axis=0)  # padded row-groups loaded zeros anyway
+        if HAS_B:
+            amax = tl.maximum(amax, tl.max(tl.where(local_b == r, m_rg_b, 0.0), axis=0))
+        # x * (1/127), not x / 127: torch divides by a Python scalar through its fp32 reciprocal, and we match it.
+        scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
+        tl.store(scale_ptr + row0 + r, scale, mask=row0 + r < M)
+        s_a = tl.where(local == r, scale, s_a)
+        s_b = tl.where(local_b == r, scale, s_b)
+    return s_a, s_b
+
+
+@triton.jit
+def _rotated_row_quant_kernel(
+    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, ROWS: tl.constexpr, G_A: tl.constexpr, G_B: tl.constexpr,
+    INTERPRETED: tl.constexpr,
+):
+    """Rotation path in one pass when ``K % 256 == 0`` and ROWS rotated rows fit in registers: each program walks
+    blocks of ROWS rows (persistent grid, H64 loaded once), keeps the block's rotated sub-block tiles in registers,
+    reduces each row's absmax, then quantizes and stores them: x is read once.
+
+    The block's ``ROWS * K / 256`` row-groups are the dots' M dimension, which must be a power of two (>= 16):
+    they are covered by ``G_A`` row-groups plus, if ``G_B`` > 0, ``G_B`` more (48 = 32 + 16 rather than 64 with 16
+    masked: padded rows cost as much as real ones). Several rows per block fill the tile where one row's groups
+    would not (K = 3072: 12 groups padded to 16; four rows are 48 = 32 + 16, none wasted)."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    groups = K // 256
+    rg_a = tl.arange(0, G_A)
+    rg_b = G_A + tl.arange(0, max(G_B, 16))  # unused (and never loaded) when G_B == 0
+    for blk in range(tl.program_id(0), tl.cdiv(M, ROWS), tl.num_programs(0)):
+        row0 = blk * ROWS
+        loc_a, xo_a, qo_a, col_a, ok_a = _rg_coords(rg_a, row0, groups, M, stride_xm, stride_qm, ROWS)
+        a0, a1, a2, a3 = _rg_rotate(x_ptr, smooth_ptr, h, xo_a, col_a, ok_a, GROUP, HAS_SMOOTH)
+        m_a = _rg_absmax(a0, a1, a2, a3, DT)
+        loc_b, xo_b, qo_b, col_b, ok_b = _rg_coords(rg_b, row0, groups, M, stride_xm, stride_qm, ROWS)
+        if G_B > 0:
+            b0, b1, b2, b3 = _rg_rotate(x_ptr, smooth_ptr, h, xo_b, col_b, ok_b, GROUP, HAS_SMOOTH)
+            m_b = _rg_absmax(b0, b1, b2, b3, DT)
+        else:
+            m_b = tl.zeros(rg_b.shape, tl.float32)
+        s_a, s_b = _rg_scales(m_a, loc_a, scale_ptr, row0, M, ROWS, m_b, loc_b, G_B > 0)
+        _rg_store(q_ptr, qo_a, col_a, ok_a, a0, a1, a2, a3, s_a, tl.math.div_rn(tl.full(s_a.shape, 1.0, tl.float32), s_a),
+                  DT, INTERPRETED)
+        if G_B > 0:
+            _rg_store(q_ptr, qo_b, col_b, ok_b, b0, b1, b2, b3, s_b,
+                      tl.math.div_rn(tl.full(s_b.shape, 1.0, tl.float32), s_b), DT, INTERPRETED)
+
+
+def rot_row_group_split(groups: int) -> tuple[int, int]:
+    """``(G_A, G_B)``: power-of-two group counts (each >= 16, the dot's minimum M; ``G_B`` 0 when unused) that
+    cover ``groups`` with the least padding."""
+    whole = max(16, next_power_of_2(groups))
+    g_a = max(16, whole // 2)
+    rest = groups - g_a
+    if rest <= 0:
+        return whole, 0
+    g_b = max(16, next_power_of_2(rest))
+    return (g_a, g_b) if g_a + g_b < whole else (whole, 0)
+
+
+_rot_launch = CompiledLauncher(_rotated_quant_kernel)
+_rot_row_launch = CompiledLauncher(_rotated_row_quant_kernel)
+
+# Chunked rotation kernel (K beyond the one-pass kernel, GROUP = 1024): rows per program and warps.
+_ROT_BLOCK_M = 16
+_ROT_WARPS = 4
+# One-pass kernel: the most row-groups (256 columns each) a block keeps in registers.
+_ROT_ROW_MAX_GROUPS = 64
+
+
+def one_pass_launch_shape(k: int) -> tuple[int, int, int, int]:
+    """(ROWS per block, programs per SM, num_warps, num_stages) of the one-pass kernel for rows of ``k`` columns.
+
+    H100, 4608 rows, one row per block: 12 programs per SM, 4 warps and 3 stages were best
+    (docs/results/quant_kernel_h100_s3_programs.json: 12 vs 8 per SM 75.3 vs 77.9 us at K = 12288, 25.4 vs 26.5 at
+    3072; 3 stages beat 2 everywhere, docs/results/quant_kernel_h100.json)."""
+    return 1, 12, 4, 3
+
+
+def launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, group: int, q: torch.Tensor,
+                   scale: torch.Tensor, config: tuple[int, ...] | None) -> None:
+    """Quantize ``x`` after the block rotation into ``q`` / ``scale`` (see ``quantize_per_token_triton``).
+    ``config``: ``(ROWS, programs per SM, num_warps, num_stages)`` for the one-pass kernel (benchmarks)."""
+    m, k = x.shape
+    dev = x.device.index
+    # build_hadamard caches per device (no host-to-device copy per call, CUDA-graph safe). In x's dtype: the
+    # entries +-1/8 are exact in 16-bit, and half the bytes per load.
+    h = build_hadamard(64, x.device, x.dtype)
+    groups = k // 256
+    if group <= 256 and k % 256 == 0 and groups <= _ROT_ROW_MAX_GROUPS:
+        rows, per_sm, warps, stages = config or one_pass_launch_shape(k)
+        rows = max(1, min(rows, _ROT_ROW_MAX_GROUPS // groups))
+        g_a, g_b = rot_row_group_split(rows * groups)
+        runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
+        constexprs = (group, has_smooth, rows, g_a, g_b, INTERPRETED)
+        grid = (min(cdiv(m, rows), grid_sm_count(dev) * per_sm), 1, 1)
+        _rot_row_launch(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
+                        stages)
+        return
+    chunk_cols = 1024 if group >= 1024 else 256
+    n_chunks = cdiv(k, chunk_cols)
+    part = torch.empty((m, n_chunks), dtype=torch.float32, device=x.device)
+    grid = (cdiv(m, _ROT_BLOCK_M), n_chunks, 1)
+    for quant in (False, True):
+        runtime = (x, smooth_arg, h, q, scale, part, m, k, x.stride(0), q.stride(0), n_chunks)
+        constexprs = (group, has_smooth, _ROT_BLOCK_M, next_power_of_2(n_chunks), quant, INTERPRETED)
+        _rot_launch(spec_key(runtime, constexprs), dev, grid, runtime + constexprs, _ROT_WARPS, 3)

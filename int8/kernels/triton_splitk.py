@@ -1,0 +1,165 @@
+"""The few-rows GEMM: one split-K tile kernel for 16-bit (W8A16) or per-token int8 (W8A8) activations, with the
+dequant scales and bias in its epilogue.
+
+At a few rows a linear layer is memory-bound: its time is the weight read. Enough programs must stream the
+weight at once to saturate HBM: a 3072x3072 layer has only 48 tiles of 64 columns for 132 SMs, and at 64 rows
+every program also re-reads its rows of x from L2. So the K loop is split over SPLIT_K programs per tile (serial
+split-K): each writes its partial tile to a workspace, and the last to arrive (a per-tile counter) sums the
+partials in a fixed order (deterministic), applies the epilogue and re-arms the counter to 0 for the next launch.
+One launch, no memset, CUDA-graph safe. The counters are shared per device, so two of these kernels must not
+run concurrently on different streams.
+
+- W8A16 (``X_INT8 = False``): each int8 weight tile is converted to x's dtype in registers (|q| <= 127 is exact
+  in fp16 and bf16) and multiplied on the tensor cores with fp32 accumulation; fp32 partials.
+- W8A8 (``X_INT8 = True``): int8 x int8 products on the int8 tensor cores, exact in int32 (int32 partials, summed
+  exactly), then ``acc * x_scale[m] * w_scale[n] (+ bias)`` in fp32: the same epilogue, in the same order, as
+  the large-M GEMM (:mod:`triton_gemm`), so both give identical results.
+
+Launches go through :class:`CompiledLauncher`: at these sizes the GPU time is ~10 us and Triton's generic launch
+path would cost several times that on the CPU. Callers pick the config (no autotuner).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .fast_launch import CompiledLauncher
+from .host import alignment_bits, cdiv
+from .workspace import SplitKWorkspace
+
+__all__ = ["SplitKConfig", "W8A8_MAX_ROWS", "w8a8_config", "split_k_linear", "workspace_size", "reserve"]
+
+SplitKConfig = tuple[int, int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages
+W8A8_MAX_ROWS = 64  # W8A8 calls with at most this many rows take the split-K kernel instead of the tiled GEMM
+
+
+@functools.cache
+def w8a8_config(m: int, n: int, k: int, num_sms: int) -> SplitKConfig | None:
+    """The split-K config of a W8A8 ``[m, k] x [n, k]^T`` call, or None where the tiled GEMM is faster."""
+    if m > W8A8_MAX_ROWS:
+        return None
+    block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
+    block_n, block_k = 64, 128
+    tiles = cdiv(n, block_n) * cdiv(m, block_m)
+    k_tiles = cdiv(k, block_k)
+    split = 1
+    while tiles * split < num_sms and k_tiles >= 4 * split and split < 8:
+        split *= 2
+    return block_m, block_n, block_k, split, 4, 3
+
+
+@triton.jit
+def _epilogue(acc, c_ptr, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_cm, HAS_BIAS: tl.constexpr,
+              X_INT8: tl.constexpr):
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    y = acc.to(tl.float32)
+    if X_INT8:
+        y = y * tl.load(xs_ptr + offs_m, mask=m_mask, other=0.0)[:, None]
+    y = y * tl.load(ws_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
+    if HAS_BIAS:
+        y = y + tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    c_ptrs = c_ptr + offs_m.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, y.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _split_k_kernel(
+    x_ptr, w_ptr, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_cm,
+    HAS_BIAS: tl.constexpr, X_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_tiles = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)  # K tiles per split
+    offs_k = pid_k * k_tiles * BLOCK_K + tl.arange(0, BLOCK_K)
+    rows_x = offs_m % M  # wrapped rows are computed and masked at the store
+    rows_w = offs_n % N
+    x_ptrs = x_ptr + rows_x.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
+    w_ptrs = w_ptr + rows_w.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
+    if X_INT8:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kt in range(0, k_tiles):
+        k_mask = offs_k[None, :] < K - kt * BLOCK_K
+        x = tl.load(x_ptrs, mask=k_mask, other=0)
+        w = tl.load(w_ptrs, mask=k_mask, other=0)
+        if X_INT8:
+            acc = tl.dot(x, tl.trans(w), acc, out_dtype=tl.int32)
+        else:
+            acc = tl.dot(x, tl.trans(w.to(x.dtype)), acc)
+        x_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    if SPLIT_K > 1:
+        tile = pid_m * tl.num_programs(0) + pid_n
+        tile_elems: tl.constexpr = BLOCK_M * BLOCK_N
+        offs_t = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        tile_ptr = part_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
+        tl.store(tile_ptr + pid_k * tile_elems + offs_t, acc, cache_modifier=".cg")
+        tl.debug_barrier()  # every thread's partial is written before the counter says so
+        arrived = tl.atomic_add(count_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if arrived == SPLIT_K - 1:
+            acc = tl.load(tile_ptr + offs_t, cache_modifier=".cg")
+            for s in tl.static_range(1, SPLIT_K):
+                acc += tl.load(tile_ptr + s * tile_elems + offs_t, cache_modifier=".cg")
+            _epilogue(acc, c_ptr, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_cm, HAS_BIAS, X_INT8)
+            tl.atomic_xchg(count_ptr + tile, 0, sem="relaxed", scope="gpu")  # re-arm for the next launch
+    else:
+        _epilogue(acc, c_ptr, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_cm, HAS_BIAS, X_INT8)
+
+
+_launch = CompiledLauncher(_split_k_kernel)
+# Partial tiles: fp32 for W8A16, int32 for W8A8 (exact). Separate buffers, so neither path regrows the other's.
+_workspaces = {torch.float32: SplitKWorkspace(torch.float32), torch.int32: SplitKWorkspace(torch.int32)}
+
+
+def workspace_size(m: int, n: int, config: SplitKConfig) -> tuple[int, int]:
+    """(partial elements, counters) a launch with this tiling needs; (0, 0) without split-K."""
+    block_m, block_n, _, split = config[:4]
+    tiles = cdiv(n, block_n) * cdiv(m, block_m)
+    return (tiles * split * block_m * block_n, tiles) if split > 1 else (0, 0)
+
+
+def reserve(device: torch.device, int8_x: bool, part_elems: int, tiles: int) -> None:
+    """Grow the W8A8 (``int8_x``) or W8A16 workspace now to this size (before any CUDA graph records a call)."""
+    if part_elems:
+        _workspaces[torch.int32 if int8_x else torch.float32].get(device, part_elems, tiles)
+
+
+def split_k_linear(x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor | None, w_scale: torch.Tensor,
+                   bias: torch.Tensor | None, out_dtype: torch.dtype, config: SplitKConfig) -> torch.Tensor:
+    """``(x [M,K] @ weight [N,K]^T) (* x_scale[M]) * w_scale[N] (+ bias)`` as ``out_dtype`` ``[M, N]``.
+
+    ``x`` int8 with ``x_scale`` (W8A8), or fp16/bf16 with ``x_scale`` None (W8A16); scales fp32 and contiguous
+    (any shape with M / N elements); ``x`` and ``weight`` with unit column stride.
+    """
+    m, k = x.shape
+    n = weight.shape[0]
+    c = torch.empty((m, n), dtype=out_dtype, device=x.device)
+    if m == 0 or n == 0:
+        return c
+    int8_x = x_scale is not None
+    block_m, block_n, block_k, split, warps, stages = config
+    grid = (cdiv(n, block_n), cdiv(m, block_m), split)
+    xs = x_scale if int8_x else w_scale  # any valid pointer when unused
+    bias_arg = bias if bias is not None else w_scale
+    if split > 1:
+        part, count = _workspaces[torch.int32 if int8_x else torch.float32].get(
+            x.device, *workspace_size(m, n, config))
+    else:
+        part, count = w_scale, w_scale
+    sx, sw = x.stride(0), weight.stride(0)
+    # Everything the JIT specializes on (see fast_launch): dtypes, ints that are 1 or multiples of 16, aligned pointers.
+    key = (x.dtype, out_dtype, bias.dtype if bias is not None else None, m == 1, m % 16 == 0, n, k, sx == 1,
+           sx % 16 == 0, sw % 16 == 0, alignment_bits(x, weight, c, xs, w_scale, bias_arg, part, count), config)
+    _launch(key, x.device.index, grid, (x, weight, c, xs, w_scale, bias_arg, part, count, m, n, k, sx, sw, c.stride(0),
+                                        bias is not None, int8_x, block_m, block_n, block_k, split), warps, stages)
+    return c
