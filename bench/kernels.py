@@ -42,7 +42,9 @@ SWEEP_SHAPES = [(3072, 3072), (3072, 12288), (3072, 18432)]
 log = logging.getLogger("comfy_int8_w8a8")
 
 GRAPH_MAX_M = 256
-EAGER_ROUNDS = 3  # eager timing rounds per shape (see _bench_shape)
+EAGER_ROUNDS = 5  # timing rounds per shape (see _bench_shape)
+INT8_LINEAR = "Int8Linear triton (default options)"
+PLAIN, ROTATED = "triton", "triton +hadamard256"
 L2_DEFEAT_BYTES = 256 << 20
 
 
@@ -107,14 +109,14 @@ def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[
     out: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
         "bf16 F.linear": lambda x: F.linear(x, wb, bias),
         "torch_int_mm": lambda x: int_mm.w8a8_linear(x, plain),
-        "triton": lambda x: custom_ops.triton_w8a8(x, plain),
-        "triton +hadamard256": lambda x: custom_ops.triton_w8a8(x, had),
+        PLAIN: lambda x: custom_ops.triton_w8a8(x, plain),
+        ROTATED: lambda x: custom_ops.triton_w8a8(x, had),
     }
     if m <= GRAPH_MAX_M:
         out["triton W8A16 (small-batch path)"] = lambda x: custom_ops.triton_w8a16(x, plain)
-        # What a model sees: the whole Int8Linear module, with the small-batch fallback up to 64 rows.
-        cfg = Int8Config(runtime_backend="triton", small_batch_rows=64)
-        out["Int8Linear triton (fallback <= 64 rows)"] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg)
+        # What a model sees: the whole Int8Linear module with the default options (small-batch fallback).
+        cfg = Int8Config(runtime_backend="triton")
+        out[INT8_LINEAR] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg)
     fp8 = _fp8_rowwise(w, bias)
     if fp8 is not None:
         out["fp8 rowwise _scaled_mm (compiled)"] = fp8
@@ -168,6 +170,7 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
                 except RuntimeError as exc:  # a method CUDA graphs cannot capture keeps its eager time only
                     log.warning("bench kernels: %s at %s has no CUDA-graph time (%s)", name, label, exc)
                     graph_rounds[name] = None
+    _hadamard_overhead(rows, rounds, graph_rounds)
     for row in rows:
         if row["method"] in rounds:
             row["eager_ms"] = statistics.median(rounds[row["method"]])
@@ -188,6 +191,20 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
             ck = by_name.get("comfy native int8 (per-row)", {}).get(f"{mode}_ms")
             r[f"{mode}_x_comfy"] = ck / t if ck else None
     return rows
+
+
+def _hadamard_overhead(rows: list[dict], rounds: dict, graph_rounds: dict) -> None:
+    """What the rotation adds to the layer, paired per round: the rotated layer is timed right after the plain one
+    in every round, so clock drift between rounds (the GEMMs' round-to-round spread is about 5%) cancels in each
+    pair's ratio; the median over rounds goes on the rotated row as ``{mode}_hadamard_overhead``."""
+    row = next((r for r in rows if r["method"] == ROTATED), None)
+    for mode, times in (("eager", rounds), ("graph", graph_rounds)):
+        plain, rotated = times.get(PLAIN), times.get(ROTATED)
+        if row is None or not plain or not rotated or len(plain) != len(rotated):
+            continue
+        ratios = [r / p - 1.0 for p, r in zip(plain, rotated)]
+        row[f"{mode}_hadamard_overhead"] = statistics.median(ratios)
+        row[f"{mode}_hadamard_overhead_rounds"] = ratios
 
 
 def _small_batch_sweep() -> list[dict]:
@@ -279,6 +296,11 @@ def run(args: argparse.Namespace) -> int:
     (args.out / "kernels.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result["versions"]))
     print(format_table(rows))
+    for r in rows:
+        if r["method"] == ROTATED and "eager_hadamard_overhead" in r:
+            graph = r.get("graph_hadamard_overhead")
+            print(f"hadamard adds to the layer, {r['shape']}: eager {100 * r['eager_hadamard_overhead']:+.1f}%"
+                  + (f", graph {100 * graph:+.1f}%" if graph is not None else "") + " (median of paired rounds)")
     for r in sweep:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     print(f"wrote {args.out / 'kernels.json'}")

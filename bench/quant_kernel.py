@@ -30,16 +30,14 @@ MS = [512, 1536, 4096, 4608, 32760]
 KS = [3072, 5120, 12288, 15360]
 LAYERS = [("Flux-1024 qkv", 4608, 3072, 9216), ("Flux-1024 mlp_up", 4608, 3072, 12288),
           ("Flux-1024 mlp_down", 4608, 12288, 3072)]
-# Launch-shape variants for --sweep: plain (CHUNK, BLOCK_M, warps); one-pass rotation (rows per block, programs/SM,
-# warps, stages).
+# Launch-shape variants for --sweep: plain (CHUNK, BLOCK_M, warps); one-pass rotation (programs/SM, warps, stages).
 PLAIN_SWEEP = {
     3072: [(4096, 1, 4), (4096, 2, 4), (4096, 4, 8)],
     5120: [(8192, 1, 4), (8192, 2, 8)],
     12288: [(16384, 1, 4), (16384, 1, 8), (16384, 1, 16)],
     15360: [(16384, 1, 4), (16384, 1, 8), (16384, 1, 16)],
 }
-ROT_SWEEP = [(rows, *shape) for rows in (1, 2, 4)
-             for shape in ((12, 4, 3), (8, 4, 3), (4, 4, 3), (16, 4, 3), (8, 8, 3), (4, 8, 3), (12, 4, 2), (6, 8, 2))]
+ROT_SWEEP = [(12, 4, 3), (8, 4, 3), (4, 4, 3), (16, 4, 3), (8, 8, 3), (4, 8, 3), (12, 4, 2), (8, 4, 2), (6, 8, 2)]
 SWEEP_MS = [4608, 32760]
 L2_BYTES = 50e6
 

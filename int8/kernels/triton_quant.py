@@ -90,7 +90,7 @@ def quantize_per_token_triton(
     ``smooth``: ``[K]`` multiplier (any float dtype; rounded to x's dtype like the torch path).
     ``hadamard_group``: 0, 64, 256 or 1024 (must divide K). Returns ``(q int8 [M, K], scale fp32 [M, 1])``.
     ``config`` overrides the launch shape (benchmarks): ``(CHUNK, BLOCK_M, num_warps)`` for the plain kernel,
-    ``(ROWS, programs per SM, num_warps, num_stages)`` for the one-pass rotation kernel.
+    ``(programs per SM, num_warps, num_stages)`` for the one-pass rotation kernel.
     """
     if x.dim() != 2 or x.stride(1) != 1:
         raise ValueError(f"quantize_per_token_triton expects a row-major 2-D input, got shape {tuple(x.shape)} "

@@ -130,14 +130,13 @@ def _rotated_quant_kernel(
 
 
 @triton.jit
-def _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, SUB: tl.constexpr, HAS_SMOOTH: tl.constexpr):
-    """Sub-block SUB (0..3) of the given row-groups (a row-group is one row's 256-column group: ``x_off`` is its
-    row's offset, ``col`` its first column), times H64: fp32 ``[len(col), 64]``. The row-groups are the dot's M
-    dimension, so a single row's groups already fill a tensor-core tile."""
-    cols = col[:, None] + SUB * 64 + tl.arange(0, 64)[None, :]
-    x = tl.load(x_ptr + x_off[:, None] + cols, mask=rg_mask[:, None], other=0.0)
+def _rot_row_tile(x_ptr, smooth_ptr, h, row_off, g, g_mask, SUB: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """Sub-block SUB (0..3) of every 256-column group of one row, times H64: fp32 ``[G_P2, 64]``. The groups of a
+    row are the dot's M dimension, so one row alone fills a tensor-core tile."""
+    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+    x = tl.load(x_ptr + row_off + cols, mask=g_mask[:, None], other=0.0)
     if HAS_SMOOTH:
-        s = tl.load(smooth_ptr + cols, mask=rg_mask[:, None], other=0.0)
+        s = tl.load(smooth_ptr + cols, mask=g_mask[:, None], other=0.0)
         x = (x.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
     if x.dtype == tl.float32:
         return tl.dot(x, h, input_precision="ieee")
@@ -145,12 +144,20 @@ def _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, SUB: tl.constexpr, HAS_S
 
 
 @triton.jit
-def _rg_rotate(x_ptr, smooth_ptr, h, x_off, col, rg_mask, GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr):
-    """The given row-groups, rotated: four ``[len(col), 64]`` sub-block tiles."""
-    z0 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 0, HAS_SMOOTH)
-    z1 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 1, HAS_SMOOTH)
-    z2 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 2, HAS_SMOOTH)
-    z3 = _rg_tile(x_ptr, smooth_ptr, h, x_off, col, rg_mask, 3, HAS_SMOOTH)
+def _rot_row_store(q_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, s, r, DT: tl.constexpr,
+                   INTERPRETED: tl.constexpr):
+    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+    tl.store(q_ptr + row_off + cols, quantize_by(y.to(DT).to(tl.float32), s, r, INTERPRETED),
+             mask=g_mask[:, None])
+
+
+@triton.jit
+def _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g, g_mask, GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr):
+    """The groups ``g`` of one row, rotated: four ``[len(g), 64]`` sub-block tiles."""
+    z0 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 0, HAS_SMOOTH)
+    z1 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 1, HAS_SMOOTH)
+    z2 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 2, HAS_SMOOTH)
+    z3 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 3, HAS_SMOOTH)
     if GROUP >= 256:  # H4 butterfly over the four sub-blocks (see _rot256)
         t = 0.5 * (z0 + z1 + z2 + z3)
         z0, z1, z2, z3 = t - z3, t - z2, t - z1, t - z0
@@ -158,88 +165,57 @@ def _rg_rotate(x_ptr, smooth_ptr, h, x_off, col, rg_mask, GROUP: tl.constexpr, H
 
 
 @triton.jit
-def _rg_absmax(z0, z1, z2, z3, DT: tl.constexpr):
-    """Per row-group absmax of the rotated values rounded to x's dtype (as the torch path rounds them)."""
+def _rot_row_absmax(z0, z1, z2, z3, DT: tl.constexpr):
+    # Padded groups loaded zeros: they add nothing to the absmax.
     m = tl.maximum(tl.maximum(tl.abs(z0.to(DT).to(tl.float32)), tl.abs(z1.to(DT).to(tl.float32))),
                    tl.maximum(tl.abs(z2.to(DT).to(tl.float32)), tl.abs(z3.to(DT).to(tl.float32))))
-    return tl.max(m, axis=1)
+    return tl.max(tl.max(m, axis=1), axis=0)
 
 
 @triton.jit
-def _rg_store(q_ptr, q_off, col, rg_mask, z0, z1, z2, z3, s, r, DT: tl.constexpr, INTERPRETED: tl.constexpr):
-    base = q_ptr + q_off[:, None] + col[:, None] + tl.arange(0, 64)[None, :]
-    mask = rg_mask[:, None]
-    s, r = s[:, None], r[:, None]
-    tl.store(base, quantize_by(z0.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
-    tl.store(base + 64, quantize_by(z1.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
-    tl.store(base + 128, quantize_by(z2.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
-    tl.store(base + 192, quantize_by(z3.to(DT).to(tl.float32), s, r, INTERPRETED), mask=mask)
-
-
-@triton.jit
-def _rg_coords(rg, row0, groups, M, stride_xm, stride_qm, ROWS: tl.constexpr):
-    """Row-groups ``rg`` of the block starting at row ``row0``: (row within the block, x offset, q offset, first
-    column, valid)."""
-    local = rg // groups
-    row = row0 + local
-    valid = (local < ROWS) & (row < M)
-    return local, row.to(tl.int64) * stride_xm, row.to(tl.int64) * stride_qm, (rg % groups) * 256, valid
-
-
-@triton.jit
-def _rg_scales(m_rg, local, scale_ptr, row0, M, ROWS: tl.constexpr, m_rg_b, local_b, HAS_B: tl.constexpr):
-    """Each row's scale from its row-groups' absmax (``m_rg``, and ``m_rg_b`` for the second tile when HAS_B),
-    stored to ``scale[row]``; returns the scale per row-group of each tile (1 where padded)."""
-    s_a = tl.full(m_rg.shape, 1.0, tl.float32)
-    s_b = tl.full(m_rg_b.shape, 1.0, tl.float32)
-    for r in tl.static_range(ROWS):
-        amax = tl.max(tl.where(local == r, m_rg, 0.0), axis=0)  # padded row-groups loaded zeros anyway
-        if HAS_B:
-            amax = tl.maximum(amax, tl.max(tl.where(local_b == r, m_rg_b, 0.0), axis=0))
-        # x * (1/127), not x / 127: torch divides by a Python scalar through its fp32 reciprocal, and we match it.
-        scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
-        tl.store(scale_ptr + row0 + r, scale, mask=row0 + r < M)
-        s_a = tl.where(local == r, scale, s_a)
-        s_b = tl.where(local_b == r, scale, s_b)
-    return s_a, s_b
+def _rot_row_store4(q_ptr, q_off, g, g_mask, z0, z1, z2, z3, scale, r, DT: tl.constexpr, INTERPRETED: tl.constexpr):
+    _rot_row_store(q_ptr, q_off, g, g_mask, 0, z0, scale, r, DT, INTERPRETED)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 1, z1, scale, r, DT, INTERPRETED)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 2, z2, scale, r, DT, INTERPRETED)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 3, z3, scale, r, DT, INTERPRETED)
 
 
 @triton.jit
 def _rotated_row_quant_kernel(
     x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
-    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, ROWS: tl.constexpr, G_A: tl.constexpr, G_B: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, G_A: tl.constexpr, G_B: tl.constexpr, INTERPRETED: tl.constexpr,
 ):
-    """Rotation path in one pass when ``K % 256 == 0`` and ROWS rotated rows fit in registers: each program walks
-    blocks of ROWS rows (persistent grid, H64 loaded once), keeps the block's rotated sub-block tiles in registers,
-    reduces each row's absmax, then quantizes and stores them: x is read once.
+    """Rotation path in one pass when ``K % 256 == 0`` and a rotated row fits in registers (``K <= 64 * 256``):
+    each program walks rows (persistent grid, H64 loaded once), keeps the row's rotated sub-block tiles in
+    registers, reduces their absmax, then quantizes and stores them: x is read once.
 
-    The block's ``ROWS * K / 256`` row-groups are the dots' M dimension, which must be a power of two (>= 16):
-    they are covered by ``G_A`` row-groups plus, if ``G_B`` > 0, ``G_B`` more (48 = 32 + 16 rather than 64 with 16
-    masked: padded rows cost as much as real ones). Several rows per block fill the tile where one row's groups
-    would not (K = 3072: 12 groups padded to 16; four rows are 48 = 32 + 16, none wasted)."""
+    A row's K / 256 groups are the dots' M dimension, which must be a power of two (>= 16): they are covered by
+    ``G_A`` groups plus, if ``G_B`` > 0, ``G_B`` more (48 groups = 32 + 16 rather than 64 with 16 masked: the
+    padded rows cost as much as real ones, so at K = 12288 this is a quarter less work per row)."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
-    groups = K // 256
-    rg_a = tl.arange(0, G_A)
-    rg_b = G_A + tl.arange(0, max(G_B, 16))  # unused (and never loaded) when G_B == 0
-    for blk in range(tl.program_id(0), tl.cdiv(M, ROWS), tl.num_programs(0)):
-        row0 = blk * ROWS
-        loc_a, xo_a, qo_a, col_a, ok_a = _rg_coords(rg_a, row0, groups, M, stride_xm, stride_qm, ROWS)
-        a0, a1, a2, a3 = _rg_rotate(x_ptr, smooth_ptr, h, xo_a, col_a, ok_a, GROUP, HAS_SMOOTH)
-        m_a = _rg_absmax(a0, a1, a2, a3, DT)
-        loc_b, xo_b, qo_b, col_b, ok_b = _rg_coords(rg_b, row0, groups, M, stride_xm, stride_qm, ROWS)
+    g_a = tl.arange(0, G_A)
+    mask_a = g_a < K // 256
+    if G_B > 0:
+        g_b = G_A + tl.arange(0, G_B)
+        mask_b = g_b < K // 256
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    for it in range(0, tl.cdiv(M - pid, n_prog)):
+        row = pid + it * n_prog
+        x_off = row.to(tl.int64) * stride_xm
+        a0, a1, a2, a3 = _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g_a, mask_a, GROUP, HAS_SMOOTH)
+        amax = _rot_row_absmax(a0, a1, a2, a3, DT)
         if G_B > 0:
-            b0, b1, b2, b3 = _rg_rotate(x_ptr, smooth_ptr, h, xo_b, col_b, ok_b, GROUP, HAS_SMOOTH)
-            m_b = _rg_absmax(b0, b1, b2, b3, DT)
-        else:
-            m_b = tl.zeros(rg_b.shape, tl.float32)
-        s_a, s_b = _rg_scales(m_a, loc_a, scale_ptr, row0, M, ROWS, m_b, loc_b, G_B > 0)
-        _rg_store(q_ptr, qo_a, col_a, ok_a, a0, a1, a2, a3, s_a, tl.math.div_rn(tl.full(s_a.shape, 1.0, tl.float32), s_a),
-                  DT, INTERPRETED)
+            b0, b1, b2, b3 = _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g_b, mask_b, GROUP, HAS_SMOOTH)
+            amax = tl.maximum(amax, _rot_row_absmax(b0, b1, b2, b3, DT))
+        scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
+        tl.store(scale_ptr + row, scale)
+        r = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+        q_off = row.to(tl.int64) * stride_qm
+        _rot_row_store4(q_ptr, q_off, g_a, mask_a, a0, a1, a2, a3, scale, r, DT, INTERPRETED)
         if G_B > 0:
-            _rg_store(q_ptr, qo_b, col_b, ok_b, b0, b1, b2, b3, s_b,
-                      tl.math.div_rn(tl.full(s_b.shape, 1.0, tl.float32), s_b), DT, INTERPRETED)
+            _rot_row_store4(q_ptr, q_off, g_b, mask_b, b0, b1, b2, b3, scale, r, DT, INTERPRETED)
 
 
 def rot_row_group_split(groups: int) -> tuple[int, int]:
@@ -260,36 +236,35 @@ _rot_row_launch = CompiledLauncher(_rotated_row_quant_kernel)
 # Chunked rotation kernel (K beyond the one-pass kernel, GROUP = 1024): rows per program and warps.
 _ROT_BLOCK_M = 16
 _ROT_WARPS = 4
-# One-pass kernel: the most row-groups (256 columns each) a block keeps in registers.
-_ROT_ROW_MAX_GROUPS = 64
+# One-pass kernel: the largest K it keeps in registers (64 groups of 256).
+_ROT_ROW_MAX_K = 64 * 256
 
 
-def one_pass_launch_shape(k: int) -> tuple[int, int, int, int]:
-    """(ROWS per block, programs per SM, num_warps, num_stages) of the one-pass kernel for rows of ``k`` columns.
+def one_pass_launch_shape(k: int) -> tuple[int, int, int]:
+    """(programs per SM, num_warps, num_stages) of the one-pass kernel's persistent grid for rows of ``k`` columns.
 
-    H100, 4608 rows, one row per block: 12 programs per SM, 4 warps and 3 stages were best
-    (docs/results/quant_kernel_h100_s3_programs.json: 12 vs 8 per SM 75.3 vs 77.9 us at K = 12288, 25.4 vs 26.5 at
-    3072; 3 stages beat 2 everywhere, docs/results/quant_kernel_h100.json)."""
-    return 1, 12, 4, 3
+    H100, 4608 rows: 12 programs per SM and 4 warps (docs/results/quant_kernel_h100_s3_programs.json: 12 vs 8 per SM
+    75.3 vs 77.9 us at K = 12288, 25.4 vs 26.5 at 3072); 3 stages (docs/results/quant_kernel_h100.json: faster than
+    2 at every shape then). Several rows per program were tried (docs/results/probe_h100_s5.json) and lost at
+    every shape: 2 rows 28.3 vs 26.3 us at 4608x3072, 4 rows 34.2."""
+    return 12, 4, 3
 
 
 def launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, group: int, q: torch.Tensor,
                    scale: torch.Tensor, config: tuple[int, ...] | None) -> None:
     """Quantize ``x`` after the block rotation into ``q`` / ``scale`` (see ``quantize_per_token_triton``).
-    ``config``: ``(ROWS, programs per SM, num_warps, num_stages)`` for the one-pass kernel (benchmarks)."""
+    ``config``: ``(programs per SM, num_warps, num_stages)`` for the one-pass kernel (benchmarks)."""
     m, k = x.shape
     dev = x.device.index
     # build_hadamard caches per device (no host-to-device copy per call, CUDA-graph safe). In x's dtype: the
     # entries +-1/8 are exact in 16-bit, and half the bytes per load.
     h = build_hadamard(64, x.device, x.dtype)
-    groups = k // 256
-    if group <= 256 and k % 256 == 0 and groups <= _ROT_ROW_MAX_GROUPS:
-        rows, per_sm, warps, stages = config or one_pass_launch_shape(k)
-        rows = max(1, min(rows, _ROT_ROW_MAX_GROUPS // groups))
-        g_a, g_b = rot_row_group_split(rows * groups)
+    if group <= 256 and k % 256 == 0 and k <= _ROT_ROW_MAX_K:
+        g_a, g_b = rot_row_group_split(k // 256)
+        per_sm, warps, stages = config or one_pass_launch_shape(k)
         runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
-        constexprs = (group, has_smooth, rows, g_a, g_b, INTERPRETED)
-        grid = (min(cdiv(m, rows), grid_sm_count(dev) * per_sm), 1, 1)
+        constexprs = (group, has_smooth, g_a, g_b, INTERPRETED)
+        grid = (min(m, grid_sm_count(dev) * per_sm), 1, 1)
         _rot_row_launch(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
                         stages)
         return
