@@ -12,11 +12,12 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..hadamard import check_group_size
 from .fast_launch import CompiledLauncher
 from .host import cdiv, next_power_of_2
-from .triton_quant_common import INTERPRETED, load_tile, quantize_rn, spec_key
+from .triton_quant_common import INTERPRETED, can_trigger_dependents, load_tile, quantize_rn, spec_key
 from .triton_quant_rotated import launch_rotated
 
 __all__ = ["quantize_per_token_triton"]
@@ -26,9 +27,13 @@ __all__ = ["quantize_per_token_triton"]
 def _quant_per_token_kernel(
     x_ptr, smooth_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
     CHUNK: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
-    INTERPRETED: tl.constexpr,
+    INTERPRETED: tl.constexpr, TRIGGER: tl.constexpr,
 ):
-    """No rotation: a whole row in registers when it fits (one read), else two passes over CHUNK columns."""
+    """No rotation: a whole row in registers when it fits (one read), else two passes over CHUNK columns.
+    TRIGGER (sm_90+): let a kernel launched with programmatic dependent launch after this one (the few-rows GEMM)
+    start now; it waits for this kernel's results itself (``gdc_wait``)."""
+    if TRIGGER:
+        gdc_launch_dependents()
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     if SINGLE_CHUNK:
@@ -76,7 +81,7 @@ def _launch_plain(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, q
     m, k = x.shape
     chunk, block_m, warps = config or _plain_launch_shape(k)
     runtime = (x, smooth_arg, q, scale, m, k, x.stride(0), q.stride(0))
-    constexprs = (chunk, has_smooth, block_m, k <= chunk, INTERPRETED)
+    constexprs = (chunk, has_smooth, block_m, k <= chunk, INTERPRETED, can_trigger_dependents(x.device.index))
     _plain_launch(spec_key(runtime, constexprs + (warps,)), x.device.index, (cdiv(m, block_m), 1, 1),
                   runtime + constexprs, warps, 3)
 

@@ -11,9 +11,9 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .host import sm_count
+from .host import capability, sm_count
 
-__all__ = ["INTERPRETED", "round_half_even", "quantize_rn", "quantize_by", "load_tile", "spec_key", "grid_sm_count"]
+__all__ = ["INTERPRETED", "can_trigger_dependents", "round_half_even", "quantize_rn", "quantize_by", "load_tile", "spec_key", "grid_sm_count"]
 
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used to debug these kernels without a GPU) has no libdevice;
 # there, rounding uses the fp32 magic-number trick, which also rounds half to even for |v| < 2**22.
@@ -56,6 +56,11 @@ def load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH:
         s = tl.load(smooth_ptr + cols, mask=col_mask, other=0.0)
         x = (x.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
     return x
+
+
+def can_trigger_dependents(device_index: int | None) -> bool:
+    """Whether a quant kernel on this device may signal a programmatically launched successor (sm_90+)."""
+    return not INTERPRETED and capability(device_index)[0] >= 9
 
 
 def grid_sm_count(device_index: int | None) -> int:

@@ -26,6 +26,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
 
 from .fast_launch import CompiledLauncher
 from .host import alignment_bits, cdiv
@@ -79,8 +80,10 @@ def _epilogue(acc, c_ptr, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride
 def _split_k_kernel(
     x_ptr, w_ptr, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_cm,
     HAS_BIAS: tl.constexpr, X_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched early (programmatic dependent launch): wait for the kernel before us before reading anything
+        gdc_wait()
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
@@ -143,11 +146,13 @@ def reserve(device: torch.device, int8_x: bool, part_elems: int, tiles: int) -> 
 
 
 def split_k_linear(x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor | None, w_scale: torch.Tensor,
-                   bias: torch.Tensor | None, out_dtype: torch.dtype, config: SplitKConfig) -> torch.Tensor:
+                   bias: torch.Tensor | None, out_dtype: torch.dtype, config: SplitKConfig,
+                   pdl: bool = False) -> torch.Tensor:
     """``(x [M,K] @ weight [N,K]^T) (* x_scale[M]) * w_scale[N] (+ bias)`` as ``out_dtype`` ``[M, N]``.
 
     ``x`` int8 with ``x_scale`` (W8A8), or fp16/bf16 with ``x_scale`` None (W8A16); scales fp32 and contiguous
-    (any shape with M / N elements); ``x`` and ``weight`` with unit column stride.
+    (any shape with M / N elements); ``x`` and ``weight`` with unit column stride. ``pdl`` (sm_90+): launch with
+    programmatic dependent launch, so the launch overlaps the tail of the kernel before it (the activation quant).
     """
     m, k = x.shape
     n = weight.shape[0]
@@ -167,7 +172,8 @@ def split_k_linear(x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor 
     sx, sw = x.stride(0), weight.stride(0)
     # Everything the JIT specializes on (see fast_launch): dtypes, ints that are 1 or multiples of 16, aligned pointers.
     key = (x.dtype, out_dtype, bias.dtype if bias is not None else None, m == 1, m % 16 == 0, n, k, sx == 1,
-           sx % 16 == 0, sw % 16 == 0, alignment_bits(x, weight, c, xs, w_scale, bias_arg, part, count), config)
+           sx % 16 == 0, sw % 16 == 0, alignment_bits(x, weight, c, xs, w_scale, bias_arg, part, count), config, pdl)
     _launch(key, x.device.index, grid, (x, weight, c, xs, w_scale, bias_arg, part, count, m, n, k, sx, sw, c.stride(0),
-                                        bias is not None, int8_x, block_m, block_n, block_k, split), warps, stages)
+                                        bias is not None, int8_x, block_m, block_n, block_k, split, pdl), warps, stages,
+            pdl)
     return c

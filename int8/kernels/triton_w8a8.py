@@ -14,12 +14,14 @@ from ..config import Int8Config
 from ..hadamard import build_hadamard
 from ..quantize import dequantize
 from . import triton_splitk
-from .host import device_index, sm_count
+from .host import capability, device_index, sm_count
 from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
 from .triton_quant import quantize_per_token_triton
 from .triton_w8a16 import reserve_workspace, w8a16_linear
 
 __all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
+
+PDL = True  # programmatic dependent launch of the few-rows GEMM on sm_90+ (a switch for A/B measurements)
 
 
 def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -35,9 +37,13 @@ def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
     xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
     bias = _bias_arg(w.bias, x2d.device)
     m, k = x2d.shape
-    split_k = triton_splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(x2d.device.index))
+    dev = x2d.device.index
+    split_k = triton_splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(dev))
     if split_k is not None:
-        return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k)
+        # On Hopper the GEMM launches while the quant kernel runs (programmatic dependent launch): at these sizes
+        # the launch gap is a sizeable part of the layer.
+        return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k,
+                                            pdl=PDL and capability(dev)[0] >= 9 and not w.hadamard_group)
     return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, x2d.dtype)
 
 

@@ -82,3 +82,33 @@ def test_reserved_w8a8_workspace_covers_every_few_rows_call_without_growing():
         layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16))
         now = workspace._bufs[torch.cuda.current_device()]
         assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m} rows"
+
+
+def test_few_rows_w8a8_replays_in_a_cuda_graph_with_fresh_inputs():
+    # On Hopper the GEMM is launched programmatically dependent on the quant kernel: captured in a graph, a replay
+    # must still see the activations the quant kernel has just written (new input values each replay).
+    from comfy_int8_w8a8.int8.kernels import triton_w8a8
+
+    x, _, _, q, s, bias = _operands(48, 3072, 3072)
+    w = Int8Weights(q, s, bias)
+    static_x = x.clone()
+    triton_w8a8.w8a8_linear(static_x, w)  # compile and reserve outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_y = triton_w8a8.w8a8_linear(static_x, w)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        static_x.copy_(torch.randn_like(static_x) * (seed + 1))
+        graph.replay()
+        assert torch.equal(static_y, triton_w8a8.w8a8_linear(static_x, w))
+
+
+def test_pdl_and_plain_launch_give_identical_results():
+    from comfy_int8_w8a8.int8.kernels import triton_splitk
+
+    if torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("programmatic dependent launch needs sm_90 (Hopper) or newer")
+    _, xq, xs, q, s, bias = _operands(64, 3072, 3072)
+    cfg = triton_splitk.w8a8_config(64, 3072, 3072, torch.cuda.get_device_properties(0).multi_processor_count)
+    plain = triton_splitk.split_k_linear(xq, q, xs, s, bias, torch.bfloat16, cfg)
+    assert torch.equal(triton_splitk.split_k_linear(xq, q, xs, s, bias, torch.bfloat16, cfg, pdl=True), plain)
