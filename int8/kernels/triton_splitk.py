@@ -29,14 +29,13 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
 from .fast_launch import CompiledLauncher
-from .host import alignment_bits, cdiv, next_power_of_2
+from .host import alignment_bits, cdiv
 from .workspace import SplitKWorkspace
 
 __all__ = ["SplitKConfig", "W8A8_MAX_ROWS", "w8a8_config", "split_k_linear", "workspace_size", "reserve"]
 
 SplitKConfig = tuple[int, int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages
 W8A8_MAX_ROWS = 64  # W8A8 calls with at most this many rows take the split-K kernel instead of the tiled GEMM
-PREFETCH = True  # with ``pdl``: prefetch the weight slice into L2 before waiting (a switch for A/B measurements)
 
 
 @functools.cache
@@ -78,38 +77,22 @@ def _epilogue(acc, c_ptr, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride
 
 
 @triton.jit
-def _prefetch_l2(w_ptr, rows_w, stride_wn, k_begin, k_end, LINES: tl.constexpr):
-    """Ask L2 for this program's weight slice (rows ``rows_w``, columns ``k_begin..k_end``), one request per
-    128-byte line; nothing comes back to registers."""
-    offs = tl.minimum(k_begin + tl.arange(0, LINES) * 128, k_end - 1)
-    ptrs = w_ptr + rows_w.to(tl.int64)[:, None] * stride_wn + offs[None, :]
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // dummy $0", "=r,l", [ptrs], dtype=tl.int32, is_pure=False,
-                              pack=1)
-
-
-@triton.jit
 def _split_k_kernel(
     x_ptr, w_ptr, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_cm,
     HAS_BIAS: tl.constexpr, X_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # launched early (programmatic dependent launch): wait for the kernel before us before reading anything
+        gdc_wait()
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
     pid_k = tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k_tiles = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)  # K tiles per split
-    k_begin = pid_k * k_tiles * BLOCK_K
-    offs_k = k_begin + tl.arange(0, BLOCK_K)
+    offs_k = pid_k * k_tiles * BLOCK_K + tl.arange(0, BLOCK_K)
     rows_x = offs_m % M  # wrapped rows are computed and masked at the store
     rows_w = offs_n % N
-    if PDL:
-        # Launched while the kernel before us (the activation quant) still runs. Everything before that kernel
-        # has completed (it was not launched early), so the weights are safe to touch: stream our slice into L2
-        # meanwhile. Then wait for the quant kernel's results before reading anything else.
-        if PREFETCH_LINES > 0:
-            _prefetch_l2(w_ptr, rows_w, stride_wn, k_begin, tl.minimum(K, k_begin + k_tiles * BLOCK_K), PREFETCH_LINES)
-        gdc_wait()
     x_ptrs = x_ptr + rows_x.to(tl.int64)[:, None] * stride_xm + offs_k[None, :]
     w_ptrs = w_ptr + rows_w.to(tl.int64)[:, None] * stride_wn + offs_k[None, :]
     if X_INT8:
@@ -188,11 +171,9 @@ def split_k_linear(x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor 
         part, count = w_scale, w_scale
     sx, sw = x.stride(0), weight.stride(0)
     # Everything the JIT specializes on (see fast_launch): dtypes, ints that are 1 or multiples of 16, aligned pointers.
-    lines = next_power_of_2(cdiv(cdiv(cdiv(k, block_k), split) * block_k, 128)) if pdl and PREFETCH else 0
     key = (x.dtype, out_dtype, bias.dtype if bias is not None else None, m == 1, m % 16 == 0, n, k, sx == 1,
-           sx % 16 == 0, sw % 16 == 0, alignment_bits(x, weight, c, xs, w_scale, bias_arg, part, count), config, pdl,
-           lines)
+           sx % 16 == 0, sw % 16 == 0, alignment_bits(x, weight, c, xs, w_scale, bias_arg, part, count), config, pdl)
     _launch(key, x.device.index, grid, (x, weight, c, xs, w_scale, bias_arg, part, count, m, n, k, sx, sw, c.stride(0),
-                                        bias is not None, int8_x, block_m, block_n, block_k, split, pdl, lines),
-            warps, stages, pdl)
+                                        bias is not None, int8_x, block_m, block_n, block_k, split, pdl), warps, stages,
+            pdl)
     return c
