@@ -64,14 +64,18 @@ def _quant_per_token_kernel(
 _plain_launch = CompiledLauncher(_quant_per_token_kernel)
 
 
-def _plain_launch_shape(k: int) -> tuple[int, int, int]:
+def _plain_launch_shape(k: int, m: int) -> tuple[int, int, int]:
     """(CHUNK, BLOCK_M, num_warps) for the plain kernel. A row up to 16384 columns is held in registers (x read
     once); a longer one is walked twice in 8192-column chunks, one row per program so it stays in L2 between them.
     About 64 elements per thread was fastest in an H100 sweep (docs/results/kernels_h100.md): more warps per
-    program lost up to 20% at K = 5120 and 12288."""
+    program lost up to 20% at K = 5120 and 12288. A few rows (<= 64) get one row per program and 8 elements per
+    thread: the kernel is pure latency there, and the GEMM waits for its last program
+    (docs/results/few_rows_tune_h100_s5.json: 64x3072 with the GEMM, 10.53 us against 10.84)."""
     chunk = min(next_power_of_2(k), 16384)
     if k > chunk:
         return 8192, 1, 8
+    if m <= 64:
+        return chunk, 1, max(4, min(16, chunk // 512))
     block_m = max(1, 8192 // chunk)
     return chunk, block_m, max(4, min(16, chunk * block_m // 2048))
 
@@ -79,7 +83,7 @@ def _plain_launch_shape(k: int) -> tuple[int, int, int]:
 def _launch_plain(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, q: torch.Tensor,
                   scale: torch.Tensor, config: tuple[int, int, int] | None) -> None:
     m, k = x.shape
-    chunk, block_m, warps = config or _plain_launch_shape(k)
+    chunk, block_m, warps = config or _plain_launch_shape(k, m)
     runtime = (x, smooth_arg, q, scale, m, k, x.stride(0), q.stride(0))
     constexprs = (chunk, has_smooth, block_m, k <= chunk, INTERPRETED, can_trigger_dependents(x.device.index))
     _plain_launch(spec_key(runtime, constexprs + (warps,)), x.device.index, (cdiv(m, block_m), 1, 1),

@@ -42,18 +42,20 @@ W8A8_MAX_ROWS = 64  # W8A8 calls with at most this many rows take the split-K ke
 def w8a8_config(m: int, n: int, k: int, num_sms: int) -> SplitKConfig | None:
     """The split-K config of a W8A8 ``[m, k] x [n, k]^T`` call, or None where the tiled GEMM is faster.
 
-    From an H100 sweep (docs/results/probe_h100_s5.json, CUDA-graph GPU time, 4 layer shapes x 1-128 rows): 256-deep
-    K tiles; 128 columns at 1-4 rows, 32 beyond (each program re-reads its rows of x from L2: narrow tiles keep
-    that cheap); K split (up to 4) until the programs reach twice the SM count (up to 32 rows) or the SM count
-    (more rows), doubled again for K >= 8192. At 64 rows: 3072->3072 8.6-8.8 us against 9.0 for the tiled GEMM,
-    12288->3072 20.1-21.0 against 22.7; at 96 and 128 rows the tiled GEMM is as fast or faster on 3072->12288.
+    From H100 sweeps (CUDA-graph GPU time; docs/results/probe_h100_s5.json: 4 layer shapes x 1-128 rows, GEMM
+    alone; few_rows_tune_h100_s5.json: whole layer with the quant kernel and programmatic launch): 256-deep K
+    tiles; 128 columns at 1-4 rows, 32 beyond (each program re-reads its rows of x from L2: narrow tiles keep that
+    cheap). Up to 32 rows the K loop is split (up to 4) until the programs reach twice the SM count (four times for
+    K >= 8192); beyond 32 rows only for K >= 8192 (twice the SM count): at 64 rows on 3072->3072, 96 programs
+    unsplit took 10.53 us for the whole layer against 10.64 split in two (bf16: 10.34).
     """
     if m > W8A8_MAX_ROWS:
         return None
     block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
     block_n, block_k = (128 if m <= 4 else 32), 256
     tiles = cdiv(n, block_n) * cdiv(m, block_m)
-    target = (2 * num_sms if m <= 32 else num_sms) * (2 if k >= 8192 else 1)
+    long_k = k >= 8192
+    target = 2 * num_sms * (2 if long_k else 1) if m <= 32 else (2 * num_sms if long_k else 0)
     k_tiles = cdiv(k, block_k)
     split = 1
     while tiles * split < target and k_tiles >= 2 * split and split < 4:
