@@ -28,7 +28,7 @@ class CompiledLauncher:
 
     def __init__(self, jit_fn: object) -> None:
         self._fn = jit_fn
-        self._compiled: dict[Hashable, tuple[object, Callable | None]] = {}
+        self._compiled: dict[Hashable, tuple[object, Callable | None, bool]] = {}
 
     def __call__(self, key: Hashable, device_index: int, grid: tuple[int, int, int], args: Sequence[object],
                  num_warps: int, num_stages: int, launch_pdl: bool = False) -> None:
@@ -41,12 +41,13 @@ class CompiledLauncher:
             extra = {"launch_pdl": True} if launch_pdl else {}
             compiled = self._fn[grid](*args, num_warps=num_warps, num_stages=num_stages, **extra)
             if hasattr(compiled, "packed_metadata"):  # TRITON_INTERPRET=1 returns no compiled kernel: no caching
-                self._compiled[key] = (compiled, _direct_launch(compiled))
+                self._compiled[key] = (compiled, _direct_launch(compiled), bool(getattr(compiled.run, "launch_pdl",
+                                                                                        False)))
             return
-        compiled, direct = entry
+        compiled, direct, pdl = entry
         stream = _raw_stream(device_index)
         if direct is not None:
-            direct(grid[0], grid[1], grid[2], stream, compiled.function, False, False, None, None,
+            direct(grid[0], grid[1], grid[2], stream, compiled.function, False, pdl, None, None,
                    compiled.packed_metadata, None, None, None, *args)
         else:
             compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None,
@@ -54,11 +55,11 @@ class CompiledLauncher:
 
 
 def _direct_launch(compiled: object) -> Callable | None:
-    """The C launch entry when the kernel needs no scratch memory, cooperative grid or PDL launch (then the
-    Python wrapper around it only passes None/False through); else None."""
+    """The C launch entry when the kernel needs no scratch memory or cooperative grid (then the Python wrapper
+    around it only passes None/False through, and the PDL flag, which the caller passes itself); else None."""
     runner = compiled.run
     needs_wrapper = (getattr(runner, "global_scratch_size", 1) or getattr(runner, "profile_scratch_size", 1)
-                     or getattr(runner, "launch_cooperative_grid", True) or getattr(runner, "launch_pdl", True))
+                     or getattr(runner, "launch_cooperative_grid", True) or not hasattr(runner, "launch_pdl"))
     launch = getattr(runner, "launch", None)
     return None if needs_wrapper or launch is None else launch
 

@@ -16,8 +16,8 @@ from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..hadamard import check_group_size
 from .fast_launch import CompiledLauncher
-from .host import cdiv, next_power_of_2
-from .triton_quant_common import INTERPRETED, can_trigger_dependents, load_tile, quantize_rn, spec_key
+from .host import alignment_bits, cdiv, next_power_of_2
+from .triton_quant_common import INTERPRETED, can_trigger_dependents, load_tile, quantize_rn
 from .triton_quant_rotated import launch_rotated
 
 __all__ = ["quantize_per_token_triton"]
@@ -84,10 +84,14 @@ def _launch_plain(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, q
                   scale: torch.Tensor, config: tuple[int, int, int] | None) -> None:
     m, k = x.shape
     chunk, block_m, warps = config or _plain_launch_shape(k, m)
-    runtime = (x, smooth_arg, q, scale, m, k, x.stride(0), q.stride(0))
+    sx = x.stride(0)
+    runtime = (x, smooth_arg, q, scale, m, k, sx, k)  # q is a fresh contiguous [m, k]
     constexprs = (chunk, has_smooth, block_m, k <= chunk, INTERPRETED, can_trigger_dependents(x.device.index))
-    _plain_launch(spec_key(runtime, constexprs + (warps,)), x.device.index, (cdiv(m, block_m), 1, 1),
-                  runtime + constexprs, warps, 3)
+    # What the JIT specializes on (see fast_launch), spelled out for this signature: the generic spec_key costs
+    # microseconds per call, which an eager few-rows layer notices.
+    key = (x.dtype, smooth_arg.dtype, alignment_bits(x, smooth_arg, q, scale), m == 1, m % 16 == 0, k, sx == 1,
+           sx % 16 == 0, constexprs, warps)
+    _plain_launch(key, x.device.index, (cdiv(m, block_m), 1, 1), runtime + constexprs, warps, 3)
 
 
 def quantize_per_token_triton(
