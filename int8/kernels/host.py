@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 
 import torch
 
-__all__ = ["cdiv", "next_power_of_2", "device_index", "sm_count", "capability", "alignment_bits", "descriptor"]
+__all__ = ["cdiv", "next_power_of_2", "device_index", "sm_count", "capability", "supports_pdl", "alignment_bits", "descriptor"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -41,6 +41,11 @@ def sm_count(index: int) -> int:
 def capability(index: int) -> tuple[int, int]:
     """(major, minor) compute capability of CUDA device ``index``."""
     return torch.cuda.get_device_capability(index)
+
+
+def supports_pdl(index: int) -> bool:
+    """Whether CUDA device ``index`` has programmatic dependent launch (``griddepcontrol``: sm_90, Hopper, and newer)."""
+    return capability(index)[0] >= 9
 
 
 def alignment_bits(*tensors: torch.Tensor) -> int:

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .host import capability, sm_count
+from .host import sm_count, supports_pdl
 
 __all__ = ["INTERPRETED", "can_trigger_dependents", "round_half_even", "quantize_rn", "quantize_by", "load_tile", "spec_key", "grid_sm_count"]
 
@@ -60,7 +60,7 @@ def load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH:
 
 def can_trigger_dependents(device_index: int | None) -> bool:
     """Whether a quant kernel on this device may signal a programmatically launched successor (sm_90+)."""
-    return not INTERPRETED and capability(device_index)[0] >= 9
+    return not INTERPRETED and supports_pdl(device_index)
 
 
 def grid_sm_count(device_index: int | None) -> int:

@@ -22,6 +22,7 @@ path would cost several times that on the CPU. Callers pick the config (no autot
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import triton
@@ -29,10 +30,11 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_wait
 
 from .fast_launch import CompiledLauncher
-from .host import alignment_bits, cdiv
+from .host import alignment_bits, cdiv, device_index, sm_count
 from .workspace import SplitKWorkspace
 
-__all__ = ["SplitKConfig", "W8A8_MAX_ROWS", "w8a8_config", "split_k_linear", "workspace_size", "reserve"]
+__all__ = ["SplitKConfig", "W8A8_MAX_ROWS", "w8a8_config", "split_k_linear", "workspace_size", "reserve",
+           "reserve_w8a8"]
 
 SplitKConfig = tuple[int, int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages
 W8A8_MAX_ROWS = 64  # W8A8 calls with at most this many rows take the split-K kernel instead of the tiled GEMM
@@ -141,10 +143,25 @@ def workspace_size(m: int, n: int, config: SplitKConfig) -> tuple[int, int]:
     return (tiles * split * block_m * block_n, tiles) if split > 1 else (0, 0)
 
 
-def reserve(device: torch.device, int8_x: bool, part_elems: int, tiles: int) -> None:
-    """Grow the W8A8 (``int8_x``) or W8A16 workspace now to this size (before any CUDA graph records a call)."""
-    if part_elems:
-        _workspaces[torch.int32 if int8_x else torch.float32].get(device, part_elems, tiles)
+def reserve(device: torch.device, int8_x: bool, n: int, rows: range,
+            config_for: Callable[[int], SplitKConfig | None]) -> None:
+    """Grow the W8A8 (``int8_x``) or W8A16 workspace now (before any CUDA graph records a call) to what every call
+    with ``m`` in ``rows`` rows on a weight of ``n`` output channels needs; ``config_for(m)`` is that call's config
+    (None: it does not take this kernel)."""
+    part, tiles = 0, 0
+    for m in rows:
+        config = config_for(m)
+        if config is not None:
+            need_part, need_tiles = workspace_size(m, n, config)
+            part, tiles = max(part, need_part), max(tiles, need_tiles)
+    if part:
+        _workspaces[torch.int32 if int8_x else torch.float32].get(device, part, tiles)
+
+
+def reserve_w8a8(device: torch.device, n: int, k: int) -> None:
+    """Reserve the W8A8 workspace for every few-rows call on an ``[n, k]`` weight (see :func:`reserve`)."""
+    sms = sm_count(device_index(device))
+    reserve(device, True, n, range(1, W8A8_MAX_ROWS + 1), lambda m: w8a8_config(m, n, k, sms))
 
 
 def split_k_linear(x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor | None, w_scale: torch.Tensor,

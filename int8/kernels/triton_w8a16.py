@@ -42,11 +42,7 @@ def w8a16_config(m: int, n: int, k: int, num_sms: int) -> triton_splitk.SplitKCo
 def reserve_workspace(device: torch.device, n: int, k: int, max_rows: int) -> None:
     """Grow the split-K workspace to what any call with 1..``max_rows`` rows on an ``[n, k]`` weight needs."""
     sms = sm_count(device_index(device))
-    part, tiles = 0, 0
-    for m in range(1, max_rows + 1):
-        need_part, need_tiles = triton_splitk.workspace_size(m, n, w8a16_config(m, n, k, sms))
-        part, tiles = max(part, need_part), max(tiles, need_tiles)
-    triton_splitk.reserve(device, False, part, tiles)
+    triton_splitk.reserve(device, False, n, range(1, max_rows + 1), lambda m: w8a16_config(m, n, k, sms))
 
 
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,

@@ -14,7 +14,7 @@ from ..config import Int8Config
 from ..hadamard import build_hadamard
 from ..quantize import dequantize
 from . import triton_splitk
-from .host import capability, device_index, sm_count
+from .host import sm_count, supports_pdl
 from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
 from .triton_quant import quantize_per_token_triton
 from .triton_w8a16 import reserve_workspace, w8a16_linear
@@ -43,7 +43,7 @@ def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         # On Hopper the GEMM launches while the quant kernel runs (programmatic dependent launch): at these sizes
         # the launch gap is a sizeable part of the layer.
         return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k,
-                                            pdl=PDL and capability(dev)[0] >= 9 and not w.hadamard_group)
+                                            pdl=PDL and supports_pdl(dev) and not w.hadamard_group)
     return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, x2d.dtype)
 
 
@@ -77,16 +77,5 @@ def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
             build_hadamard(64, device, dtype)  # the rotation kernel's, in the activation's dtype
     if config.uses_small_batch_path(1, w.weight.numel()):
         reserve_workspace(device, w.out_features, w.in_features, config.small_batch_rows)
-    reserve_w8a8_workspace(device, w.out_features, w.in_features)
+    triton_splitk.reserve_w8a8(device, w.out_features, w.in_features)
 
-
-def reserve_w8a8_workspace(device: torch.device, n: int, k: int) -> None:
-    """Grow the W8A8 split-K workspace to what any few-rows W8A8 call on an ``[n, k]`` weight needs."""
-    sms = sm_count(device_index(device))
-    part, tiles = 0, 0
-    for m in range(1, triton_splitk.W8A8_MAX_ROWS + 1):
-        cfg = triton_splitk.w8a8_config(m, n, k, sms)
-        if cfg is not None:
-            need_part, need_tiles = triton_splitk.workspace_size(m, n, cfg)
-            part, tiles = max(part, need_part), max(tiles, need_tiles)
-    triton_splitk.reserve(device, True, part, tiles)

@@ -324,7 +324,7 @@ def test_one_pass_rotation_kernel_matches_rotate_activation(m, k, group):
     assert (q.int() - q_ref.int()).abs().max() <= 1
 
 
-def test_reserved_workspace_covers_every_small_batch_call_without_growing():
+def test_reserved_workspace_covers_every_small_batch_call_without_growing(assert_workspace_kept):
     # A workspace grown during a CUDA-graph warm-up would be allocated in the graph's pool: preparing the layer's
     # state must reserve enough for every row count the small-batch path takes.
     from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
@@ -336,11 +336,9 @@ def test_reserved_workspace_covers_every_small_batch_call_without_growing():
     config = Int8Config(runtime_backend="triton", small_batch_fallback="always")
     layer = Int8Linear.from_linear(lin, config)
     layer.backend_for(torch.device("cuda", torch.cuda.current_device()))
-    reserved = workspace._bufs[torch.cuda.current_device()]
-    for m in range(1, config.small_batch_rows + 1):
-        layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16))
-        now = workspace._bufs[torch.cuda.current_device()]
-        assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m} rows"
+    assert_workspace_kept(workspace, torch.cuda.current_device(),
+                          ((f"{m} rows", lambda m=m: layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16)))
+                           for m in range(1, config.small_batch_rows + 1)))
 
 
 def _split_tail_cases():
@@ -377,7 +375,7 @@ def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles
     assert ((split.double() - ref).abs() <= _cast_step(ref, bias, torch.bfloat16)).all()
 
 
-def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls():
+def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls(assert_workspace_kept):
     # Reserved when a layer's state is built (before any CUDA graph records); a GEMM call must never grow it.
     from comfy_int8_w8a8.int8.kernels import triton_gemm
 
@@ -386,14 +384,16 @@ def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls():
     triton_gemm.reserve_tail_workspace(device)
     if not triton_gemm._split_workspace._bufs:
         pytest.skip("no TMA kernel on this GPU: nothing to reserve")
-    reserved = triton_gemm._split_workspace._bufs[device.index]
-    for m, n, k in [(1000, 3072, 2048), (64, 3072, 3072), (4608, 3072, 1024)]:
+
+    def gemm(m: int, n: int, k: int) -> None:
         a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
         b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
         triton_gemm.int8_gemm_dequant(a, torch.ones(m, device="cuda"), b, torch.ones(n, device="cuda"), None,
                                       torch.bfloat16)
-        now = triton_gemm._split_workspace._bufs[device.index]
-        assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m}x{n}x{k}"
+
+    assert_workspace_kept(triton_gemm._split_workspace, device.index,
+                          ((f"{m}x{n}x{k}", lambda shape=(m, n, k): gemm(*shape))
+                           for m, n, k in [(1000, 3072, 2048), (64, 3072, 3072), (4608, 3072, 1024)]))
 
 
 def test_one_pass_rotation_covers_groups_with_least_padding():

@@ -71,7 +71,7 @@ def test_w8a8_config_splits_few_rows_and_leaves_many_to_the_tiled_gemm():
     assert w8a8_config(W8A8_MAX_ROWS + 1, 3072, 3072, 132) is None
 
 
-def test_reserved_w8a8_workspace_covers_every_few_rows_call_without_growing():
+def test_reserved_w8a8_workspace_covers_every_few_rows_call_without_growing(assert_workspace_kept):
     # A workspace grown inside a CUDA-graph warm-up would land in the graph's pool (see prepare_device_state).
     from comfy_int8_w8a8.int8.kernels import triton_splitk
 
@@ -80,11 +80,9 @@ def test_reserved_w8a8_workspace_covers_every_few_rows_call_without_growing():
     layer = Int8Linear.from_linear(torch.nn.Linear(3072, 3072).cuda(),
                                    Int8Config(runtime_backend="triton", small_batch_fallback="never"))
     layer.backend_for(torch.device("cuda", torch.cuda.current_device()))
-    reserved = workspace._bufs[torch.cuda.current_device()]
-    for m in range(1, triton_splitk.W8A8_MAX_ROWS + 1):
-        layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16))
-        now = workspace._bufs[torch.cuda.current_device()]
-        assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {m} rows"
+    assert_workspace_kept(workspace, torch.cuda.current_device(),
+                          ((f"{m} rows", lambda m=m: layer(torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16)))
+                           for m in range(1, triton_splitk.W8A8_MAX_ROWS + 1)))
 
 
 def test_few_rows_w8a8_replays_in_a_cuda_graph_with_fresh_inputs():
