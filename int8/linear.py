@@ -7,7 +7,7 @@ import json
 import torch
 import torch.nn as nn
 
-from .backends.base import Backend, Int8Weights
+from .backends.base import Backend, Int8Weights, plan_key
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
@@ -16,6 +16,7 @@ from .quantize import quantize_rotated_per_channel
 __all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_NO_PLAN_YET = object()
 
 
 def comfy_quant_bytes(hadamard_group: int) -> torch.Tensor:
@@ -71,7 +72,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("input_smooth", torch.ones(in_features, device=device) if smooth else None)
         self._backends: dict[torch.device, Backend] = {}
         self._packed: dict[torch.device, object] = {}
-        self._state: dict[torch.device, tuple[Backend, Int8Weights]] = {}
+        self._state: dict[torch.device, tuple[Backend, Int8Weights, dict, int]] = {}
 
     @classmethod
     def from_linear(
@@ -112,8 +113,9 @@ class Int8Linear(nn.Module):
         """The backend for ``device``, resolved once per device (``auto`` logs its choice once)."""
         return self._call_state(device)[0]
 
-    def _call_state(self, device: torch.device) -> tuple[Backend, Int8Weights]:
-        """(backend, tensors) for ``device``, cached: building them costs more Python than a small-M kernel.
+    def _call_state(self, device: torch.device) -> tuple[Backend, Int8Weights, dict, int]:
+        """(backend, tensors, eager plans, rows up to which eager calls use plans) for ``device``, cached: building
+        them costs more Python than a small-M kernel.
 
         The cache is checked against the current buffers by identity, so replacing a buffer (load_state_dict,
         assignment, ``.to()``) rebuilds it on the next call.
@@ -131,7 +133,7 @@ class Int8Linear(nn.Module):
             backend = self._backends[device] = resolve_backend(self.config.runtime_backend, device)
             if self.config.prepack_int8_weights:
                 self._packed[device] = backend.prepack(self.weight)
-        state = self._state[device] = (backend, self.int8_weights(device))
+        state = self._state[device] = (backend, self.int8_weights(device), {}, backend.plan_rows(self.config))
         backend.prepare_device_state(state[1], self.config)
         return state
 
@@ -140,9 +142,28 @@ class Int8Linear(nn.Module):
         if x.shape[-1] != k or x.dtype not in _FLOAT_DTYPES:
             self._reject(x)
         x2 = x if x.dim() == 2 else x.reshape(-1, k)
-        backend, w = self._call_state(x.device)
-        y = backend.linear(x2, w, self.config)
+        backend, w, plans, plan_rows = self._call_state(x.device)
+        y = None
+        if x2.shape[0] <= plan_rows and not torch.compiler.is_compiling():
+            y = self._planned(x2, backend, w, plans)
+        if y is None:
+            y = backend.linear(x2, w, self.config)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    def _planned(self, x2: torch.Tensor, backend: Backend, w: Int8Weights, plans: dict) -> torch.Tensor | None:
+        """An eager few-rows call through the backend's replayable launch plan for this input's ``plan_key`` (the
+        first call builds it, running the layer once); None where no plan applies or it went stale."""
+        key = plan_key(x2)
+        plan = plans.get(key, _NO_PLAN_YET)
+        if plan is _NO_PLAN_YET:
+            plans[key], y = backend.eager_plan(x2, w, self.config)
+            return y
+        if plan is None:
+            return None
+        y = plan(x2)
+        if y is None:  # a tensor of the layer was swapped in place since the plan was recorded: record again
+            plans.clear()
+        return y
 
     def _reject(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:

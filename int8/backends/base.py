@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ..config import Int8Config
 from ..quantize import dequantize
 
-__all__ = ["Int8Weights", "Backend", "prepare_activation", "cuda_int8_unavailable_reason"]
+__all__ = ["Int8Weights", "Backend", "plan_key", "prepare_activation", "cuda_int8_unavailable_reason"]
 
 
 @dataclass
@@ -50,6 +50,12 @@ def prepare_activation(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
 
         x = rotate_activation(x, w.hadamard_group)
     return x
+
+
+def plan_key(x: torch.Tensor) -> tuple:
+    """What an eager plan (:meth:`Backend.eager_plan`) is specialized on besides the layer: rows, dtype, strides,
+    and whether ``x`` is 16-byte aligned (its kernels were compiled for that); ``x`` is 2-D."""
+    return x.shape[0], x.dtype, x.stride(0), x.stride(1), x.data_ptr() % 16 == 0
 
 
 def cuda_int8_unavailable_reason(device: torch.device) -> str | None:
@@ -96,6 +102,16 @@ class Backend:
             from ..hadamard import build_hadamard
 
             build_hadamard(w.hadamard_group, w.weight.device, torch.float32)
+
+    def plan_rows(self, config: Int8Config) -> int:
+        """Eager calls with at most this many rows may use :meth:`eager_plan` (0: this backend has none)."""
+        return 0
+
+    def eager_plan(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> tuple[object | None, torch.Tensor | None]:
+        """``(plan, y)``: run the 2-D call once and return a callable that replays it for later inputs with the same
+        ``plan_key`` (None where no plan applies), with this call's output ``y`` (None
+        when nothing ran). Only for eager calls; see ``int8/kernels/eager_plan.py``."""
+        return None, None
 
     def linear(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> torch.Tensor:
         """A 2-D call as ``config`` routes it: few rows take :meth:`weight_only_linear`, the rest :meth:`w8a8_linear`."""

@@ -37,6 +37,16 @@ class TritonBackend(Backend):
         super().prepare_device_state(w, config)
         triton_w8a8.prepare_device_state(w, config)
 
+    def plan_rows(self, config: Int8Config) -> int:
+        from ..kernels.triton_splitk import W8A8_MAX_ROWS
+
+        return max(config.small_batch_rows if config.small_batch_fallback != "never" else 0, W8A8_MAX_ROWS)
+
+    def eager_plan(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> tuple[object | None, torch.Tensor | None]:
+        from ..kernels.eager_plan import build_plan
+
+        return build_plan(x, w, config)
+
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         return custom_ops.triton_w8a8(x, w)
 

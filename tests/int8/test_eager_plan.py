@@ -1,0 +1,115 @@
+"""Eager launch plans (int8/kernels/eager_plan.py): replayed few-rows calls equal the normal path bit for bit."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+    reason="needs a CUDA GPU with Triton",
+)
+
+
+def _layer(k: int, n: int, bias: bool = True, smooth: bool = False, **config) -> Int8Linear:
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, bias=bias, device="cuda")
+    s = torch.rand(k, device="cuda") + 0.5 if smooth else None
+    layer = Int8Linear.from_linear(lin, Int8Config(runtime_backend="triton", **config), smooth=s)
+    if bias:
+        layer.bias = layer.bias.to(torch.bfloat16)
+    return layer
+
+
+def _unplanned(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    backend, w, _, _ = layer._call_state(x.device)
+    return backend.linear(x.reshape(-1, layer.in_features), w, layer.config).reshape(*x.shape[:-1], -1)
+
+
+def _plans(layer: Int8Linear) -> dict:
+    return layer._call_state(torch.device("cuda", torch.cuda.current_device()))[2]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,k,n", [(1, 3072, 18432), (2, 1024, 9216), (1, 3073, 971), (7, 1024, 640),
+                                   (32, 3072, 3072), (33, 3072, 1536), (64, 4096, 1536)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_replayed_plan_equals_normal_path(m, k, n, dtype, bias):
+    # Rows 1-2 on wide layers: GEMV; up to 32: W8A16 split-K; 33-64: quant kernel + W8A8 split-K (two launches).
+    layer = _layer(k, n, bias)
+    xs = [(torch.randn(m, k, device="cuda") * 3).to(dtype) for _ in range(3)]
+    first = layer(xs[0])  # builds the plan (the normal path, recorded)
+    plans = _plans(layer)
+    assert len(plans) == 1 and next(iter(plans.values())) is not None
+    assert torch.equal(first, _unplanned(layer, xs[0]))
+    for x in xs:  # replays with new inputs
+        got = layer(x)
+        assert got.dtype == dtype and got.shape == (m, n)
+        assert torch.equal(got, _unplanned(layer, x))
+    assert len(plans) == 1
+
+
+def test_plan_with_smoothing_and_3d_input():
+    layer = _layer(1024, 1536, smooth=True)
+    for _ in range(3):
+        x = torch.randn(2, 20, 1024, device="cuda", dtype=torch.bfloat16)  # 40 rows: the W8A8 plan
+        assert torch.equal(layer(x), _unplanned(layer, x))
+    assert next(iter(_plans(layer).values())) is not None
+
+
+def test_unaligned_input_gets_its_own_plan():
+    # A view 2 bytes into a buffer is not 16-byte aligned: the kernel compiled for aligned x must not run on it.
+    layer = _layer(1024, 640)
+    base = torch.randn(3 * 1024 + 8, device="cuda", dtype=torch.bfloat16)
+    aligned, unaligned = base[:3 * 1024].view(3, 1024), base[1:3 * 1024 + 1].view(3, 1024)
+    for x in (aligned, unaligned, aligned, unaligned):
+        assert torch.equal(layer(x), _unplanned(layer, x))
+    assert sorted(key[-1] for key in _plans(layer)) == [False, True]
+
+
+def test_swapped_weight_storage_drops_the_plan():
+    # ``t.data = ...`` keeps the tensor object but moves its storage: the plan's pointers would dangle.
+    layer = _layer(1024, 640)
+    x = torch.randn(4, 1024, device="cuda", dtype=torch.bfloat16)
+    before = layer(x)
+    layer(x)
+    layer.weight.data = layer.weight.data.flip(0).contiguous()  # new storage, other values
+    got = layer(x)
+    assert torch.equal(got, _unplanned(layer, x)) and not torch.equal(got, before)
+    assert torch.equal(layer(x), got)  # re-recorded plan on the new storage
+
+
+def test_rotated_and_large_calls_keep_the_normal_path():
+    layer = _layer(1024, 640)
+    x = torch.randn(65, 1024, device="cuda", dtype=torch.bfloat16)  # above the plan rows
+    assert torch.equal(layer(x), _unplanned(layer, x))
+    assert not _plans(layer)
+    rotated = Int8Linear.from_linear(torch.nn.Linear(1024, 640, device="cuda"), Int8Config(runtime_backend="triton"),
+                                     hadamard_group=256)
+    x = torch.randn(40, 1024, device="cuda", dtype=torch.bfloat16)
+    assert torch.equal(rotated(x), _unplanned(rotated, x))
+    assert list(_plans(rotated).values()) == [None]
+
+
+def test_plan_replays_inside_a_cuda_graph():
+    layer = _layer(3072, 3072)
+    static = {m: torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16) for m in (1, 16, 48)}
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for x in static.values():  # record the plans outside the capture
+            layer(x)
+            layer(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = {m: layer(x) for m, x in static.items()}
+    for _ in range(2):
+        for x in static.values():
+            x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        for m, x in static.items():
+            assert torch.equal(outs[m], _unplanned(layer, x))

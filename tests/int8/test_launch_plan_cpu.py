@@ -1,0 +1,118 @@
+"""The eager-plan machinery on the CPU: launch capture and pointer binding (fast_launch), and how Int8Linear builds,
+reuses and drops plans (with a stand-in backend). The real kernels' plans are tested in test_eager_plan.py."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
+from comfy_int8_w8a8.int8.backends.reference import ReferenceBackend
+from comfy_int8_w8a8.int8.kernels import fast_launch
+
+
+class _FakeRunner:
+    """What a compiled kernel's ``run`` looks like to the launcher (Triton 3.6 layout): records its calls."""
+
+    global_scratch_size = profile_scratch_size = 0
+    launch_cooperative_grid = False
+    launch_pdl = False
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.launch = lambda *a: self.calls.append(a)
+
+    def __call__(self, *a) -> None:  # noqa: ANN002
+        self.calls.append(a)
+
+
+def _fake_jit():
+    runner = _FakeRunner()
+    compiled = types.SimpleNamespace(packed_metadata="meta", function="fn", run=runner)
+    jit = type("Jit", (), {"__getitem__": lambda self, grid: (lambda *a, **kw: runner(*a) or compiled)})()
+    return jit, runner
+
+
+def _launch(launcher, args) -> None:  # noqa: ANN001
+    launcher(("key",), 0, (3, 1, 1), args, 4, 3)
+
+
+def test_capture_records_launches_and_binds_per_call_pointers(monkeypatch):
+    monkeypatch.setattr(fast_launch, "_raw_stream", lambda idx: 1234)
+    jit, runner = _fake_jit()
+    launcher = fast_launch.CompiledLauncher(jit)
+    x, out, weight = torch.zeros(4), torch.zeros(4), torch.ones(8)
+    _launch(launcher, (x, weight, out, 7, x))  # first call compiles (the JIT path), outside any capture
+    with fast_launch.capture_launches() as launches:
+        _launch(launcher, (x, weight, out, 7, x))
+    assert len(launches) == 1 and len(runner.calls) == 2
+    prepared = launches[0].bind(x, out)
+    prepared(111, 222)
+    args = runner.calls[-1][-5:]
+    # Per-call slots (x appears twice: both replaced), fixed tensors as their pointers, ints untouched.
+    assert args == (111, weight.data_ptr(), 222, 7, 111)
+    assert runner.calls[-1][:7] == (3, 1, 1, 1234, "fn", False, False)
+    assert [t is weight for t in prepared._tensors] == [True]  # keeps the weight alive, not the activations
+
+
+def test_bind_rejects_a_tensor_that_was_not_an_argument():
+    jit, _ = _fake_jit()
+    launcher = fast_launch.CompiledLauncher(jit)
+    x = torch.zeros(4)
+    with fast_launch.capture_launches() as launches:
+        _launch(launcher, (x, 1))
+    with pytest.raises(ValueError, match="not an argument"):
+        launches[0].bind(torch.zeros(4))
+
+
+def test_triton_3_8_launcher_layout_takes_the_run_path():
+    # Triton 3.8's C launcher takes (..., metadata, hooks, scratch, arg_annotations, signature, args): calling it
+    # with the 3.6 argument order would pass garbage, so only the 3.6 layout gets the direct entry.
+    runner = _FakeRunner()
+    assert fast_launch._direct_launch(types.SimpleNamespace(run=runner)) is runner.launch
+    runner.arg_annotations = ()
+    assert fast_launch._direct_launch(types.SimpleNamespace(run=runner)) is None
+
+
+class _CountingPlan:
+    def __init__(self, y: torch.Tensor) -> None:
+        self.y, self.calls, self.stale = y, 0, False
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+        self.calls += 1
+        return None if self.stale else self.y
+
+
+def test_int8_linear_builds_a_plan_once_per_key_and_drops_a_stale_one(monkeypatch):
+    built: list[_CountingPlan] = []
+
+    def eager_plan(self, x, w, config):  # noqa: ANN001, ANN202
+        y = self.linear(x, w, config)
+        built.append(_CountingPlan(y))
+        return built[-1], y
+
+    monkeypatch.setattr(ReferenceBackend, "plan_rows", lambda self, config: 8)
+    monkeypatch.setattr(ReferenceBackend, "eager_plan", eager_plan)
+    q = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
+    x = torch.randn(4, 64)
+    first = q(x)
+    assert len(built) == 1 and built[0].calls == 0
+    assert q(x) is built[0].y and q(x[None]).shape == (1, 4, 32)  # replays (3-D input: same 2-D key)
+    assert built[0].calls == 2
+    q(torch.randn(9, 64))  # above plan_rows: the normal path, no plan
+    q(x.double().float()[:, :64])  # same key, other tensor: replays
+    assert len(built) == 1 and built[0].calls == 3
+    q(torch.randn(4, 64).half())  # another dtype: its own plan
+    assert len(built) == 2
+    built[0].stale = True
+    assert torch.equal(q(x), first)  # stale plan: the normal path, plans dropped
+    q(x)
+    assert len(built) == 3
+
+
+def test_int8_linear_without_plans_on_backends_that_have_none():
+    q = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
+    q(torch.randn(4, 64))
+    assert q._call_state(torch.device("cpu"))[2:] == ({}, 0)
