@@ -45,7 +45,7 @@ class TritonBackend(Backend):
     def eager_plan(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> tuple[object | None, torch.Tensor | None]:
         from ..kernels.eager_plan import build_plan
 
-        return build_plan(x, w, config)
+        return build_plan(self, x, w, config)
 
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         return custom_ops.triton_w8a8(x, w)

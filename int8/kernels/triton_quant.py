@@ -20,28 +20,22 @@ from .host import alignment_bits, cdiv, next_power_of_2
 from .triton_quant_common import INTERPRETED, can_trigger_dependents, load_tile, quantize_rn
 from .triton_quant_rotated import launch_rotated
 
-__all__ = ["quantize_per_token_triton"]
+__all__ = ["quantize_per_token_triton", "quantize_rows"]
 
 
 @triton.jit
-def _quant_per_token_kernel(
-    x_ptr, smooth_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
-    CHUNK: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
-    INTERPRETED: tl.constexpr, TRIGGER: tl.constexpr,
-):
-    """No rotation: a whole row in registers when it fits (one read), else two passes over CHUNK columns.
-    TRIGGER (sm_90+): let a kernel launched with programmatic dependent launch after this one (the few-rows GEMM)
-    start now; it waits for this kernel's results itself (``gdc_wait``)."""
-    if TRIGGER:
-        gdc_launch_dependents()
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < M
+def quantize_rows(x_ptr, smooth_ptr, q_ptr, scale_ptr, rows, row_mask, K, stride_xm, stride_qm,
+                  CHUNK: tl.constexpr, HAS_SMOOTH: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+                  INTERPRETED: tl.constexpr):
+    """Quantize x[rows] per row into q[rows] and scale[rows]: the whole row in registers when it fits (one read,
+    SINGLE_CHUNK), else two passes over CHUNK columns. Also the quant phase of the fused few-rows kernel
+    (:mod:`triton_fused_w8a8`): one body, so both give the same bits."""
     if SINGLE_CHUNK:
         cols = tl.arange(0, CHUNK)
         y = load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH).to(tl.float32)
         amax = tl.max(tl.abs(y), axis=1)
     else:
-        amax = tl.zeros([BLOCK_M], dtype=tl.float32)
+        amax = tl.zeros(rows.shape, dtype=tl.float32)
         for kc in range(0, tl.cdiv(K, CHUNK)):
             cols = kc * CHUNK + tl.arange(0, CHUNK)
             y = load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH).to(tl.float32)
@@ -59,6 +53,22 @@ def _quant_per_token_kernel(
             y = load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH).to(tl.float32)
             q_ptrs = q_ptr + rows.to(tl.int64)[:, None] * stride_qm + cols[None, :]
             tl.store(q_ptrs, quantize_rn(y, scale, INTERPRETED), mask=row_mask[:, None] & (cols < K)[None, :])
+
+
+@triton.jit
+def _quant_per_token_kernel(
+    x_ptr, smooth_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
+    CHUNK: tl.constexpr, HAS_SMOOTH: tl.constexpr, BLOCK_M: tl.constexpr, SINGLE_CHUNK: tl.constexpr,
+    INTERPRETED: tl.constexpr, TRIGGER: tl.constexpr,
+):
+    """No rotation: BLOCK_M rows per program (:func:`quantize_rows`).
+    TRIGGER (sm_90+): let a kernel launched with programmatic dependent launch after this one (the few-rows GEMM)
+    start now; it waits for this kernel's results itself (``gdc_wait``)."""
+    if TRIGGER:
+        gdc_launch_dependents()
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    quantize_rows(x_ptr, smooth_ptr, q_ptr, scale_ptr, rows, rows < M, K, stride_xm, stride_qm, CHUNK, HAS_SMOOTH,
+                  SINGLE_CHUNK, INTERPRETED)
 
 
 _plain_launch = CompiledLauncher(_quant_per_token_kernel)

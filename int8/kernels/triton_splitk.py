@@ -33,8 +33,8 @@ from .fast_launch import CompiledLauncher
 from .host import alignment_bits, cdiv, device_index, sm_count
 from .workspace import SplitKWorkspace
 
-__all__ = ["SplitKConfig", "W8A8_MAX_ROWS", "w8a8_config", "split_k_linear", "workspace_size", "reserve",
-           "reserve_w8a8"]
+__all__ = ["SplitKConfig", "W8A8_MAX_ROWS", "w8a8_config", "split_k_linear", "split_k_tile", "workspace_size", "workspace_for",
+           "reserve", "reserve_w8a8"]
 
 SplitKConfig = tuple[int, int, int, int, int, int]  # BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages
 W8A8_MAX_ROWS = 64  # W8A8 calls with at most this many rows take the split-K kernel instead of the tiled GEMM
@@ -81,16 +81,13 @@ def _epilogue(acc, c_ptr, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride
 
 
 @triton.jit
-def _split_k_kernel(
+def split_k_tile(
     x_ptr, w_ptr, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_cm,
-    HAS_BIAS: tl.constexpr, X_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+    pid_n, pid_m, pid_k, tiles_n, HAS_BIAS: tl.constexpr, X_INT8: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): wait for the kernel before us before reading anything
-        gdc_wait()
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    pid_k = tl.program_id(2)
+    """One program's work: the ``pid_k``-th K slice of output tile (``pid_m``, ``pid_n``), and the tile's sum and
+    epilogue if it is the last slice to arrive. Also the GEMM phase of the fused kernel (:mod:`triton_fused_w8a8`)."""
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     k_tiles = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT_K)  # K tiles per split
@@ -114,7 +111,7 @@ def _split_k_kernel(
         x_ptrs += BLOCK_K
         w_ptrs += BLOCK_K
     if SPLIT_K > 1:
-        tile = pid_m * tl.num_programs(0) + pid_n
+        tile = pid_m * tiles_n + pid_n
         tile_elems: tl.constexpr = BLOCK_M * BLOCK_N
         offs_t = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         tile_ptr = part_ptr + tile.to(tl.int64) * (SPLIT_K * tile_elems)
@@ -131,6 +128,19 @@ def _split_k_kernel(
         _epilogue(acc, c_ptr, xs_ptr, ws_ptr, bias_ptr, offs_m, offs_n, M, N, stride_cm, HAS_BIAS, X_INT8)
 
 
+@triton.jit
+def _split_k_kernel(
+    x_ptr, w_ptr, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn, stride_cm,
+    HAS_BIAS: tl.constexpr, X_INT8: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr, PDL: tl.constexpr,
+):
+    if PDL:  # launched early (programmatic dependent launch): wait for the kernel before us before reading anything
+        gdc_wait()
+    split_k_tile(x_ptr, w_ptr, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_xm, stride_wn,
+                 stride_cm, tl.program_id(0), tl.program_id(1), tl.program_id(2), tl.num_programs(0), HAS_BIAS,
+                 X_INT8, BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K)
+
+
 _launch = CompiledLauncher(_split_k_kernel)
 # Partial tiles: fp32 for W8A16, int32 for W8A8 (exact). Separate buffers, so neither path regrows the other's.
 _workspaces = {torch.float32: SplitKWorkspace(torch.float32), torch.int32: SplitKWorkspace(torch.int32)}
@@ -141,6 +151,15 @@ def workspace_size(m: int, n: int, config: SplitKConfig) -> tuple[int, int]:
     block_m, block_n, _, split = config[:4]
     tiles = cdiv(n, block_n) * cdiv(m, block_m)
     return (tiles * split * block_m * block_n, tiles) if split > 1 else (0, 0)
+
+
+def workspace_for(int8_x: bool, device: torch.device, m: int, n: int, config: SplitKConfig,
+                  unused: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(partials, counters) of a W8A8 (``int8_x``) or W8A16 launch with this tiling; ``unused`` twice (any valid
+    pointer) when it does not split K."""
+    if config[3] == 1:
+        return unused, unused
+    return _workspaces[torch.int32 if int8_x else torch.float32].get(device, *workspace_size(m, n, config))
 
 
 def reserve(device: torch.device, int8_x: bool, n: int, rows: range,
@@ -183,11 +202,7 @@ def split_k_linear(x: torch.Tensor, weight: torch.Tensor, x_scale: torch.Tensor 
     grid = (cdiv(n, block_n), cdiv(m, block_m), split)
     xs = x_scale if int8_x else w_scale  # any valid pointer when unused
     bias_arg = bias if bias is not None else w_scale
-    if split > 1:
-        part, count = _workspaces[torch.int32 if int8_x else torch.float32].get(
-            x.device, *workspace_size(m, n, config))
-    else:
-        part, count = w_scale, w_scale
+    part, count = workspace_for(int8_x, x.device, m, n, config, w_scale)
     sx, sw = x.stride(0), weight.stride(0)
     # Everything the JIT specializes on (see fast_launch): dtypes, ints that are 1 or multiples of 16, aligned pointers.
     key = (x.dtype, out_dtype, bias.dtype if bias is not None else None, m == 1, m % 16 == 0, n, k, sx == 1,

@@ -15,13 +15,15 @@ from ..hadamard import build_hadamard
 from ..quantize import dequantize
 from . import triton_splitk
 from .host import sm_count, supports_pdl
+from .triton_fused_w8a8 import fused_w8a8_linear, reserve_scratch
 from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
 from .triton_quant import quantize_per_token_triton
 from .triton_w8a16 import reserve_workspace, w8a16_linear
 
-__all__ = ["w8a8_linear", "takes_split_k", "gemm_quantized", "weight_only_linear", "prepack_weight", "prepare_device_state"]
+__all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
 
 PDL = True  # programmatic dependent launch of the few-rows GEMM on sm_90+ (a switch for A/B measurements)
+FUSED = True  # few-rows W8A8 in one kernel (a switch for A/B measurements and the equality tests)
 
 
 def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
@@ -31,31 +33,24 @@ def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor |
 
 
 def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
-    """``x2d [M, K]`` fp16/bf16/fp32 on CUDA -> ``[M, N]`` in ``x2d.dtype`` (whole W8A8 linear, two kernels)."""
+    """``x2d [M, K]`` fp16/bf16/fp32 on CUDA -> ``[M, N]`` in ``x2d.dtype`` (whole W8A8 linear).
+
+    Few rows without rotation run one fused kernel (:mod:`triton_fused_w8a8`); otherwise the quant kernel (plain or
+    rotating) and then the GEMM: split-K at few rows, which keeps every SM streaming the weight, else tiled."""
     x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
-    xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
-    return gemm_quantized(xq, xs, w, x2d.dtype)
-
-
-def takes_split_k(x2d: torch.Tensor, w: Int8Weights) -> bool:
-    """Whether a W8A8 call on ``x2d`` runs the few-rows split-K GEMM (else the tiled GEMM)."""
     m, k = x2d.shape
-    return triton_splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(x2d.device.index)) is not None
-
-
-def gemm_quantized(xq: torch.Tensor, xs: torch.Tensor, w: Int8Weights, out_dtype: torch.dtype) -> torch.Tensor:
-    """The GEMM half of :func:`w8a8_linear` on already quantized activations (``xq`` int8 ``[M, K]``, ``xs`` fp32
-    per row). Few rows take the split-K GEMM (:mod:`triton_splitk`), which keeps every SM streaming the weight."""
-    bias = _bias_arg(w.bias, xq.device)
-    m, k = xq.shape
-    dev = xq.device.index
+    dev = x2d.device.index
     split_k = triton_splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(dev))
+    bias = _bias_arg(w.bias, x2d.device)
+    if split_k is not None and not w.hadamard_group and FUSED:
+        return fused_w8a8_linear(x2d, w.smooth, w.weight, w.weight_scale, bias, split_k)
+    xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
     if split_k is not None:
         # On Hopper the GEMM launches while the quant kernel runs (programmatic dependent launch): at these sizes
         # the launch gap is a sizeable part of the layer. The rotation kernel does not signal early, so no PDL.
-        return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, out_dtype, split_k,
+        return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k,
                                             pdl=PDL and supports_pdl(dev) and not w.hadamard_group)
-    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, out_dtype)
+    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, x2d.dtype)
 
 
 def weight_only_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
@@ -78,7 +73,7 @@ def prepack_weight(weight: torch.Tensor) -> object | None:
 def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
     """Fill the per-device caches the kernels read (see ``Backend.prepare_device_state``): the Hadamard matrices
     of a rotated layer, the split-K workspaces for the largest small-batch and few-rows W8A8 calls this layer can
-    get, and the GEMM's split-tail workspace."""
+    get, the fused few-rows kernel's scratch, and the GEMM's split-tail workspace."""
     device = w.weight.device
     if device.type != "cuda":
         return
@@ -89,4 +84,6 @@ def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
     if config.uses_small_batch_path(1, w.weight.numel()):
         reserve_workspace(device, w.out_features, w.in_features, config.small_batch_rows)
     triton_splitk.reserve_w8a8(device, w.out_features, w.in_features)
+    if not w.hadamard_group:
+        reserve_scratch(device, w.in_features)
 
