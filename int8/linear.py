@@ -11,6 +11,7 @@ from .backends.base import Backend, Int8Weights, plan_key
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
+from .kernels.host import is_capturing
 from .quantize import quantize_rotated_per_channel
 
 __all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
@@ -144,7 +145,8 @@ class Int8Linear(nn.Module):
         x2 = x if x.dim() == 2 else x.reshape(-1, k)
         backend, w, plans, plan_rows = self._call_state(x.device)
         y = None
-        if x2.shape[0] <= plan_rows and not torch.compiler.is_compiling():
+        # Plans cut CPU per call; a CUDA graph being recorded needs none, and records the faster GPU path instead.
+        if x2.shape[0] <= plan_rows and not torch.compiler.is_compiling() and not is_capturing():
             y = self._planned(x2, backend, w, plans)
         if y is None:
             y = backend.linear(x2, w, self.config)

@@ -13,7 +13,8 @@ from dataclasses import MISSING, fields
 
 import torch
 
-__all__ = ["cdiv", "next_power_of_2", "device_index", "sm_count", "capability", "supports_pdl", "alignment_bits", "descriptor"]
+__all__ = ["cdiv", "next_power_of_2", "device_index", "sm_count", "capability", "supports_pdl", "is_capturing",
+           "alignment_bits", "descriptor"]
 
 
 def cdiv(a: int, b: int) -> int:
@@ -46,6 +47,15 @@ def capability(index: int) -> tuple[int, int]:
 def supports_pdl(index: int) -> bool:
     """Whether CUDA device ``index`` has programmatic dependent launch (``griddepcontrol``: sm_90, Hopper, and newer)."""
     return capability(index)[0] >= 9
+
+
+def _capture_check():  # noqa: ANN202
+    # CPU-only torch builds have no CUDA capture query (calling it raises); nothing can be capturing there.
+    return torch.cuda.is_current_stream_capturing if torch.backends.cuda.is_built() else (lambda: False)
+
+
+is_capturing = _capture_check()
+is_capturing.__doc__ = "Whether the current CUDA stream is recording a CUDA graph (False on CPU-only builds)."
 
 
 def alignment_bits(*tensors: torch.Tensor) -> int:

@@ -3,7 +3,10 @@
 At <= 64 rows the layer's GPU time is ~10 us, and the two-kernel path (quant kernel, then the split-K GEMM with
 programmatic dependent launch) costs an uncompiled model two Triton launches plus an allocation for the
 quantized rows: on an H100 host 36-39 us of CPU per 3072x3072 call at 33-64 rows against 26-29 us for bf16
-``F.linear`` (docs/results/plan_probe_h100_s6*.json). One launch and a persistent scratch buffer remove both.
+``F.linear`` (docs/results/plan_probe_h100_s6_two_launch_plans.json). One launch and a persistent scratch buffer
+remove both. Its GPU time is 0.4-1.2 us longer than the two kernels' with programmatic dependent launch
+(docs/results/fused_variants_h100_s6.json), so calls recorded into a CUDA graph, where launches cost no CPU,
+keep the two kernels (:func:`triton_w8a8.w8a8_linear`).
 
 The grid is M quant programs (one row each) followed by the GEMM programs. A quant program writes its int8 row
 and scale into a per-device scratch buffer, then counts itself in a ready counter (release). A GEMM program spins
@@ -33,7 +36,9 @@ from .workspace import SplitKWorkspace
 
 __all__ = ["fused_w8a8_linear", "reserve_scratch", "scratch_bytes"]
 
-_CHUNK = 4096  # quant columns held in registers per pass: 32 per thread at the GEMM's 4 warps
+# Quant columns held in registers per pass: a whole row up to 16384 (one read), like the plain kernel. 4096-column
+# passes were 1.5-2.6 us slower at K = 12288 (docs/results/fused_variants_h100_s6.json).
+_CHUNK = 16384
 
 
 @triton.jit
@@ -56,7 +61,7 @@ def _fused_kernel(
         tiles_n = tl.cdiv(N, BLOCK_N)
         tiles_m = tl.cdiv(M, BLOCK_M)
         ready = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
-        while ready < M:
+        while ready < M:  # (volatile loads instead of atomics spun slower: fused_variants_h100_s6.json)
             ready = tl.atomic_add(sync_ptr, 0, sem="acquire", scope="gpu")
         tl.debug_barrier()
         passed = tl.atomic_add(sync_ptr + 1, 1, sem="relaxed", scope="gpu")

@@ -14,7 +14,7 @@ from ..config import Int8Config
 from ..hadamard import build_hadamard
 from ..quantize import dequantize
 from . import triton_splitk
-from .host import sm_count, supports_pdl
+from .host import is_capturing, sm_count, supports_pdl
 from .triton_fused_w8a8 import fused_w8a8_linear, reserve_scratch
 from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
 from .triton_quant import quantize_per_token_triton
@@ -35,14 +35,16 @@ def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor |
 def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
     """``x2d [M, K]`` fp16/bf16/fp32 on CUDA -> ``[M, N]`` in ``x2d.dtype`` (whole W8A8 linear).
 
-    Few rows without rotation run one fused kernel (:mod:`triton_fused_w8a8`); otherwise the quant kernel (plain or
-    rotating) and then the GEMM: split-K at few rows, which keeps every SM streaming the weight, else tiled."""
+    The quant kernel (plain or rotating), then the GEMM: split-K at few rows, which keeps every SM streaming the
+    weight, else tiled. Few rows without rotation outside a CUDA-graph capture run both in one kernel
+    (:mod:`triton_fused_w8a8`): there the CPU cost of a launch exceeds the fused kernel's extra ~1 us of GPU time;
+    in a graph, launches are free. Both give the same bits."""
     x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
     m, k = x2d.shape
     dev = x2d.device.index
     split_k = triton_splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(dev))
     bias = _bias_arg(w.bias, x2d.device)
-    if split_k is not None and not w.hadamard_group and FUSED:
+    if split_k is not None and not w.hadamard_group and FUSED and not is_capturing():
         return fused_w8a8_linear(x2d, w.smooth, w.weight, w.weight_scale, bias, split_k)
     xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
     if split_k is not None:

@@ -93,7 +93,10 @@ def test_rotated_and_large_calls_keep_the_normal_path():
     assert list(_plans(rotated).values()) == [None]
 
 
-def test_plan_replays_inside_a_cuda_graph():
+def test_graph_capture_records_the_normal_path_next_to_eager_plans(monkeypatch):
+    # Plans exist to cut CPU per call; a capture takes the normal path (two kernels for W8A8, faster on the GPU).
+    from comfy_int8_w8a8.int8.kernels.eager_plan import EagerPlan
+
     layer = _layer(3072, 3072)
     static = {m: torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16) for m in (1, 16, 48)}
     stream = torch.cuda.Stream()
@@ -103,9 +106,12 @@ def test_plan_replays_inside_a_cuda_graph():
             layer(x)
             layer(x)
     torch.cuda.current_stream().wait_stream(stream)
+    assert all(isinstance(p, EagerPlan) for p in _plans(layer).values()) and len(_plans(layer)) == 3
+    monkeypatch.setattr(EagerPlan, "__call__", lambda self, x: pytest.fail("plan replayed during a capture"))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs = {m: layer(x) for m, x in static.items()}
+    monkeypatch.undo()
     for _ in range(2):
         for x in static.values():
             x.copy_(torch.randn_like(x))

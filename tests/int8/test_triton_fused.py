@@ -52,37 +52,49 @@ def test_fused_equals_two_kernel_path_exactly_and_rearms_counters(m, k, n, confi
         assert (triton_splitk._workspaces[torch.int32].get(x.device, 0, 0)[1] == 0).all()
 
 
-def test_w8a8_linear_takes_the_fused_kernel_for_few_plain_rows(monkeypatch):
+def test_w8a8_linear_takes_the_fused_kernel_for_few_plain_rows_outside_graph_captures(monkeypatch):
     from comfy_int8_w8a8.int8.kernels import triton_fused_w8a8, triton_w8a8
 
     calls = []
     real = triton_fused_w8a8.fused_w8a8_linear
     monkeypatch.setattr(triton_w8a8, "fused_w8a8_linear", lambda *a: calls.append(a[0].shape[0]) or real(*a))
     w = _weights(1024, 640)
-    for m in (1, 64, 65):
-        triton_w8a8.w8a8_linear(torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16), w)
-    triton_w8a8.w8a8_linear(torch.randn(8, 1024, device="cuda", dtype=torch.bfloat16), Int8Weights(
-        w.weight, w.weight_scale, w.bias, hadamard_group=256))  # rotated: quant kernel + split-K
+    xs = {m: torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16) for m in (1, 64, 65)}
+    eager = {m: triton_w8a8.w8a8_linear(x, w) for m, x in xs.items()}
+    triton_w8a8.w8a8_linear(xs[1], Int8Weights(w.weight, w.weight_scale, w.bias, hadamard_group=256))  # rotated
     assert calls == [1, 64]
+    graph = torch.cuda.CUDAGraph()  # a capture records the two kernels (faster on the GPU; launches are free)
+    with torch.cuda.graph(graph):
+        captured = {m: triton_w8a8.w8a8_linear(x, w) for m, x in xs.items()}
+    graph.replay()
+    assert calls == [1, 64]
+    assert all(torch.equal(captured[m], eager[m]) for m in xs)
 
 
 def test_fused_kernel_in_a_cuda_graph_replays_with_fresh_inputs():
-    from comfy_int8_w8a8.int8.kernels import triton_w8a8
+    # The kernel itself is graph-safe (counters re-armed in-kernel), though w8a8_linear records the two kernels.
+    from comfy_int8_w8a8.int8.kernels.triton_fused_w8a8 import fused_w8a8_linear
+    from comfy_int8_w8a8.int8.kernels.triton_splitk import w8a8_config
 
     w = _weights(3072, 3072)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     static = [torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16) for m in (3, 48)]
-    for x in static:
-        triton_w8a8.w8a8_linear(x, w)  # compile and reserve outside the capture
+    configs = [w8a8_config(x.shape[0], 3072, 3072, sms) for x in static]
+
+    def run():  # noqa: ANN202
+        return [fused_w8a8_linear(x, None, w.weight, w.weight_scale, w.bias, c) for x, c in zip(static, configs)]
+
+    run()  # compile and reserve outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        outs = [triton_w8a8.w8a8_linear(x, w) for x in static]
+        outs = run()
     for seed in range(3):
         torch.manual_seed(seed)
         for x in static:
             x.copy_(torch.randn_like(x) * (seed + 1))
         graph.replay()
-        for x, y in zip(static, outs):
-            assert torch.equal(y, triton_w8a8.w8a8_linear(x, w))
+        for x, y, c in zip(static, outs, configs):
+            assert torch.equal(y, _two_kernels(x, w, None, c))
 
 
 def test_reserved_scratch_covers_every_few_rows_call_without_growing(assert_workspace_kept):
