@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from .fast_launch import CompiledLauncher
 from .host import alignment_bits, capability, cdiv, descriptor, device_index, next_power_of_2, sm_count
@@ -221,10 +220,8 @@ def _int8_gemm_tma_kernel(
     a_desc, b_desc, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_cm, M_BUCKET,
     HAS_BIAS: tl.constexpr, CAN_TMA_STORE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, EPILOGUE_SUBTILE: tl.constexpr,
-    USE_TMA_STORE: tl.constexpr, PERSISTENT: tl.constexpr, SPLIT_TAIL: tl.constexpr, PDL: tl.constexpr = False,
+    USE_TMA_STORE: tl.constexpr, PERSISTENT: tl.constexpr, SPLIT_TAIL: tl.constexpr,
 ):
-    if PDL:  # launched early (programmatic dependent launch): wait for the quant kernel before reading anything
-        gdc_wait()
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     k_tiles = tl.cdiv(K, BLOCK_K)
@@ -302,11 +299,10 @@ def _grid_size(tiles: int, num_sms: int, kw: dict) -> int:
 
 
 def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor,
-                bias_arg: torch.Tensor, has_bias: bool, config: triton.Config | None = None, pdl: bool = False) -> None:
+                bias_arg: torch.Tensor, has_bias: bool, config: triton.Config | None = None) -> None:
     """First call per shape key: the autotuner picks the config. Later calls: descriptors built for that config
     and a direct launch of the compiled kernel (the autotuner and JIT binding cost ~100 us of CPU per call).
-    ``config`` (tests, benchmarks) skips the autotuner. ``pdl``: launch with programmatic dependent launch (sm_90+;
-    the autotuning call itself launches plainly)."""
+    ``config`` (tests, benchmarks) skips the autotuner."""
     m, k = a.shape
     n = b.shape[0]
     dev = device_index(a.device)
@@ -338,13 +334,13 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
     c_desc = descriptor(c, [bm, bn // 2 if kw["EPILOGUE_SUBTILE"] else bn]) if tma_store else None
     grid = (_grid_size(cdiv(m, bm) * cdiv(n, bn), num_sms, kw), 1, 1)
     # Specialization facts (see fast_launch): M is 1 / a multiple of 16; N, K and the bucket are in tune_key.
-    key = (tune_key, m == 1, m % 16 == 0, alignment_bits(xs, ws, bias_arg, c), pdl)
+    key = (tune_key, m == 1, m % 16 == 0, alignment_bits(xs, ws, bias_arg, c))
     if config is not None:  # the tuned pick is implied by tune_key; an explicit one is not
         key += (tuple(sorted(kw.items())), config.num_warps, config.num_stages)
     _tma_launch(key, dev, grid, (a_desc, b_desc, c_desc, c, xs, ws, bias_arg, part, count, m, n, k, c.stride(0),
                                  bucket, has_bias, tma_store, bm, bn, bk, kw["GROUP_M"], num_sms,
-                                 kw["EPILOGUE_SUBTILE"], kw["USE_TMA_STORE"], kw["PERSISTENT"], kw["SPLIT_TAIL"], pdl),
-                cfg.num_warps, cfg.num_stages, pdl)
+                                 kw["EPILOGUE_SUBTILE"], kw["USE_TMA_STORE"], kw["PERSISTENT"], kw["SPLIT_TAIL"]),
+                cfg.num_warps, cfg.num_stages)
 
 
 def hopper_tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -362,13 +358,12 @@ def hopper_tma_ok(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def int8_gemm_dequant(
     a: torch.Tensor, x_scale: torch.Tensor, b: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-    out_dtype: torch.dtype, use_tma: bool | None = None, tma_config: triton.Config | None = None, pdl: bool = False,
+    out_dtype: torch.dtype, use_tma: bool | None = None, tma_config: triton.Config | None = None,
 ) -> torch.Tensor:
     """``(a [M,K] int8 @ b [N,K]^T) * x_scale[M] * w_scale[N] (+ bias[N])`` as ``out_dtype`` ``[M, N]``.
 
     Both int8 operands row-major; scales fp32 (any shape with M / N elements). ``use_tma`` None picks the
-    Hopper TMA kernel where it can run; ``tma_config`` (one of ``TMA_CONFIGS``) bypasses its autotuner; ``pdl``
-    launches that kernel with programmatic dependent launch (sm_90+: after a kernel that triggers its dependents).
+    Hopper TMA kernel where it can run; ``tma_config`` (one of ``TMA_CONFIGS``) bypasses its autotuner.
     """
     m, k = a.shape
     n = b.shape[0]
@@ -383,7 +378,7 @@ def int8_gemm_dequant(
     if use_tma is None:
         use_tma = hopper_tma_ok(a, b)
     if use_tma:
-        _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None, tma_config, pdl)
+        _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None, tma_config)
         return c
 
     def grid_ptr(meta: dict) -> tuple[int]:

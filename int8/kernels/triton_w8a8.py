@@ -23,7 +23,6 @@ from .triton_w8a16 import reserve_workspace, w8a16_linear
 __all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
 
 PDL = True  # programmatic dependent launch of the few-rows GEMM on sm_90+ (a switch for A/B measurements)
-PDL_TILED = True  # the same for the tiled GEMM after the quant kernel (A/B switch)
 FUSED = True  # few-rows W8A8 in one kernel (a switch for A/B measurements and the equality tests)
 
 
@@ -53,8 +52,7 @@ def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         # the launch gap is a sizeable part of the layer. The rotation kernel does not signal early, so no PDL.
         return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k,
                                             pdl=PDL and supports_pdl(dev) and not w.hadamard_group)
-    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, x2d.dtype,
-                             pdl=PDL_TILED and supports_pdl(dev) and not w.hadamard_group)
+    return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, x2d.dtype)
 
 
 def weight_only_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
