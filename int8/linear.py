@@ -146,7 +146,8 @@ class Int8Linear(nn.Module):
         backend, w, plans, plan_rows = self._call_state(x.device)
         y = None
         # Plans cut CPU per call; a CUDA graph being recorded needs none, and records the faster GPU path instead.
-        if x2.shape[0] <= plan_rows and not torch.compiler.is_compiling() and not is_capturing():
+        # is_compiling() first: dynamo must not see (and guard on) the row comparison.
+        if not torch.compiler.is_compiling() and x2.shape[0] <= plan_rows and not is_capturing():
             y = self._planned(x2, backend, w, plans)
         if y is None:
             y = backend.linear(x2, w, self.config)

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..int8.backends.base import Backend, Int8Weights
+from ..int8.backends.base import Backend, Int8Weights, plan_key
 from ..int8.backends.registry import resolve_backend
 from ..int8.config import Int8Config
+from ..int8.kernels.host import is_capturing
 from ..int8.quantize import NonFiniteWeightError
 from .errors import QuantizationFailureError
 from .lora import requantize_per_channel
@@ -33,6 +34,7 @@ __all__ = ["Int8LoadPlan", "LoadReport", "make_int8_ops", "INT8_FORMAT"]
 log = logging.getLogger("comfy_int8_w8a8")
 
 INT8_FORMAT = "int8_tensorwise"
+_NO_PLAN_YET = object()
 _HIGH_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
 
 # decide(layer, weight) -> None to quantize, else the reason the layer stays in high precision.
@@ -82,6 +84,7 @@ class Int8LoadPlan:
     on_layer_quantized: Callable[[], None] | None = None
     report: LoadReport = field(default_factory=LoadReport)
     _backends: dict = field(default_factory=dict, repr=False)
+    _plan_rows: dict = field(default_factory=dict, repr=False)
 
     def backend_for(self, device: torch.device) -> Backend:
         """Resolved once per device for the whole model (``auto`` logs its choice once)."""
@@ -89,6 +92,13 @@ class Int8LoadPlan:
         if backend is None:
             backend = self._backends[device] = resolve_backend(self.int8_config.runtime_backend, device)
         return backend
+
+    def plan_rows(self, backend: Backend) -> int:
+        """Eager calls with at most this many rows may replay a launch plan on ``backend`` (0: never)."""
+        rows = self._plan_rows.get(backend.name)
+        if rows is None:
+            rows = self._plan_rows[backend.name] = backend.plan_rows(self.int8_config)
+        return rows
 
     def quantize_layer(self, layer: str, weight: torch.Tensor, bias: torch.Tensor | None) -> dict:
         """Quantize one layer on ``quantize_device``; errors become :class:`QuantizationFailureError`."""
@@ -130,6 +140,7 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                                                    requires_grad=False)
                 self._model_dtype = dtype
                 self._packed: tuple | None = None  # (weakref to the int8 data, device, packed layout)
+                self._eager_plans: tuple | None = None  # (weakref to weight, weakref to bias or None, device, plans)
 
             # ---- loading -------------------------------------------------------------------------------------
             def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # noqa: ANN001
@@ -237,10 +248,38 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
 
             def _int8_linear(self, x: torch.Tensor, weight, bias, cache_pack: bool) -> torch.Tensor:  # noqa: ANN001
                 backend = plan.backend_for(x.device)
-                packed = self._packed_for(backend, weight._qdata, x.device) if cache_pack else None
-                w = self._int8_weights(weight, bias, x.device, packed)
-                y = backend.linear(x.reshape(-1, self.in_features), w, plan.int8_config)
+                x2 = x.reshape(-1, self.in_features)
+                y = self._planned(backend, x2, weight, bias) if cache_pack else None
+                if y is None:
+                    packed = self._packed_for(backend, weight._qdata, x.device) if cache_pack else None
+                    w = self._int8_weights(weight, bias, x.device, packed)
+                    y = backend.linear(x2, w, plan.int8_config)
                 return y.reshape(*x.shape[:-1], self.out_features)
+
+            def _planned(self, backend: Backend, x2: torch.Tensor, weight, bias) -> torch.Tensor | None:  # noqa: ANN001
+                """An eager few-rows call of a resident layer through the backend's launch plan (see
+                ``int8/kernels/eager_plan.py``), or None for the normal path. The plans belong to this layer's
+                current weight and bias objects (held weakly: ComfyUI may replace or offload them)."""
+                if torch.compiler.is_compiling() or x2.shape[0] > plan.plan_rows(backend) or is_capturing():
+                    return None
+                state = self._eager_plans
+                if (state is None or state[0]() is not weight or state[2] != x2.device
+                        or (state[1]() if state[1] is not None else None) is not bias):
+                    state = self._eager_plans = (weakref.ref(weight), None if bias is None else weakref.ref(bias),
+                                                 x2.device, {})
+                plans = state[3]
+                key = plan_key(x2)
+                eager_plan = plans.get(key, _NO_PLAN_YET)
+                if eager_plan is _NO_PLAN_YET:
+                    w = self._int8_weights(weight, bias, x2.device, None)
+                    plans[key], y = backend.eager_plan(x2, w, plan.int8_config)
+                    return y
+                if eager_plan is None:
+                    return None
+                y = eager_plan(x2)
+                if y is None:  # one of the layer's tensors moved since the plan was recorded: record again
+                    plans.clear()
+                return y
 
             def _packed_for(self, backend: Backend, qdata: torch.Tensor, device: torch.device) -> object | None:
                 if not plan.int8_config.prepack_int8_weights:

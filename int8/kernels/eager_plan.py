@@ -15,6 +15,8 @@ kernel (smoothing or rotation in the small-batch path, a copy of a strided input
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from ..backends.base import Backend, Int8Weights
@@ -29,18 +31,19 @@ class EagerPlan:
 
     __slots__ = ("_launch", "_out_shape", "_dtype", "_device", "_guards")
 
-    def __init__(self, launch: PreparedLaunch, out: torch.Tensor, w: Int8Weights) -> None:
+    def __init__(self, launch: PreparedLaunch, out: torch.Tensor, tensors: list[torch.Tensor]) -> None:
         self._launch, self._out_shape, self._dtype, self._device = launch, out.shape, out.dtype, out.device
-        # The launch holds the layer's tensors as raw pointers: a tensor whose storage is swapped in place
-        # (``t.data = ...``) would leave them dangling, so each call checks the pointers first.
-        tensors = (w.weight, w.weight_scale, w.bias, w.smooth)
-        self._guards = tuple((t, t.data_ptr()) for t in tensors if t is not None)
+        # The launch holds the layer's tensors as raw pointers without keeping them alive (their owner does, and
+        # may free or move them: ComfyUI offloads weights). Each call checks every one still exists at its
+        # recorded address (a freed tensor, or one whose storage was swapped by ``t.data = ...``, fails).
+        self._guards = tuple((weakref.ref(t), t.data_ptr()) for t in tensors)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
         """The layer's output for ``x`` (same ``plan_key`` as the recorded call), or None if the layer's tensors
         moved since the plan was built (the caller then takes the normal path and drops the plan)."""
-        for t, ptr in self._guards:
-            if t.data_ptr() != ptr:
+        for ref, ptr in self._guards:
+            t = ref()
+            if t is None or t.data_ptr() != ptr:
                 return None
         out = torch.empty(self._out_shape, dtype=self._dtype, device=self._device)
         self._launch(x.data_ptr(), out.data_ptr())
@@ -64,8 +67,9 @@ def build_plan(backend: Backend, x: torch.Tensor, w: Int8Weights,
         y = backend.linear(x, w, config)
     if len(launches) != 1 or launches[0] is None:
         return None, y
+    layer_tensors = [t for t in (w.weight, w.weight_scale, w.bias, w.smooth) if t is not None]
     try:
-        launch = launches[0].bind(x, y)
+        launch = launches[0].bind(x, y, borrowed=layer_tensors)
     except ValueError:  # the kernel read a transformed copy of x, or wrote something y was computed from
         return None, y
-    return EagerPlan(launch, y, w), y
+    return EagerPlan(launch, y, layer_tensors), y

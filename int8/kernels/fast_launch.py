@@ -53,14 +53,17 @@ class PreparedLaunch:
         self._args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
         self._slots: list[list[int]] = []
 
-    def bind(self, *per_call: torch.Tensor) -> PreparedLaunch:
+    def bind(self, *per_call: torch.Tensor, borrowed: Sequence[torch.Tensor] = ()) -> PreparedLaunch:
         """Declare the per-call tensors of the recorded call, in the order :meth:`__call__` gets their pointers.
-        Raises ValueError if one was not an argument (the recording is not the call the caller thinks it is)."""
+        Raises ValueError if one was not an argument (the recording is not the call the caller thinks it is).
+        ``borrowed``: fixed tensors this launch must not keep alive (their owner does; the caller checks they still
+        exist at their recorded address before each replay)."""
         self._slots = [[i for i, a in enumerate(self._tensors) if a is t] for t in per_call]
         if not all(self._slots):
             raise ValueError("PreparedLaunch.bind: a per-call tensor is not an argument of the recorded launch.")
-        # Only the fixed tensors stay alive; per-call ones would pin the first call's activations.
-        ids = {id(t) for t in per_call}
+        # Only the fixed tensors we own (workspaces, converted copies) stay alive; per-call ones would pin the
+        # first call's activations, borrowed ones their owner's memory (a weight ComfyUI has offloaded).
+        ids = {id(t) for t in (*per_call, *borrowed)}
         self._tensors = [a for a in self._tensors if isinstance(a, torch.Tensor) and id(a) not in ids]
         return self
 

@@ -55,6 +55,9 @@ def test_capture_records_launches_and_binds_per_call_pointers(monkeypatch):
     assert args == (111, weight.data_ptr(), 222, 7, 111)
     assert runner.calls[-1][:7] == (3, 1, 1, 1234, "fn", False, False)
     assert [t is weight for t in prepared._tensors] == [True]  # keeps the weight alive, not the activations
+    with fast_launch.capture_launches() as launches:
+        _launch(launcher, (x, weight, out, 7, x))
+    assert launches[0].bind(x, out, borrowed=[weight])._tensors == []  # a borrowed tensor is its owner's to keep
 
 
 def test_bind_rejects_a_tensor_that_was_not_an_argument():
