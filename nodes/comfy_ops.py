@@ -248,13 +248,13 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
 
             def _int8_linear(self, x: torch.Tensor, weight, bias, cache_pack: bool) -> torch.Tensor:  # noqa: ANN001
                 backend = plan.backend_for(x.device)
-                x2 = x.reshape(-1, self.in_features)
+                x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (a reshape call costs ~2 us)
                 y = self._planned(backend, x2, weight, bias) if cache_pack else None
                 if y is None:
                     packed = self._packed_for(backend, weight._qdata, x.device) if cache_pack else None
                     w = self._int8_weights(weight, bias, x.device, packed)
                     y = backend.linear(x2, w, plan.int8_config)
-                return y.reshape(*x.shape[:-1], self.out_features)
+                return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
             def _planned(self, backend: Backend, x2: torch.Tensor, weight, bias) -> torch.Tensor | None:  # noqa: ANN001
                 """An eager few-rows call of a resident layer through the backend's launch plan (see
