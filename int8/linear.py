@@ -7,17 +7,17 @@ import json
 import torch
 import torch.nn as nn
 
-from .backends.base import Backend, Int8Weights, plan_key
+from .backends.base import Backend, Int8Weights
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
+from .kernels.eager_plan import planned_call
 from .kernels.host import is_capturing
 from .quantize import quantize_rotated_per_channel
 
 __all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_NO_PLAN_YET = object()
 
 
 def comfy_quant_bytes(hadamard_group: int) -> torch.Tensor:
@@ -148,25 +148,10 @@ class Int8Linear(nn.Module):
         # Plans cut CPU per call; a CUDA graph being recorded needs none, and records the faster GPU path instead.
         # is_compiling() first: dynamo must not see (and guard on) the row comparison.
         if not torch.compiler.is_compiling() and x2.shape[0] <= plan_rows and not is_capturing():
-            y = self._planned(x2, backend, w, plans)
+            y = planned_call(plans, x2, backend, lambda: w, self.config)
         if y is None:
             y = backend.linear(x2, w, self.config)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
-
-    def _planned(self, x2: torch.Tensor, backend: Backend, w: Int8Weights, plans: dict) -> torch.Tensor | None:
-        """An eager few-rows call through the backend's replayable launch plan for this input's ``plan_key`` (the
-        first call builds it, running the layer once); None where no plan applies or it went stale."""
-        key = plan_key(x2)
-        plan = plans.get(key, _NO_PLAN_YET)
-        if plan is _NO_PLAN_YET:
-            plans[key], y = backend.eager_plan(x2, w, self.config)
-            return y
-        if plan is None:
-            return None
-        y = plan(x2)
-        if y is None:  # a tensor of the layer was swapped in place since the plan was recorded: record again
-            plans.clear()
-        return y
 
     def _reject(self, x: torch.Tensor) -> None:
         if x.shape[-1] != self.in_features:

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..int8.backends.base import Backend, Int8Weights, plan_key
+from ..int8.backends.base import Backend, Int8Weights
 from ..int8.backends.registry import resolve_backend
 from ..int8.config import Int8Config
+from ..int8.kernels.eager_plan import planned_call
 from ..int8.kernels.host import is_capturing
 from ..int8.quantize import NonFiniteWeightError
 from .errors import QuantizationFailureError
@@ -34,7 +35,6 @@ __all__ = ["Int8LoadPlan", "LoadReport", "make_int8_ops", "INT8_FORMAT"]
 log = logging.getLogger("comfy_int8_w8a8")
 
 INT8_FORMAT = "int8_tensorwise"
-_NO_PLAN_YET = object()
 _HIGH_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
 
 # decide(layer, weight) -> None to quantize, else the reason the layer stays in high precision.
@@ -267,28 +267,8 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                         or (state[1]() if state[1] is not None else None) is not bias):
                     state = self._eager_plans = (weakref.ref(weight), None if bias is None else weakref.ref(bias),
                                                  x2.device, {})
-                plans = state[3]
-                key = plan_key(x2)
-                eager_plan = plans.get(key, _NO_PLAN_YET)
-                if eager_plan is _NO_PLAN_YET:
-                    w = self._int8_weights(weight, bias, x2.device, None)
-                    plans[key], y = backend.eager_plan(x2, w, plan.int8_config)
-                    return y
-                if eager_plan is None:
-                    return None
-                y = eager_plan(x2)
-                if y is None:  # one of the layer's tensors moved since the plan was recorded: record again
-                    plans.clear()
-                return y
-
-            def _packed_for(self, backend: Backend, qdata: torch.Tensor, device: torch.device) -> object | None:
-                if not plan.int8_config.prepack_int8_weights:
-                    return None
-                cached = self._packed
-                # A weakref, so a weight replaced by a LoRA bake or a device move is never kept alive by the cache.
-                if cached is None or cached[0]() is not qdata or cached[1] != device:
-                    cached = self._packed = (weakref.ref(qdata), device, backend.prepack(qdata))
-                return cached[2]
+                return planned_call(state[3], x2, backend, lambda: self._int8_weights(weight, bias, x2.device, None),
+                                    plan.int8_config)
 
     Int8Ops.__name__ = "Int8W8A8Ops"
     return Int8Ops

@@ -109,8 +109,8 @@ class Backend:
 
     def eager_plan(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> tuple[object | None, torch.Tensor | None]:
         """``(plan, y)``: run the 2-D call once and return a callable that replays it for later inputs with the same
-        ``plan_key`` (None where no plan applies), with this call's output ``y`` (None
-        when nothing ran). Only for eager calls; see ``int8/kernels/eager_plan.py``."""
+        ``plan_key`` (None where no plan applies), with this call's output ``y`` (None when nothing ran). Only for
+        eager calls; see ``int8/kernels/eager_plan.py``."""
         return None, None
 
     def linear(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> torch.Tensor:

@@ -16,14 +16,17 @@ kernel (smoothing or rotation in the small-batch path, a copy of a strided input
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 
 import torch
 
-from ..backends.base import Backend, Int8Weights
+from ..backends.base import Backend, Int8Weights, plan_key
 from ..config import Int8Config
 from .fast_launch import PreparedLaunch, capture_launches
 
-__all__ = ["EagerPlan", "build_plan"]
+__all__ = ["EagerPlan", "build_plan", "planned_call"]
+
+_NO_PLAN_YET = object()
 
 
 class EagerPlan:
@@ -73,3 +76,22 @@ def build_plan(backend: Backend, x: torch.Tensor, w: Int8Weights,
     except ValueError:  # the kernel read a transformed copy of x, or wrote something y was computed from
         return None, y
     return EagerPlan(launch, y, layer_tensors), y
+
+
+def planned_call(plans: dict, x: torch.Tensor, backend: Backend, weights: Callable[[], Int8Weights],
+                 config: Int8Config) -> torch.Tensor | None:
+    """An eager call through ``plans`` (one layer's, keyed by ``plan_key``): replay the plan for ``x``'s key, or
+    record it on the first call (that call's output is returned). None where no plan applies, or when the plan
+    went stale (it is dropped, and the next call records again): the caller then runs the normal path.
+    ``weights`` builds the layer's tensors, needed only when recording."""
+    key = plan_key(x)
+    plan = plans.get(key, _NO_PLAN_YET)
+    if plan is _NO_PLAN_YET:
+        plans[key], y = backend.eager_plan(x, weights(), config)
+        return y
+    if plan is None:
+        return None
+    y = plan(x)
+    if y is None:
+        plans.clear()
+    return y
