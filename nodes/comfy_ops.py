@@ -270,5 +270,14 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 return planned_call(state[3], x2, backend, lambda: self._int8_weights(weight, bias, x2.device, None),
                                     plan.int8_config)
 
+            def _packed_for(self, backend: Backend, qdata: torch.Tensor, device: torch.device) -> object | None:
+                if not plan.int8_config.prepack_int8_weights:
+                    return None
+                cached = self._packed
+                # A weakref, so a weight replaced by a LoRA bake or a device move is never kept alive by the cache.
+                if cached is None or cached[0]() is not qdata or cached[1] != device:
+                    cached = self._packed = (weakref.ref(qdata), device, backend.prepack(qdata))
+                return cached[2]
+
     Int8Ops.__name__ = "Int8W8A8Ops"
     return Int8Ops
