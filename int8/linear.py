@@ -148,7 +148,7 @@ class Int8Linear(nn.Module):
         # Plans cut CPU per call; a CUDA graph being recorded needs none, and records the faster GPU path instead.
         # is_compiling() first: dynamo must not see (and guard on) the row comparison.
         if not torch.compiler.is_compiling() and x2.shape[0] <= plan_rows and not is_capturing():
-            y = planned_call(plans, x2, backend, lambda: w, self.config)
+            y = planned_call(plans, x2, backend, w, self.config)
         if y is None:
             y = backend.linear(x2, w, self.config)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)

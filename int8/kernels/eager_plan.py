@@ -78,19 +78,19 @@ def build_plan(backend: Backend, x: torch.Tensor, w: Int8Weights,
     return EagerPlan(launch, y, layer_tensors), y
 
 
-def planned_call(plans: dict, x: torch.Tensor, backend: Backend, weights: Callable[[], Int8Weights],
+def planned_call(plans: dict, x: torch.Tensor, backend: Backend, weights: Int8Weights | Callable[[], Int8Weights],
                  config: Int8Config) -> torch.Tensor | None:
     """An eager call through ``plans`` (one layer's, keyed by ``plan_key``): replay the plan for ``x``'s key, or
     record it on the first call (that call's output is returned). None where no plan applies, or when the plan
     went stale (it is dropped, and the next call records again): the caller then runs the normal path.
-    ``weights`` builds the layer's tensors, needed only when recording."""
+    ``weights``: the layer's tensors, or a function building them (needed only when recording)."""
     key = plan_key(x)
     plan = plans.get(key, _NO_PLAN_YET)
-    if plan is _NO_PLAN_YET:
-        plans[key], y = backend.eager_plan(x, weights(), config)
-        return y
     if plan is None:
         return None
+    if plan is _NO_PLAN_YET:
+        plans[key], y = backend.eager_plan(x, weights() if callable(weights) else weights, config)
+        return y
     y = plan(x)
     if y is None:
         plans.clear()

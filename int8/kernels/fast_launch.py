@@ -51,16 +51,17 @@ class PreparedLaunch:
         self._compiled, self._direct, self._pdl, self._device_index, self._grid = compiled, direct, pdl, device_index, grid
         self._tensors = list(args)
         self._args = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
-        self._slots: list[list[int]] = []
+        self._slots: list[tuple[int, int]] = []  # (argument index, position in __call__'s pointers)
 
     def bind(self, *per_call: torch.Tensor, borrowed: Sequence[torch.Tensor] = ()) -> PreparedLaunch:
         """Declare the per-call tensors of the recorded call, in the order :meth:`__call__` gets their pointers.
         Raises ValueError if one was not an argument (the recording is not the call the caller thinks it is).
         ``borrowed``: fixed tensors this launch must not keep alive (their owner does; the caller checks they still
         exist at their recorded address before each replay)."""
-        self._slots = [[i for i, a in enumerate(self._tensors) if a is t] for t in per_call]
-        if not all(self._slots):
+        found = [[i for i, a in enumerate(self._tensors) if a is t] for t in per_call]
+        if not all(found):
             raise ValueError("PreparedLaunch.bind: a per-call tensor is not an argument of the recorded launch.")
+        self._slots = [(i, j) for j, indices in enumerate(found) for i in indices]
         # Only the fixed tensors we own (workspaces, converted copies) stay alive; per-call ones would pin the
         # first call's activations, borrowed ones their owner's memory (a weight ComfyUI has offloaded).
         ids = {id(t) for t in (*per_call, *borrowed)}
@@ -70,9 +71,8 @@ class PreparedLaunch:
     def __call__(self, *pointers: int) -> None:
         """Launch on the current stream with ``pointers`` (ints) in the bound per-call slots."""
         args = self._args.copy()
-        for slots, ptr in zip(self._slots, pointers):
-            for i in slots:
-                args[i] = ptr
+        for i, j in self._slots:
+            args[i] = pointers[j]
         g = self._grid
         stream = _raw_stream(self._device_index)
         compiled = self._compiled

@@ -50,12 +50,14 @@ def supports_pdl(index: int) -> bool:
 
 
 def _capture_check():  # noqa: ANN202
-    # CPU-only torch builds have no CUDA capture query (calling it raises); nothing can be capturing there.
-    return torch.cuda.is_current_stream_capturing if torch.backends.cuda.is_built() else (lambda: False)
+    # CPU-only torch builds have no CUDA capture query (calling it raises); nothing can be capturing there. The C
+    # entry behind torch.cuda.is_current_stream_capturing skips a Python frame per eager call.
+    if not torch.backends.cuda.is_built():
+        return lambda: False
+    return getattr(torch._C, "_cuda_isCurrentStreamCapturing", torch.cuda.is_current_stream_capturing)
 
 
-is_capturing = _capture_check()
-is_capturing.__doc__ = "Whether the current CUDA stream is recording a CUDA graph (False on CPU-only builds)."
+is_capturing = _capture_check()  # () -> whether the current CUDA stream is recording a CUDA graph
 
 
 def alignment_bits(*tensors: torch.Tensor) -> int:
