@@ -11,8 +11,7 @@ from .backends.base import Backend, Int8Weights
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
-from .kernels.eager_plan import planned_call
-from .kernels.host import is_capturing
+from .kernels.eager_plan import planned_call, plans_apply
 from .quantize import quantize_rotated_per_channel
 
 __all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
@@ -145,9 +144,7 @@ class Int8Linear(nn.Module):
         x2 = x if x.dim() == 2 else x.reshape(-1, k)
         backend, w, plans, plan_rows = self._call_state(x.device)
         y = None
-        # Plans cut CPU per call; a CUDA graph being recorded needs none, and records the faster GPU path instead.
-        # is_compiling() first: dynamo must not see (and guard on) the row comparison.
-        if not torch.compiler.is_compiling() and x2.shape[0] <= plan_rows and not is_capturing():
+        if plans_apply(x2, plan_rows):
             y = planned_call(plans, x2, backend, w, self.config)
         if y is None:
             y = backend.linear(x2, w, self.config)

@@ -24,8 +24,7 @@ import torch
 from ..int8.backends.base import Backend, Int8Weights
 from ..int8.backends.registry import resolve_backend
 from ..int8.config import Int8Config
-from ..int8.kernels.eager_plan import planned_call
-from ..int8.kernels.host import is_capturing
+from ..int8.kernels.eager_plan import planned_call, plans_apply
 from ..int8.quantize import NonFiniteWeightError
 from .errors import QuantizationFailureError
 from .lora import requantize_per_channel
@@ -260,7 +259,7 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 """An eager few-rows call of a resident layer through the backend's launch plan (see
                 ``int8/kernels/eager_plan.py``), or None for the normal path. The plans belong to this layer's
                 current weight and bias objects (held weakly: ComfyUI may replace or offload them)."""
-                if torch.compiler.is_compiling() or x2.shape[0] > plan.plan_rows(backend) or is_capturing():
+                if not plans_apply(x2, plan.plan_rows(backend)):
                     return None
                 state = self._eager_plans
                 if (state is None or state[0]() is not weight or state[2] != x2.device

@@ -23,8 +23,9 @@ import torch
 from ..backends.base import Backend, Int8Weights, plan_key
 from ..config import Int8Config
 from .fast_launch import PreparedLaunch, capture_launches
+from .host import is_capturing
 
-__all__ = ["EagerPlan", "build_plan", "planned_call"]
+__all__ = ["EagerPlan", "build_plan", "plans_apply", "planned_call"]
 
 _NO_PLAN_YET = object()
 
@@ -76,6 +77,13 @@ def build_plan(backend: Backend, x: torch.Tensor, w: Int8Weights,
     except ValueError:  # the kernel read a transformed copy of x, or wrote something y was computed from
         return None, y
     return EagerPlan(launch, y, layer_tensors), y
+
+
+def plans_apply(x: torch.Tensor, max_rows: int) -> bool:
+    """Whether a call on 2-D ``x`` may go through a plan: eager (plans cut CPU per call; a CUDA graph being recorded
+    needs none, and records the faster GPU path instead), and at most ``max_rows`` rows. ``is_compiling()`` comes
+    first, so dynamo never sees (and guards on) the row comparison."""
+    return not torch.compiler.is_compiling() and x.shape[0] <= max_rows and not is_capturing()
 
 
 def planned_call(plans: dict, x: torch.Tensor, backend: Backend, weights: Int8Weights | Callable[[], Int8Weights],

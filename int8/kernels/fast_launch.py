@@ -73,15 +73,7 @@ class PreparedLaunch:
         args = self._args.copy()
         for i, j in self._slots:
             args[i] = pointers[j]
-        g = self._grid
-        stream = _raw_stream(self._device_index)
-        compiled = self._compiled
-        if self._direct is not None:
-            self._direct(g[0], g[1], g[2], stream, compiled.function, False, self._pdl, None, None,
-                         compiled.packed_metadata, None, None, None, *args)
-        else:
-            compiled.run(g[0], g[1], g[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
-                         *args)
+        _launch_compiled(self._compiled, self._direct, self._pdl, self._grid, _raw_stream(self._device_index), args)
 
 
 class CompiledLauncher:
@@ -113,14 +105,18 @@ class CompiledLauncher:
             return
         if _captured is not None:
             _captured.append(PreparedLaunch(*entry, device_index, grid, args))
-        compiled, direct, pdl = entry
-        stream = _raw_stream(device_index)
-        if direct is not None:
-            direct(grid[0], grid[1], grid[2], stream, compiled.function, False, pdl, None, None,
-                   compiled.packed_metadata, None, None, None, *args)
-        else:
-            compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None,
-                         None, *args)
+        _launch_compiled(*entry, grid, _raw_stream(device_index), args)
+
+
+def _launch_compiled(compiled: object, direct: Callable | None, pdl: bool, grid: Sequence[int], stream: int,
+                     args: Sequence[object]) -> None:
+    """Launch a compiled kernel: through its C entry (``direct``, see :func:`_direct_launch`) or ``compiled.run``."""
+    if direct is not None:
+        direct(grid[0], grid[1], grid[2], stream, compiled.function, False, pdl, None, None,
+               compiled.packed_metadata, None, None, None, *args)
+    else:
+        compiled.run(grid[0], grid[1], grid[2], stream, compiled.function, compiled.packed_metadata, None, None, None,
+                     *args)
 
 
 def _direct_launch(compiled: object) -> Callable | None:

@@ -28,9 +28,9 @@ import triton
 import triton.language as tl
 
 from .fast_launch import CompiledLauncher
-from .host import alignment_bits, cdiv, device_index, next_power_of_2
+from .host import alignment_bits, cdiv, next_power_of_2
 from .triton_quant import quantize_rows
-from .triton_quant_common import INTERPRETED
+from .triton_quant_common import INTERPRETED, smooth_operand
 from .triton_splitk import W8A8_MAX_ROWS, SplitKConfig, split_k_tile, workspace_for
 from .workspace import SplitKWorkspace
 
@@ -79,7 +79,7 @@ _scratch = SplitKWorkspace(torch.int8)
 
 
 def _scale_offset(m: int, k: int) -> int:
-    return -(-m * k // 16) * 16  # the scales start 16-byte aligned, like a fresh allocation
+    return cdiv(m * k, 16) * 16  # the scales start 16-byte aligned, like a fresh allocation
 
 
 def scratch_bytes(m: int, k: int) -> int:
@@ -89,7 +89,7 @@ def scratch_bytes(m: int, k: int) -> int:
 
 def reserve_scratch(device: torch.device, k: int) -> None:
     """Grow the scratch now (before any CUDA graph records a call) for every few-rows call with ``k`` columns."""
-    _scratch.get(torch.device("cuda", device_index(device)), scratch_bytes(W8A8_MAX_ROWS, k), 2)
+    _scratch.get(device, scratch_bytes(W8A8_MAX_ROWS, k), 2)
 
 
 def fused_w8a8_linear(x: torch.Tensor, smooth: torch.Tensor | None, weight: torch.Tensor, w_scale: torch.Tensor,
@@ -107,7 +107,7 @@ def fused_w8a8_linear(x: torch.Tensor, smooth: torch.Tensor | None, weight: torc
     off = _scale_offset(m, k)
     xs = scratch[off:off + 4 * m].view(torch.float32)
     part, count = workspace_for(True, x.device, m, n, config, w_scale)
-    smooth_arg = smooth.to(device=x.device, dtype=x.dtype).contiguous() if smooth is not None else x
+    smooth_arg = smooth_operand(smooth, x)
     bias_arg = bias if bias is not None else w_scale
     chunk = min(next_power_of_2(k), _CHUNK)
     grid = (m + cdiv(n, block_n) * cdiv(m, block_m) * split, 1, 1)

@@ -17,7 +17,7 @@ from triton.language.extra.cuda import gdc_launch_dependents
 from ..hadamard import check_group_size
 from .fast_launch import CompiledLauncher
 from .host import alignment_bits, cdiv, next_power_of_2
-from .triton_quant_common import INTERPRETED, can_trigger_dependents, load_tile, quantize_rn
+from .triton_quant_common import INTERPRETED, can_trigger_dependents, load_tile, quantize_rn, smooth_operand
 from .triton_quant_rotated import launch_rotated
 
 __all__ = ["quantize_per_token_triton", "quantize_rows"]
@@ -125,7 +125,7 @@ def quantize_per_token_triton(
     scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
     if m == 0:
         return q, scale
-    smooth_arg = smooth.to(device=x.device, dtype=x.dtype).contiguous() if smooth is not None else x
+    smooth_arg = smooth_operand(smooth, x)
     if hadamard_group:
         launch_rotated(x, smooth_arg, smooth is not None, hadamard_group, q, scale, config)
     else:

@@ -13,7 +13,8 @@ from triton.language.extra import libdevice
 
 from .host import sm_count, supports_pdl
 
-__all__ = ["INTERPRETED", "can_trigger_dependents", "round_half_even", "quantize_rn", "quantize_by", "load_tile", "spec_key", "grid_sm_count"]
+__all__ = ["INTERPRETED", "can_trigger_dependents", "round_half_even", "quantize_rn", "quantize_by", "load_tile", "smooth_operand",
+           "spec_key", "grid_sm_count"]
 
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used to debug these kernels without a GPU) has no libdevice;
 # there, rounding uses the fp32 magic-number trick, which also rounds half to even for |v| < 2**22.
@@ -56,6 +57,12 @@ def load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH:
         s = tl.load(smooth_ptr + cols, mask=col_mask, other=0.0)
         x = (x.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
     return x
+
+
+def smooth_operand(smooth: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """The kernels' ``smooth_ptr`` argument: ``smooth`` in x's dtype and device, contiguous (rounded like the torch
+    path), or x itself as a valid unused pointer when there is none."""
+    return smooth.to(device=x.device, dtype=x.dtype).contiguous() if smooth is not None else x
 
 
 def can_trigger_dependents(device_index: int | None) -> bool:

@@ -88,4 +88,3 @@ def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
     triton_splitk.reserve_w8a8(device, w.out_features, w.in_features)
     if not w.hadamard_group:
         reserve_scratch(device, w.in_features)
-

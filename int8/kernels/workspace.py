@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from .host import device_index
+
 __all__ = ["SplitKWorkspace"]
 
 
@@ -27,7 +29,7 @@ class SplitKWorkspace:
 
     def get(self, device: torch.device, part_elems: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Buffers with room for ``part_elems`` partial elements and ``tiles`` counters (allocated if needed)."""
-        idx = device.index if device.index is not None else torch.cuda.current_device()
+        idx = device_index(device)
         part, count = self._bufs.get(idx, (None, None))
         if part is None or part.numel() < part_elems:
             self._retired += [part] if part is not None else []
