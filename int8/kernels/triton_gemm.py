@@ -6,8 +6,9 @@ the operand layout Hopper's int8 ``wgmma`` requires (and Ampere's ``mma.sync`` r
 The epilogue computes in fp32 in the same order as the torch reference (``acc * xs * ws + bias``) and casts once.
 
 Two kernels: a TMA + persistent one for Hopper (tensor descriptors need 16-byte aligned rows, i.e. K % 16 == 0)
-and a pointer-based one for everything else (Ampere/Ada, odd K). Both are autotuned per (M bucket, N, K):
-M is bucketed to a power of two so a sampler's changing token count does not re-tune on every call.
+and a pointer-based one for everything else (Ampere/Ada, odd K). Both are autotuned per (M bucket, N, K), timing
+each config at the clocks it sustains under load (:mod:`tuning`): M is bucketed to a power of two so a sampler's
+changing token count does not re-tune on every call.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import triton.language as tl
 
 from .fast_launch import CompiledLauncher
 from .host import alignment_bits, capability, cdiv, descriptor, device_index, next_power_of_2, sm_count
+from .tuning import sustained_bench
 from .workspace import SplitKWorkspace
 
 __all__ = ["TMA_CONFIGS", "int8_gemm_dequant", "m_bucket", "hopper_tma_ok", "reserve_tail_workspace"]
@@ -82,7 +84,8 @@ def _pointer_configs() -> list[triton.Config]:
     return _POINTER_CONFIGS_HOPPER if capability(torch.cuda.current_device())[0] >= 9 else _POINTER_CONFIGS_AMPERE
 
 
-@triton.autotune(configs=_pointer_configs(), key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m})
+@triton.autotune(configs=_pointer_configs(), key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m},
+                 do_bench=sustained_bench)
 @triton.jit
 def _int8_gemm_kernel(
     a_ptr, b_ptr, c_ptr, xs_ptr, ws_ptr, bias_ptr, M, N, K, stride_am, stride_bn, stride_cm, M_BUCKET,
@@ -214,7 +217,8 @@ def _reduce_and_finish(part_tile, splits, c_desc, c_ptr, xs_ptr, ws_ptr, bias_pt
                  HAS_BIAS, TMA_STORE, BLOCK_M, WIDTH)
 
 
-@triton.autotune(configs=TMA_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m})
+@triton.autotune(configs=TMA_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m},
+                 do_bench=sustained_bench)  # configs ranked at the clocks they sustain (see tuning.py)
 @triton.jit
 def _int8_gemm_tma_kernel(
     a_desc, b_desc, c_desc, c_ptr, xs_ptr, ws_ptr, bias_ptr, part_ptr, count_ptr, M, N, K, stride_cm, M_BUCKET,
