@@ -44,6 +44,9 @@ log = logging.getLogger("comfy_int8_w8a8")
 GRAPH_MAX_M = 256
 EAGER_ROUNDS = 5  # timing rounds per shape (see _bench_shape)
 INT8_LINEAR = "Int8Linear triton (default options)"
+# The module a bf16 model runs (weights without grad, as loaded for inference): the like-for-like baseline of the
+# Int8Linear row, which pays the same nn.Module call overhead that a bare F.linear call does not.
+BF16_MODULE = "bf16 nn.Linear (module)"
 PLAIN, ROTATED = "triton", "triton +hadamard256"
 L2_DEFEAT_BYTES = 256 << 20
 
@@ -95,6 +98,13 @@ def _comfy_kitchen():
         return comfy_kitchen, getattr(comfy_kitchen, "__version__", "unknown")
 
 
+def _bf16_module(wb: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
+    lin = torch.nn.Linear(wb.shape[1], wb.shape[0], device=wb.device, dtype=torch.bfloat16).requires_grad_(False)
+    lin.weight.copy_(wb)
+    lin.bias.copy_(bias)
+    return lin
+
+
 def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """name -> function of x for one weight copy (fp32 ``w`` [N, K])."""
     from ..int8 import Int8Config, Int8Linear, Int8Weights, quantize_per_channel, rotate_weight
@@ -117,6 +127,7 @@ def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[
         # What a model sees: the whole Int8Linear module with the default options (small-batch fallback).
         cfg = Int8Config(runtime_backend="triton")
         out[INT8_LINEAR] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg)
+        out[BF16_MODULE] = _bf16_module(wb, bias)
     fp8 = _fp8_rowwise(w, bias)
     if fp8 is not None:
         out["fp8 rowwise _scaled_mm (compiled)"] = fp8
@@ -190,6 +201,9 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
             r[f"{mode}_x_bf16"] = base / t if base else None
             ck = by_name.get("comfy native int8 (per-row)", {}).get(f"{mode}_ms")
             r[f"{mode}_x_comfy"] = ck / t if ck else None
+            module = by_name.get(BF16_MODULE, {}).get(f"{mode}_ms")
+            if r["method"] == INT8_LINEAR and module:
+                r[f"{mode}_x_bf16_module"] = module / t
     return rows
 
 
@@ -301,6 +315,10 @@ def run(args: argparse.Namespace) -> int:
             graph = r.get("graph_hadamard_overhead")
             print(f"hadamard adds to the layer, {r['shape']}: eager {100 * r['eager_hadamard_overhead']:+.1f}%"
                   + (f", graph {100 * graph:+.1f}%" if graph is not None else "") + " (median of paired rounds)")
+    for r in rows:
+        if r["method"] == INT8_LINEAR and "eager_x_bf16_module" in r:
+            print(f"{INT8_LINEAR} against {BF16_MODULE}, {r['shape']}: eager {r['eager_x_bf16_module']:.2f}x"
+                  + (f", graph {r['graph_x_bf16_module']:.2f}x" if "graph_x_bf16_module" in r else ""))
     for r in sweep:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     print(f"wrote {args.out / 'kernels.json'}")

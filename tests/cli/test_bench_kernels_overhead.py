@@ -21,3 +21,17 @@ def test_overhead_skipped_when_a_method_is_missing():
     rows = [{"method": PLAIN}]
     _hadamard_overhead(rows, {PLAIN: [1.0]}, {})
     assert rows == [{"method": PLAIN}]
+
+
+def test_bf16_module_baseline_is_the_same_layer_without_grad():
+    import torch
+    import torch.nn.functional as F
+
+    from comfy_int8_w8a8.bench.kernels import _bf16_module
+
+    wb = torch.randn(7, 5).to(torch.bfloat16)
+    bias = torch.randn(7).to(torch.bfloat16)
+    lin = _bf16_module(wb, bias)
+    x = torch.randn(3, 5).to(torch.bfloat16)
+    assert torch.equal(lin(x), F.linear(x, wb, bias))
+    assert not any(p.requires_grad for p in lin.parameters())  # an inference model's layer: no autograd per call
