@@ -88,14 +88,15 @@ class CompiledLauncher:
         self._compiled: dict[Hashable, tuple[object, Callable | None, bool]] = {}
 
     def __call__(self, key: Hashable, device_index: int, grid: tuple[int, int, int], args: Sequence[object],
-                 num_warps: int, num_stages: int, launch_pdl: bool = False) -> None:
+                 num_warps: int, num_stages: int, launch_pdl: bool = False, **options: object) -> None:
         """``launch_pdl``: launch with programmatic dependent launch (sm_90+; the kernel must ``gdc_wait`` before it
-        reads anything an earlier kernel wrote). It is part of the compiled kernel, so callers put it in ``key``."""
+        reads anything an earlier kernel wrote). It is part of the compiled kernel, so callers put it in ``key``;
+        so are further compile ``options`` (e.g. ``maxnreg``), used on the compiling call."""
         key = (device_index, key)  # a compiled kernel's function handle belongs to one device
         entry = self._compiled.get(key)
         if entry is None:
             # First call for this key: the normal JIT path compiles (or loads from cache) and launches.
-            extra = {"launch_pdl": True} if launch_pdl else {}
+            extra = {"launch_pdl": True, **options} if launch_pdl else dict(options)
             compiled = self._fn[grid](*args, num_warps=num_warps, num_stages=num_stages, **extra)
             if hasattr(compiled, "packed_metadata"):  # TRITON_INTERPRET=1 returns no compiled kernel: no caching
                 entry = self._compiled[key] = (compiled, _direct_launch(compiled),

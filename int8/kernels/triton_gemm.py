@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import gemm_choice
 from .fast_launch import CompiledLauncher
 from .host import alignment_bits, capability, cdiv, descriptor, device_index, next_power_of_2, sm_count
 from .tuning import sustained_bench
@@ -367,7 +368,8 @@ def int8_gemm_dequant(
     """``(a [M,K] int8 @ b [N,K]^T) * x_scale[M] * w_scale[N] (+ bias[N])`` as ``out_dtype`` ``[M, N]``.
 
     Both int8 operands row-major; scales fp32 (any shape with M / N elements). ``use_tma`` None picks the
-    Hopper TMA kernel where it can run; ``tma_config`` (one of ``TMA_CONFIGS``) bypasses its autotuner.
+    Hopper kernels where they can run (the TMA kernel or the Gluon one, :mod:`gemm_choice`); ``tma_config`` (one
+    of ``TMA_CONFIGS``) runs the TMA kernel with that config, bypassing its autotuner and the choice.
     """
     m, k = a.shape
     n = b.shape[0]
@@ -382,7 +384,12 @@ def int8_gemm_dequant(
     if use_tma is None:
         use_tma = hopper_tma_ok(a, b)
     if use_tma:
-        _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None, tma_config)
+        if tma_config is not None:  # an explicit TMA config pins the TMA kernel
+            _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None, tma_config)
+        else:  # the TMA kernel or the warp-specialized Gluon one, whichever timed faster for the shape
+            key = (m_bucket(m), n, k, c.dtype, bias_arg.dtype, bias is not None)
+            gemm_choice.launch_large(a, b, c, xs, ws, bias_arg, bias is not None, key,
+                                     lambda: _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None))
         return c
 
     def grid_ptr(meta: dict) -> tuple[int]:

@@ -1,0 +1,88 @@
+"""Which large-M GEMM kernel runs a shape on Hopper: the Triton TMA kernel (autotuned) or the Gluon one.
+
+Both give the same bits (same int32 products, same fp32 epilogue), so the choice is speed only, and it is made by
+timing, once per shape key, the way the configs of each kernel are ranked (:func:`tuning.sustained_bench`): the
+TMA kernel with its autotuned config against each :data:`gluon_gemm.CONFIGS` entry. The Gluon kernel won every
+Flux shape by 14-19% on an H100, but a shape with fewer output tiles than SMs can favour the TMA kernel's smaller
+tiles, and timing settles it without a threshold to maintain.
+
+A Gluon config that fails to compile is logged once and never tried again in this process; the TMA kernel then runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Hashable
+
+import torch
+
+from .host import is_capturing
+from .tuning import sustained_bench
+
+try:
+    from triton.errors import TritonError as _BuildError  # base of Triton's compile, resource and ptxas errors
+except ImportError:  # pragma: no cover - older Triton
+    from triton.compiler.errors import CompilationError as _BuildError
+
+try:
+    from . import gluon_gemm
+except ImportError as exc:  # a Triton without Gluon's Hopper API: the TMA kernel runs every shape
+    gluon_gemm = None
+    _GLUON_MISSING = f"{type(exc).__name__}: {exc}"
+
+__all__ = ["choose", "launch_large"]
+
+log = logging.getLogger(__name__)
+_UNDECIDED = object()
+
+_choices: dict[Hashable, object | None] = {}  # shape key -> the Gluon config to run, or None for the TMA kernel
+_broken: set[object] = set()  # Gluon configs that failed to compile
+
+
+def launch_large(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor,
+                 bias_arg: torch.Tensor, has_bias: bool, key: Hashable, launch_tma: Callable[[], None]) -> None:
+    """Run the int8 GEMM of a TMA-eligible call (``triton_gemm.int8_gemm_dequant``'s operands) with the kernel
+    chosen for ``key``; ``launch_tma`` runs the TMA kernel on the same operands."""
+    cfg = _choices.get(key, _UNDECIDED)
+    if cfg is _UNDECIDED:
+        if gluon_gemm is None or not gluon_gemm.supported(a, c):
+            _choices[key] = cfg = None
+        else:
+            cfg = choose(key, launch_tma,
+                         lambda g: gluon_gemm.gluon_gemm_dequant(a, xs, b, ws, bias_arg, has_bias, c, g),
+                         gluon_gemm.CONFIGS)
+    if cfg is None:
+        launch_tma()
+    else:
+        gluon_gemm.gluon_gemm_dequant(a, xs, b, ws, bias_arg, has_bias, c, cfg)
+
+
+def choose(key: Hashable, run_tma: Callable[[], None], run_gluon: Callable[[object], None],
+           configs: tuple[object, ...]) -> object | None:
+    """Decide (first call per ``key``) and return the Gluon config to run, or None for the TMA kernel. Inside a CUDA
+    graph capture nothing is timed: an undecided key runs the TMA kernel and stays undecided."""
+    if key in _choices:
+        return _choices[key]
+    if is_capturing():
+        return None
+    run_tma()  # its autotuning, on the first call of a shape
+    best, best_ms = None, sustained_bench(run_tma)
+    timings = {"triton tma": best_ms}
+    for cfg in configs:
+        if cfg in _broken:
+            continue
+        try:
+            ms = sustained_bench(lambda cfg=cfg: run_gluon(cfg))
+        except (_BuildError, RuntimeError, TypeError, AttributeError) as exc:  # does not build or launch here
+            _broken.add(cfg)
+            log.warning("int8 GEMM: the Gluon kernel config %s does not build here (%s: %s); using the Triton TMA "
+                        "kernel instead", cfg, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            continue
+        timings[str(cfg)] = ms
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    _choices[key] = best
+    log.info("int8 GEMM %s: %s (sustained ms per call: %s)", key, "gluon " + str(best) if best else "triton tma",
+             {k: round(v, 4) for k, v in timings.items()})
+    torch.cuda.synchronize()
+    return best
