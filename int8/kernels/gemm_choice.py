@@ -26,9 +26,10 @@ except ImportError:  # pragma: no cover - older Triton
 
 try:
     from . import gluon_gemm
-except ImportError as exc:  # a Triton without Gluon's Hopper API: the TMA kernel runs every shape
+except (ImportError, AttributeError) as exc:  # a Triton without (this shape of) Gluon's Hopper API: TMA kernel only
     gluon_gemm = None
-    _GLUON_MISSING = f"{type(exc).__name__}: {exc}"
+    logging.getLogger(__name__).info("int8 GEMM: no Gluon kernel with this Triton (%s: %s); the TMA kernel runs "
+                                     "every large-M shape on Hopper", type(exc).__name__, exc)
 
 __all__ = ["choose", "launch_large"]
 
