@@ -79,7 +79,7 @@ def _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP: gl.constexpr):
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, bufs, M, N, K, NUM_PROGS: gl.constexpr):
+def _producer(a_desc, b_desc, bufs, M, N, K):
     a_bufs, b_bufs, ready, empty = bufs
     BM: gl.constexpr = a_desc.block_type.shape[0]
     BK: gl.constexpr = a_desc.block_type.shape[1]
@@ -88,7 +88,7 @@ def _producer(a_desc, b_desc, bufs, M, N, K, NUM_PROGS: gl.constexpr):
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     it = 0
-    for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_PROGS):
+    for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         for kk in range(gl.cdiv(K, BK)):
             s = it % NB
@@ -127,8 +127,8 @@ def _store_piece(acc, xs, ws_ptr, bias_ptr, N, off_m, off_n, c_desc, c_smem, HAS
 
 
 @gluon.jit
-def _consumer(bufs, c_desc, c_smem, xs_ptr, ws_ptr, bias_ptr, M, N, K, NUM_PROGS: gl.constexpr,
-              SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr):
+def _consumer(bufs, c_desc, c_smem, xs_ptr, ws_ptr, bias_ptr, M, N, K, SPLIT: gl.constexpr,
+              HAS_BIAS: gl.constexpr):
     a_bufs, b_bufs, ready, empty = bufs
     NB: gl.constexpr = a_bufs.type.shape[0]
     BM: gl.constexpr = a_bufs.type.shape[1]
@@ -140,7 +140,7 @@ def _consumer(bufs, c_desc, c_smem, xs_ptr, ws_ptr, bias_ptr, M, N, K, NUM_PROGS
     num_pid_n = gl.cdiv(N, BN)
     acc = gl.zeros([BM, BN], gl.int32, acc_layout)
     it = 0
-    for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, NUM_PROGS):
+    for tile_id in range(gl.program_id(0), num_pid_m * num_pid_n, gl.num_programs(0)):
         pid_m, pid_n = _tile_coords(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BM
         off_n = pid_n * BN
@@ -169,8 +169,7 @@ def _consumer(bufs, c_desc, c_smem, xs_ptr, ws_ptr, bias_ptr, M, N, K, NUM_PROGS
 
 @gluon.jit
 def _int8_gemm_ws_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, M, N, K, NUM_BUFFERS: gl.constexpr,
-                         SPLIT: gl.constexpr, NUM_PROGS: gl.constexpr, HAS_BIAS: gl.constexpr,
-                         WORKER_REGS: gl.constexpr):
+                         SPLIT: gl.constexpr, HAS_BIAS: gl.constexpr, WORKER_REGS: gl.constexpr):
     a_bufs = gl.allocate_shared_memory(a_desc.dtype, [NUM_BUFFERS] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(b_desc.dtype, [NUM_BUFFERS] + b_desc.block_type.shape, b_desc.layout)
     c_smem = gl.allocate_shared_memory(c_desc.dtype, c_desc.block_type.shape, c_desc.layout)
@@ -181,8 +180,8 @@ def _int8_gemm_ws_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, M, N,
         mbarrier.init(empty.index(i), count=1)
     bufs = (a_bufs, b_bufs, ready, empty)
     gl.warp_specialize(
-        [(_consumer, (bufs, c_desc, c_smem, xs_ptr, ws_ptr, bias_ptr, M, N, K, NUM_PROGS, SPLIT, HAS_BIAS)),
-         (_producer, (a_desc, b_desc, bufs, M, N, K, NUM_PROGS))],
+        [(_consumer, (bufs, c_desc, c_smem, xs_ptr, ws_ptr, bias_ptr, M, N, K, SPLIT, HAS_BIAS)),
+         (_producer, (a_desc, b_desc, bufs, M, N, K))],
         [1], [WORKER_REGS])
 
 
@@ -230,9 +229,10 @@ def gluon_gemm_dequant(a: torch.Tensor, xs: torch.Tensor, b: torch.Tensor, ws: t
     # Specialization facts (see fast_launch): each of M, N, K (also the descriptors' shapes and strides) is 1, a
     # multiple of 16 or neither; which scale/bias pointers are 16-byte aligned; the descriptors' block types are
     # fixed by cfg and the output dtype.
-    key = (cfg, c.dtype, has_bias, bias_arg.dtype, programs, tuple((v == 1, v % 16 == 0) for v in (m, n, k)),
+    # (The grid size is not compiled in: one binary serves every tile count.)
+    key = (cfg, c.dtype, has_bias, bias_arg.dtype, tuple((v == 1, v % 16 == 0) for v in (m, n, k)),
            alignment_bits(xs, ws, bias_arg))
-    _launch(key, dev, (programs, 1, 1), (*descs, xs, ws, bias_arg, m, n, k, cfg.stages, cfg.epilogue_split, programs,
-                                         has_bias, WORKER_REGS),
+    _launch(key, dev, (programs, 1, 1), (*descs, xs, ws, bias_arg, m, n, k, cfg.stages, cfg.epilogue_split, has_bias,
+                                         WORKER_REGS),
             cfg.warps, 1, maxnreg=cfg.maxnreg)
 
