@@ -19,6 +19,8 @@ import torch
 from .host import is_capturing
 from .tuning import sustained_bench
 
+log = logging.getLogger(__name__)
+
 try:
     from triton.errors import TritonError as _BuildError  # base of Triton's compile, resource and ptxas errors
 except ImportError:  # pragma: no cover - older Triton
@@ -28,12 +30,11 @@ try:
     from . import gluon_gemm
 except (ImportError, AttributeError) as exc:  # a Triton without (this shape of) Gluon's Hopper API: TMA kernel only
     gluon_gemm = None
-    logging.getLogger(__name__).info("int8 GEMM: no Gluon kernel with this Triton (%s: %s); the TMA kernel runs "
-                                     "every large-M shape on Hopper", type(exc).__name__, exc)
+    log.info("int8 GEMM: no Gluon kernel with this Triton (%s: %s); the TMA kernel runs every large-M shape on "
+             "Hopper", type(exc).__name__, exc)
 
 __all__ = ["choose", "launch_large"]
 
-log = logging.getLogger(__name__)
 _UNDECIDED = object()
 
 _choices: dict[Hashable, object | None] = {}  # shape key -> the Gluon config to run, or None for the TMA kernel

@@ -34,10 +34,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma,
     warpgroup_mma_wait,
 )
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .fast_launch import CompiledLauncher
-from .host import alignment_bits, capability, cdiv, device_index, sm_count
+from .host import alignment_bits, capability, cdiv, descriptor, device_index, sm_count
 
 __all__ = ["GluonConfig", "CONFIGS", "supported", "gluon_gemm_dequant"]
 
@@ -197,16 +196,6 @@ def _layouts(cfg: GluonConfig, out_dtype: torch.dtype) -> tuple[object, object, 
                                                  _GL_DTYPES[out_dtype]))
 
 
-def _descriptor(t: torch.Tensor, block_shape: list[int], layout: object) -> TensorDescriptor:
-    """``TensorDescriptor.from_tensor`` without its per-call validation (~3.5 us each, three per call; like
-    :func:`host.descriptor`): callers pass only tensors :func:`triton_gemm.hopper_tma_ok` and :func:`supported`
-    accepted (16-byte aligned base and rows, unit inner stride, non-empty)."""
-    d = object.__new__(TensorDescriptor)
-    d.__dict__.update(base=t, shape=t.shape, strides=t.stride(), block_shape=block_shape, layout=layout,
-                      padding="zero")
-    return d
-
-
 def supported(a: torch.Tensor, c: torch.Tensor) -> bool:
     """Whether this kernel may run the call: the Triton release it was written and measured against (Gluon's API
     moves between releases, and some unsupported constructs abort the process in the compiler instead of
@@ -223,8 +212,9 @@ def gluon_gemm_dequant(a: torch.Tensor, xs: torch.Tensor, b: torch.Tensor, ws: t
     n = b.shape[0]
     dev = device_index(a.device)
     la, lb, lc = _layouts(cfg, c.dtype)
-    descs = (_descriptor(a, [cfg.block_m, cfg.block_k], la), _descriptor(b, [cfg.block_n, cfg.block_k], lb),
-             _descriptor(c, [cfg.block_m, cfg.block_n // cfg.epilogue_split], lc))
+    # (descriptor: without from_tensor's per-call validation, ~3.5 us each; hopper_tma_ok and supported() hold)
+    descs = (descriptor(a, [cfg.block_m, cfg.block_k], la), descriptor(b, [cfg.block_n, cfg.block_k], lb),
+             descriptor(c, [cfg.block_m, cfg.block_n // cfg.epilogue_split], lc))
     programs = min(sm_count(dev), cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
     # Specialization facts (see fast_launch): each of M, N, K (also the descriptors' shapes and strides) is 1, a
     # multiple of 16 or neither; which scale/bias pointers are 16-byte aligned; the descriptors' block types are

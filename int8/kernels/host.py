@@ -72,18 +72,23 @@ def alignment_bits(*tensors: torch.Tensor) -> int:
 
 
 @functools.cache
-def _descriptor_defaults() -> tuple[type, dict]:
-    from triton.tools.tensor_descriptor import TensorDescriptor  # Triton >= 3.4 (callers check)
-
+def _descriptor_defaults(gluon: bool) -> tuple[type, dict]:
+    if gluon:  # Gluon's descriptor carries the shared-memory layout (callers check Gluon is there)
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    else:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # Triton >= 3.4 (callers check)
     return TensorDescriptor, {f.name: f.default for f in fields(TensorDescriptor) if f.default is not MISSING}
 
 
-def descriptor(t: torch.Tensor, block_shape: list[int]) -> object:
+def descriptor(t: torch.Tensor, block_shape: list[int], layout: object | None = None) -> object:
     """A host TMA ``TensorDescriptor`` of row-major ``t`` without its per-call validation (~3 us each, three per
     GEMM call). Only for tensors :func:`triton_gemm.hopper_tma_ok` accepted: 16-byte aligned base and rows,
-    unit inner stride, which is what the validation checks; the block shapes are the kernel configs' powers of two."""
-    cls, defaults = _descriptor_defaults()
+    unit inner stride, which is what the validation checks; the block shapes are the kernel configs' powers of two.
+    ``layout``: a Gluon shared-memory layout, for Gluon's descriptor (:mod:`gluon_gemm`); None for Triton's."""
+    cls, defaults = _descriptor_defaults(layout is not None)
     d = cls.__new__(cls)
     d.__dict__.update(defaults)
     d.base, d.shape, d.strides, d.block_shape = t, t.shape, t.stride(), block_shape
+    if layout is not None:
+        d.layout = layout
     return d
