@@ -30,6 +30,16 @@ def _tma(a, b, xs, ws, bias, dtype):
     return int8_gemm_dequant(a, xs, b, ws, bias, dtype, tma_config=cfg)
 
 
+def _undecided_key(m, k, n, out_dtype, bias_dtype, has_bias):
+    """The choice key ``int8_gemm_dequant`` uses for this call, with any earlier decision for it forgotten."""
+    from comfy_int8_w8a8.int8.kernels import gemm_choice
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import m_bucket
+
+    key = (m_bucket(m), n, k, out_dtype, bias_dtype, has_bias)
+    gemm_choice._choices.pop(key, None)
+    return key
+
+
 @pytest.fixture
 def gg():
     from comfy_int8_w8a8.int8.kernels import gluon_gemm
@@ -55,12 +65,11 @@ def test_gluon_gemm_is_bit_identical_to_the_tma_kernel(gg, m, k, n, dtype, with_
 
 def test_large_shapes_record_a_choice_and_match(gg):
     from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant, m_bucket
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
 
     m, k, n = 2304, 3072, 4608
     a, b, xs, ws, bias = _operands(m, k, n)
-    key = (m_bucket(m), n, k, torch.bfloat16, bias.dtype, True)
-    gemm_choice._choices.pop(key, None)
+    key = _undecided_key(m, k, n, torch.bfloat16, bias.dtype, True)
     got = int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16)
     assert key in gemm_choice._choices
     assert gemm_choice._choices[key] in (None, *gg.CONFIGS)
@@ -70,12 +79,11 @@ def test_large_shapes_record_a_choice_and_match(gg):
 
 def test_fp32_output_keeps_the_tma_kernel(gg):
     from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant, m_bucket
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
 
     m, k, n = 1024, 1024, 1024
     a, b, xs, ws, _ = _operands(m, k, n)
-    key = (m_bucket(m), n, k, torch.float32, xs.dtype, False)
-    gemm_choice._choices.pop(key, None)
+    key = _undecided_key(m, k, n, torch.float32, xs.dtype, False)
     got = int8_gemm_dequant(a, xs, b, ws, None, torch.float32)
     assert gemm_choice._choices[key] is None  # an fp32 tile does not fit beside the stages: not offered
     assert torch.equal(got, _tma(a, b, xs, ws, None, torch.float32))
@@ -85,7 +93,7 @@ def test_a_config_that_does_not_build_falls_back_to_tma_and_says_so(gg, monkeypa
     from triton.compiler.errors import CompilationError
 
     from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant, m_bucket
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
 
     def broken(*args, **kwargs):
         raise CompilationError("src", None, "stand-in build failure")
@@ -94,8 +102,7 @@ def test_a_config_that_does_not_build_falls_back_to_tma_and_says_so(gg, monkeypa
     monkeypatch.setattr(gemm_choice, "_broken", set())
     m, k, n = 1536, 2048, 2048
     a, b, xs, ws, bias = _operands(m, k, n)
-    key = (m_bucket(m), n, k, torch.bfloat16, bias.dtype, True)
-    gemm_choice._choices.pop(key, None)
+    key = _undecided_key(m, k, n, torch.bfloat16, bias.dtype, True)
     with caplog.at_level(logging.WARNING):
         got = int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16)
     assert gemm_choice._choices.pop(key) is None
@@ -106,14 +113,13 @@ def test_a_config_that_does_not_build_falls_back_to_tma_and_says_so(gg, monkeypa
 
 def test_no_timing_inside_a_cuda_graph_capture(gg):
     from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant, m_bucket
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
 
     m, k, n = 1024, 2048, 3072
     a, b, xs, ws, bias = _operands(m, k, n)
-    key = (m_bucket(m), n, k, torch.bfloat16, bias.dtype, True)
     expected = _tma(a, b, xs, ws, bias, torch.bfloat16)
     int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16)  # compile and tune the TMA kernel outside the capture
-    gemm_choice._choices.pop(key, None)
+    key = _undecided_key(m, k, n, torch.bfloat16, bias.dtype, True)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         out = int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16)
