@@ -7,11 +7,12 @@ import json
 import torch
 import torch.nn as nn
 
-from .backends.base import Backend, Int8Weights
+from .backends.base import Backend, Int8Weights, plan_key
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
 from .kernels.eager_plan import planned_call, plans_apply
+from .kernels.host import is_capturing
 from .quantize import quantize_rotated_per_channel
 
 __all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
@@ -73,6 +74,8 @@ class Int8Linear(nn.Module):
         self._backends: dict[torch.device, Backend] = {}
         self._packed: dict[torch.device, object] = {}
         self._state: dict[torch.device, tuple[Backend, Int8Weights, dict, int]] = {}
+        # (x.shape, x.stride(), x.dtype, device index, 16-byte aligned) -> (plan, tensors it was built on, out shape)
+        self._replays: dict[tuple, tuple[object, Int8Weights, tuple[int, ...]]] = {}
 
     @classmethod
     def from_linear(
@@ -138,6 +141,21 @@ class Int8Linear(nn.Module):
         return state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.compiler.is_compiling() and self._replays:
+            # An eager few-rows call seen before: replay its plan with as little Python as possible (at 64 rows
+            # this layer's whole cost is CPU time; bf16 F.linear's is too). Keyed on x as given (any leading
+            # dims), so the checks, the device lookup and the reshapes below are skipped.
+            hit = self._replays.get((x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0))
+            if hit is not None and not is_capturing():
+                plan, w, out_shape = hit
+                b = self._buffers
+                y = None
+                if (b["weight"] is w.weight and b["weight_scale"] is w.weight_scale and b["bias"] is w.bias
+                        and b["input_smooth"] is w.smooth and self.hadamard_group == w.hadamard_group):
+                    y = plan(x, out_shape)
+                if y is not None:
+                    return y
+                self._replays.clear()  # buffers replaced or moved: the normal path below rebuilds what it needs
         k = self.in_features
         if x.shape[-1] != k or x.dtype not in _FLOAT_DTYPES:
             self._reject(x)
@@ -146,6 +164,11 @@ class Int8Linear(nn.Module):
         y = None
         if plans_apply(x2, plan_rows):
             y = planned_call(plans, x2, backend, w, self.config)
+            plan = plans.get(plan_key(x2))
+            if y is not None and plan is not None and (x2 is x or x.is_contiguous()):
+                # (a contiguous x is read through its 2-D view at the same address: same plan, same pointer)
+                key = (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0)
+                self._replays[key] = (plan, w, (*x.shape[:-1], self.out_features))
         if y is None:
             y = backend.linear(x2, w, self.config)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
@@ -160,6 +183,7 @@ class Int8Linear(nn.Module):
         self._packed.clear()
         self._backends.clear()
         self._state.clear()
+        self._replays.clear()
         # module.to(bfloat16) must not round the fp32 scales: keep them, move them to the new device.
         keep = {k: getattr(self, k) for k in ("weight_scale", "input_smooth") if getattr(self, k) is not None}
         result = super()._apply(fn, recurse)

@@ -33,23 +33,25 @@ _NO_PLAN_YET = object()
 class EagerPlan:
     """Allocates the output and replays one prepared launch on it."""
 
-    __slots__ = ("_launch", "_out_shape", "_dtype", "_device", "_guards")
+    __slots__ = ("_launch", "_out_shape", "_guards")
 
     def __init__(self, launch: PreparedLaunch, out: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-        self._launch, self._out_shape, self._dtype, self._device = launch, out.shape, out.dtype, out.device
+        self._launch, self._out_shape = launch.two_pointer_call(), tuple(out.shape)
         # The launch holds the layer's tensors as raw pointers without keeping them alive (their owner does, and
         # may free or move them: ComfyUI offloads weights). Each call checks every one still exists at its
         # recorded address (a freed tensor, or one whose storage was swapped by ``t.data = ...``, fails).
         self._guards = tuple((weakref.ref(t), t.data_ptr()) for t in tensors)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The layer's output for ``x`` (same ``plan_key`` as the recorded call), or None if the layer's tensors
-        moved since the plan was built (the caller then takes the normal path and drops the plan)."""
+    def __call__(self, x: torch.Tensor, out_shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
+        """The layer's output for ``x`` (same ``plan_key`` as the recorded call, or a contiguous-rows view of such an
+        ``x`` with more leading dims, then with ``out_shape``: the output's leading dims), or None if the layer's
+        tensors moved since the plan was built (the caller then takes the normal path and drops the plan)."""
         for ref, ptr in self._guards:
             t = ref()
             if t is None or t.data_ptr() != ptr:
                 return None
-        out = torch.empty(self._out_shape, dtype=self._dtype, device=self._device)
+        # Output dtype and device are x's (build_plan checks): new_empty skips torch.empty's argument parsing.
+        out = x.new_empty(out_shape or self._out_shape)
         self._launch(x.data_ptr(), out.data_ptr())
         return out
 
@@ -69,7 +71,7 @@ def build_plan(backend: Backend, x: torch.Tensor, w: Int8Weights,
         return None, backend.linear(x, w, config)
     with capture_launches() as launches:
         y = backend.linear(x, w, config)
-    if len(launches) != 1 or launches[0] is None:
+    if len(launches) != 1 or launches[0] is None or y.dtype != x.dtype:
         return None, y
     layer_tensors = [t for t in (w.weight, w.weight_scale, w.bias, w.smooth) if t is not None]
     try:

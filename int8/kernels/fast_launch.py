@@ -75,6 +75,26 @@ class PreparedLaunch:
             args[i] = pointers[j]
         _launch_compiled(self._compiled, self._direct, self._pdl, self._grid, _raw_stream(self._device_index), args)
 
+    def two_pointer_call(self) -> Callable[[int, int], None]:
+        """The launch as a function of the two bound pointers, specialized for an eager plan's replay: same effect
+        as ``self(a, b)`` with one Python frame and no per-call argument copy (a few-rows layer's whole cost is
+        Python of this kind). Falls back to :meth:`__call__` where the layout is not one input, one output slot."""
+        slots = sorted(self._slots, key=lambda s: s[1])
+        if self._direct is None or [j for _, j in slots] != [0, 1]:
+            return self
+        (slot_a, _), (slot_b, _) = slots
+        direct, function, meta, pdl = self._direct, self._compiled.function, self._compiled.packed_metadata, self._pdl
+        (g0, g1, g2), index, args = self._grid, self._device_index, list(self._args)
+
+        def call(a: int, b: int) -> None:
+            # ``args`` is this closure's own list: filled in place (one launch at a time; the GIL is held throughout).
+            args[slot_a] = a
+            args[slot_b] = b
+            direct(g0, g1, g2, _raw_stream(index), function, False, pdl, None, None, meta, None, None, None, *args)
+
+        call.keepalive = self  # the fixed tensors this launch owns (workspaces, converted copies) live with it
+        return call
+
 
 class CompiledLauncher:
     """Caches the compiled kernel per key and launches it directly on the current stream.

@@ -54,6 +54,11 @@ def test_capture_records_launches_and_binds_per_call_pointers(monkeypatch):
     # Per-call slots (x appears twice: both replaced), fixed tensors as their pointers, ints untouched.
     assert args == (111, weight.data_ptr(), 222, 7, 111)
     assert runner.calls[-1][:7] == (3, 1, 1, 1234, "fn", False, False)
+    fast = prepared.two_pointer_call()  # the eager plans' specialized replay: the same launch, call for call
+    fast(333, 444)
+    fast(555, 666)
+    assert runner.calls[-2][-5:] == (333, weight.data_ptr(), 444, 7, 333)
+    assert runner.calls[-1] == runner.calls[-3][:-5] + (555, weight.data_ptr(), 666, 7, 555)
     assert [t is weight for t in prepared._tensors] == [True]  # keeps the weight alive, not the activations
     with fast_launch.capture_launches() as launches:
         _launch(launcher, (x, weight, out, 7, x))
@@ -83,9 +88,11 @@ class _CountingPlan:
     def __init__(self, y: torch.Tensor) -> None:
         self.y, self.calls, self.stale = y, 0, False
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, x: torch.Tensor, out_shape: tuple[int, ...] | None = None) -> torch.Tensor | None:
         self.calls += 1
-        return None if self.stale else self.y
+        if self.stale:
+            return None
+        return self.y if out_shape is None or tuple(out_shape) == tuple(self.y.shape) else self.y.reshape(out_shape)
 
 
 def test_int8_linear_builds_a_plan_once_per_key_and_drops_a_stale_one(monkeypatch):
@@ -119,3 +126,41 @@ def test_int8_linear_without_plans_on_backends_that_have_none():
     q = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
     q(torch.randn(4, 64))
     assert q._call_state(torch.device("cpu"))[2:] == ({}, 0)
+
+
+def _planned_layer(monkeypatch, built: list) -> Int8Linear:  # noqa: ANN001
+    def eager_plan(self, x, w, config):  # noqa: ANN001, ANN202
+        y = self.linear(x, w, config)
+        built.append(_CountingPlan(y))
+        return built[-1], y
+
+    monkeypatch.setattr(ReferenceBackend, "plan_rows", lambda self, config: 8)
+    monkeypatch.setattr(ReferenceBackend, "eager_plan", eager_plan)
+    return Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
+
+
+def test_replay_fast_path_notices_a_replaced_buffer(monkeypatch):
+    # The fast path skips _call_state: it must still see an assigned weight (e.g. a LoRA bake) and compute with it.
+    built: list[_CountingPlan] = []
+    q = _planned_layer(monkeypatch, built)
+    x = torch.randn(4, 64)
+    q(x)
+    assert q(x) is built[0].y and len(q._replays) == 1  # the second call replayed through the fast path
+    q.weight = torch.zeros_like(q.weight)
+    assert torch.equal(q(x), q.bias.expand(4, 32))  # zero weight: bias only, from the normal path
+    assert len(built) == 1 + 1  # the old plan was not replayed: a new one was recorded for the new weight
+    assert torch.equal(q(x), q.bias.expand(4, 32))
+
+
+def test_replay_fast_path_keys_on_the_input_as_given(monkeypatch):
+    built: list[_CountingPlan] = []
+    q = _planned_layer(monkeypatch, built)
+    x3 = torch.randn(2, 2, 64)
+    q(x3)
+    assert q(x3).shape == (2, 2, 32) and built[0].calls == 1
+    assert len(q._replays) == 1 and next(iter(q._replays))[0] == (2, 2, 64)
+    strided = torch.randn(2, 64, 2).transpose(1, 2)  # 3-D, not contiguous: reshaping copies, so no fast replay
+    q(strided)
+    assert len(q._replays) == 1  # still only x3's
+    q.to(torch.float32)  # moving the module drops every plan and replay
+    assert q._replays == {}
