@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..int8.backends.base import Backend, Int8Weights
+from ..int8.backends.base import Backend, Int8Weights, plan_key
 from ..int8.backends.registry import resolve_backend
 from ..int8.config import Int8Config
 from ..int8.kernels.eager_plan import planned_call, plans_apply
+from ..int8.kernels.host import is_capturing
 from ..int8.quantize import NonFiniteWeightError
 from .errors import QuantizationFailureError
 from .lora import requantize_per_channel
@@ -140,6 +141,9 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 self._model_dtype = dtype
                 self._packed: tuple | None = None  # (weakref to the int8 data, device, packed layout)
                 self._eager_plans: tuple | None = None  # (weakref to weight, weakref to bias or None, device, plans)
+                # input (shape, strides, dtype, device index, aligned) -> (plan, weakrefs to the int8 data, scale
+                # and bias it was built on, output shape): see _replay
+                self._replays: dict[tuple, tuple] = {}
 
             # ---- loading -------------------------------------------------------------------------------------
             def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # noqa: ANN001
@@ -205,6 +209,10 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
 
             # ---- forward ---------------------------------------------------------------------------------------
             def forward(self, input, *args, **kwargs):  # noqa: A002, ANN001, ANN201
+                if not torch.compiler.is_compiling() and self._replays:
+                    out = self._replay(input)
+                    if out is not None:
+                        return out
                 if not self.is_int8 or getattr(self, "comfy_force_cast_weights", False):
                     if plan.fp8_fast and self.weight.dtype == torch.float8_e4m3fn and not self.training:
                         out = comfy.ops.fp8_linear(self, input)
@@ -249,11 +257,42 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 backend = plan.backend_for(x.device)
                 x2 = x if x.dim() == 2 else x.reshape(-1, self.in_features)  # (a reshape call costs ~2 us)
                 y = self._planned(backend, x2, weight, bias) if cache_pack else None
-                if y is None:
+                if y is not None:
+                    self._remember_replay(x, x2, weight, bias)
+                else:
                     packed = self._packed_for(backend, weight._qdata, x.device) if cache_pack else None
                     w = self._int8_weights(weight, bias, x.device, packed)
                     y = backend.linear(x2, w, plan.int8_config)
                 return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+            def _replay(self, x: torch.Tensor) -> torch.Tensor | None:
+                """An eager few-rows call with an input layout seen before on this resident int8 layer: its launch
+                plan replayed with the least Python (at a few rows the CPU time is the layer's cost), or None for
+                the normal path. Holds the layer's tensors weakly, like the plans (ComfyUI may replace or free them);
+                the conditions are forward's resident ones."""
+                hit = self._replays.get((x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0))
+                if hit is None or is_capturing():
+                    return None
+                run, qdata_ref, scale_ref, bias_ref, out_shape = hit
+                weight, qdata = self.weight, qdata_ref()
+                if (qdata is not None and qdata is getattr(weight, "_qdata", None) and scale_ref() is weight._params.scale
+                        and (bias_ref() if bias_ref is not None else None) is self.bias and not self.comfy_cast_weights
+                        and not self.weight_function and not self.bias_function
+                        and not getattr(self, "comfy_force_cast_weights", False)):
+                    comfy.ops.run_every_op()
+                    out = run(x, out_shape)
+                    if out is not None:
+                        return out
+                self._replays.clear()
+                return None
+
+            def _remember_replay(self, x: torch.Tensor, x2: torch.Tensor, weight, bias) -> None:  # noqa: ANN001
+                run = self._eager_plans[3].get(plan_key(x2)) if self._eager_plans is not None else None
+                if run is None or not (x2 is x or x.is_contiguous()):  # (a contiguous x: its 2-D view, same address)
+                    return
+                key = (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0)
+                self._replays[key] = (run, weakref.ref(weight._qdata), weakref.ref(weight._params.scale),
+                                      None if bias is None else weakref.ref(bias), (*x.shape[:-1], self.out_features))
 
             def _planned(self, backend: Backend, x2: torch.Tensor, weight, bias) -> torch.Tensor | None:  # noqa: ANN001
                 """An eager few-rows call of a resident layer through the backend's launch plan (see

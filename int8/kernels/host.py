@@ -50,9 +50,10 @@ def supports_pdl(index: int) -> bool:
 
 
 def _capture_check():  # noqa: ANN202
-    # CPU-only torch builds have no CUDA capture query (calling it raises); nothing can be capturing there. The C
-    # entry behind torch.cuda.is_current_stream_capturing skips a Python frame per eager call.
-    if not torch.backends.cuda.is_built():
+    # CPU-only torch builds have no CUDA capture query, and a CUDA build on a machine without a usable GPU/driver
+    # raises from it; nothing can be capturing there. The C entry behind torch.cuda.is_current_stream_capturing
+    # skips a Python frame per eager call.
+    if not torch.backends.cuda.is_built() or not torch.cuda.is_available():
         return lambda: False
     return getattr(torch._C, "_cuda_isCurrentStreamCapturing", torch.cuda.is_current_stream_capturing)
 

@@ -38,11 +38,13 @@ def _layer(k: int, n: int) -> torch.nn.Module:
 def _normal(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     from comfy_int8_w8a8.nodes import comfy_ops
 
-    saved, comfy_ops.plans_apply = comfy_ops.plans_apply, lambda x, max_rows: False  # the plan path steps aside
+    # The plan path steps aside: no plans, and no replays straight from forward.
+    saved, comfy_ops.plans_apply = comfy_ops.plans_apply, lambda x, max_rows: False
+    replays, layer._replays = layer._replays, {}
     try:
         return layer(x)
     finally:
-        comfy_ops.plans_apply = saved
+        comfy_ops.plans_apply, layer._replays = saved, replays
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 3072, 18432), (7, 1024, 640), (48, 3072, 1536)])
@@ -54,6 +56,7 @@ def test_replays_equal_the_normal_path(m, k, n):
         assert torch.equal(layer(x), _normal(layer, x))
     plans = layer._eager_plans[3]
     assert len(plans) == 1 and next(iter(plans.values())) is not None
+    assert len(layer._replays) == 1  # the later calls replayed straight from forward
 
 
 def test_replaced_weight_gets_new_plans_and_the_old_one_is_not_kept_alive():
