@@ -165,7 +165,7 @@ class Int8Linear(nn.Module):
         if plans_apply(x2, plan_rows):
             y = planned_call(plans, x2, backend, w, self.config)
             plan = plans.get(plan_key(x2))
-            if y is not None and plan is not None and (x2 is x or x.is_contiguous()):
+            if y is not None and plan is not None and not isinstance(plan, int) and (x2 is x or x.is_contiguous()):
                 # (a contiguous x is read through its 2-D view at the same address: same plan, same pointer)
                 key = (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0)
                 self._replays[key] = (plan, w, (*x.shape[:-1], self.out_features))

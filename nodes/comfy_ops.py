@@ -288,7 +288,7 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
 
             def _remember_replay(self, x: torch.Tensor, x2: torch.Tensor, weight, bias) -> None:  # noqa: ANN001
                 run = self._eager_plans[3].get(plan_key(x2)) if self._eager_plans is not None else None
-                if run is None or not (x2 is x or x.is_contiguous()):  # (a contiguous x: its 2-D view, same address)
+                if run is None or isinstance(run, int) or not (x2 is x or x.is_contiguous()):  # (a contiguous x: its 2-D view, same address)
                     return
                 key = (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0)
                 self._replays[key] = (run, weakref.ref(weight._qdata), weakref.ref(weight._params.scale),

@@ -4,6 +4,7 @@ int8 tensor-core GEMM with the dequant and bias in its epilogue. Kernels live in
 from __future__ import annotations
 
 import importlib.util
+import sys
 
 import torch
 
@@ -38,9 +39,9 @@ class TritonBackend(Backend):
         triton_w8a8.prepare_device_state(w, config)
 
     def plan_rows(self, config: Int8Config) -> int:
-        from ..kernels.triton_splitk import W8A8_MAX_ROWS
-
-        return max(config.small_batch_rows if config.small_batch_fallback != "never" else 0, W8A8_MAX_ROWS)
+        # Every eager call: the few-rows paths are one launch, the tiled W8A8 path two (quant kernel, GEMM), and at
+        # a few hundred rows its Python (~100 us: routing, allocations, TMA descriptors) is the layer's cost too.
+        return sys.maxsize
 
     def eager_plan(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> tuple[object | None, torch.Tensor | None]:
         from ..kernels.eager_plan import build_plan

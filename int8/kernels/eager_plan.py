@@ -1,16 +1,20 @@
-"""Eager launch plans: a few-rows call of a layer replayed as one prepared kernel launch.
+"""Eager launch plans: an eager call of a layer replayed as its prepared kernel launches.
 
-An uncompiled model runs each small layer from Python, and at a few rows that Python is the layer's cost: on an
-H100 host a bf16 ``F.linear`` call costs 20-30 us of CPU, our layer's routing, config lookup, launch-key building
-and argument binding ~20 us, each Triton launch 5-8 us and each allocation 4-6 us
-(docs/results/host_probe_h100_s6.json). A plan is built by running the layer's normal path once while
+An uncompiled model runs each layer from Python, and at a few rows (or a few hundred on a fast GPU) that Python is
+the layer's cost: on an H100 host a bf16 ``F.linear`` call costs 20-30 us of CPU, our layer's routing, config
+lookup, launch-key building and argument binding ~20 us, each Triton launch 5-8 us and each allocation 4-6 us
+(docs/results/host_probe_h100_s6.json); the two-kernel W8A8 path with TMA descriptors ~100 us
+(docs/results/prof_large_h100_s8.json). A plan is built by running the layer's normal path while
 :func:`capture_launches` records it (that call's result is returned); later calls with the same ``plan_key``
-allocate the output and replay the launch with the new input and output pointers, nothing else.
+allocate the output (and the buffers between the kernels) and replay the launches with the new pointers.
 
-Only a call that is exactly one launch reading the input tensor itself and writing the returned tensor gets a
-plan: the W8A16 small-batch kernels and the fused few-rows W8A8 kernel. Anything that runs torch ops around the
-kernel (smoothing or rotation in the small-batch path, a copy of a strided input, fp32 matmuls) or two kernels
-(rotated W8A8) fails that check and keeps the normal path.
+What gets a plan: a call whose every kernel is a recorded :class:`CompiledLauncher` launch reading the input
+tensor itself and writing the returned tensor, with the buffers between kernels declared per-call
+(:func:`note_temporary`). The W8A16 small-batch kernels and the fused few-rows W8A8 kernel are one launch; the tiled
+W8A8 path is the quant kernel then the GEMM (TMA descriptors re-encoded per call). Anything that runs torch ops
+around the kernels (smoothing or rotation in the small-batch path, a copy of a strided input, fp32 matmuls) fails
+that check and keeps the normal path. A first call whose GEMM went through Triton's autotuner (not a recorded
+launch) is recorded again on a later call.
 """
 
 from __future__ import annotations
@@ -25,19 +29,26 @@ from ..config import Int8Config
 from .fast_launch import PreparedLaunch, capture_launches
 from .host import is_capturing
 
-__all__ = ["EagerPlan", "build_plan", "plans_apply", "planned_call"]
+__all__ = ["EagerPlan", "RETRY", "build_plan", "plans_apply", "planned_call"]
 
-_NO_PLAN_YET = object()
+
+RETRY = object()  # build_plan: no plan from this call, but a later call may record one
+_ATTEMPTS = 3  # recordings per plan key before giving up
 
 
 class EagerPlan:
-    """Allocates the output and replays one prepared launch on it."""
+    """Allocates the output (and the buffers between kernels) and replays the prepared launches on them."""
 
-    __slots__ = ("_launch", "_out_shape", "_guards")
+    __slots__ = ("_launch", "_launches", "_temporaries", "_out_shape", "_guards")
 
-    def __init__(self, launch: PreparedLaunch, out: torch.Tensor, tensors: list[torch.Tensor]) -> None:
-        self._launch, self._out_shape = launch.two_pointer_call(), tuple(out.shape)
-        # The launch holds the layer's tensors as raw pointers without keeping them alive (their owner does, and
+    def __init__(self, out: torch.Tensor, tensors: list[torch.Tensor], launch: PreparedLaunch | None = None,
+                 launches: tuple[Callable[[list[int]], None], ...] = (),
+                 temporaries: tuple[tuple[tuple[int, ...], torch.dtype], ...] = ()) -> None:
+        """``launch``: one launch bound to (input, output); or ``launches``, replayers over the pointers of
+        (input, *temporaries, output), with ``temporaries`` as (shape, dtype) of the buffers between kernels."""
+        self._launch = launch.two_pointer_call() if launch is not None else None
+        self._launches, self._temporaries, self._out_shape = launches, temporaries, tuple(out.shape)
+        # The launches hold the layer's tensors as raw pointers without keeping them alive (their owner does, and
         # may free or move them: ComfyUI offloads weights). Each call checks every one still exists at its
         # recorded address (a freed tensor, or one whose storage was swapped by ``t.data = ...``, fails).
         self._guards = tuple((weakref.ref(t), t.data_ptr()) for t in tensors)
@@ -52,7 +63,14 @@ class EagerPlan:
                 return None
         # Output dtype and device are x's (build_plan checks): new_empty skips torch.empty's argument parsing.
         out = x.new_empty(out_shape or self._out_shape)
-        self._launch(x.data_ptr(), out.data_ptr())
+        if self._launch is not None:
+            self._launch(x.data_ptr(), out.data_ptr())
+            return out
+        # The buffers between kernels live until the launches are queued; the allocator reuses them in stream order.
+        buffers = [x.new_empty(shape, dtype=dtype) for shape, dtype in self._temporaries]
+        pointers = [x.data_ptr(), *[b.data_ptr() for b in buffers], out.data_ptr()]
+        for replay in self._launches:
+            replay(pointers)
         return out
 
 
@@ -65,20 +83,37 @@ def _fixed_inputs_ok(x: torch.Tensor, w: Int8Weights) -> bool:
 
 
 def build_plan(backend: Backend, x: torch.Tensor, w: Int8Weights,
-               config: Int8Config) -> tuple[EagerPlan | None, torch.Tensor]:
-    """Run ``backend.linear(x, w, config)`` once while recording it: ``(plan or None, output)``."""
+               config: Int8Config) -> tuple[EagerPlan | object | None, torch.Tensor]:
+    """Run ``backend.linear(x, w, config)`` once while recording it: ``(plan, output)``, where plan is an
+    :class:`EagerPlan`, None (never for this key) or :data:`RETRY` (record again on a later call)."""
     if not _fixed_inputs_ok(x, w):
         return None, backend.linear(x, w, config)
-    with capture_launches() as launches:
+    with capture_launches() as recording:
         y = backend.linear(x, w, config)
-    if len(launches) != 1 or launches[0] is None or y.dtype != x.dtype:
+    if not recording or None in recording or y.dtype != x.dtype:
         return None, y
     layer_tensors = [t for t in (w.weight, w.weight_scale, w.bias, w.smooth) if t is not None]
-    try:
-        launch = launches[0].bind(x, y, borrowed=layer_tensors)
-    except ValueError:  # the kernel read a transformed copy of x, or wrote something y was computed from
+    temporaries = recording.temporaries
+    if len(recording) == 1 and not temporaries:
+        try:
+            launch = recording[0].bind(x, y, borrowed=layer_tensors)
+        except ValueError:  # the kernel read a transformed copy of x, or wrote something y was computed from
+            return None, y
+        return EagerPlan(y, layer_tensors, launch=launch), y
+    if any(not t.is_contiguous() or t.device != x.device for t in temporaries):
         return None, y
-    return EagerPlan(launch, y, layer_tensors), y
+    per_call = [x, *temporaries, y]
+    try:
+        launches = tuple(launch.replayer(per_call, borrowed=layer_tensors) for launch in recording)
+    except ValueError:
+        return None, y
+    used = set().union(*(launch.per_call_used for launch in launches))
+    if len(per_call) - 1 not in used:  # y came from a launch not recorded (a first call's autotuning): later
+        return RETRY, y
+    if len(used) != len(per_call):  # x itself, or a declared buffer, is read by no recorded kernel
+        return None, y
+    return EagerPlan(y, layer_tensors, launches=launches,
+                     temporaries=tuple((tuple(t.shape), t.dtype) for t in temporaries)), y
 
 
 def plans_apply(x: torch.Tensor, max_rows: int) -> bool:
@@ -91,15 +126,16 @@ def plans_apply(x: torch.Tensor, max_rows: int) -> bool:
 def planned_call(plans: dict, x: torch.Tensor, backend: Backend, weights: Int8Weights | Callable[[], Int8Weights],
                  config: Int8Config) -> torch.Tensor | None:
     """An eager call through ``plans`` (one layer's, keyed by ``plan_key``): replay the plan for ``x``'s key, or
-    record it on the first call (that call's output is returned). None where no plan applies, or when the plan
-    went stale (it is dropped, and the next call records again): the caller then runs the normal path.
+    record it (that call's output is returned). None where no plan applies, or when the plan went stale (it is
+    dropped, and the next call records again): the caller then runs the normal path.
     ``weights``: the layer's tensors, or a function building them (needed only when recording)."""
     key = plan_key(x)
-    plan = plans.get(key, _NO_PLAN_YET)
+    plan = plans.get(key, 0)
     if plan is None:
         return None
-    if plan is _NO_PLAN_YET:
-        plans[key], y = backend.eager_plan(x, weights() if callable(weights) else weights, config)
+    if isinstance(plan, int):  # not recorded yet (the number of recordings that asked to be retried)
+        built, y = backend.eager_plan(x, weights() if callable(weights) else weights, config)
+        plans[key] = (plan + 1 if plan + 1 < _ATTEMPTS else None) if built is RETRY else built
         return y
     y = plan(x)
     if y is None:

@@ -20,21 +20,50 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
 
-__all__ = ["CompiledLauncher", "PreparedLaunch", "capture_launches"]
+__all__ = ["CompiledLauncher", "PreparedLaunch", "Recording", "capture_launches", "note_temporary",
+           "recording_paused"]
 
-_captured: list[PreparedLaunch | None] | None = None  # set while capture_launches() records
+
+class Recording(list):
+    """What :func:`capture_launches` recorded: the launches in order (a list), and in ``temporaries`` the per-call
+    buffers the kernels' Python allocated and said so (:func:`note_temporary`): a replay allocates those anew."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.temporaries: list[torch.Tensor] = []
+
+
+_captured: Recording | None = None  # set while capture_launches() records
 
 
 @contextlib.contextmanager
-def capture_launches() -> Iterator[list[PreparedLaunch | None]]:
+def capture_launches() -> Iterator[Recording]:
     """Record every :class:`CompiledLauncher` launch made inside the block, in order (None for a launch that has
     no compiled kernel to replay: the interpreter). Launches still run normally."""
     global _captured
-    outer, _captured = _captured, []
+    outer, _captured = _captured, Recording()
     try:
         yield _captured
     finally:
         _captured = outer
+
+
+@contextlib.contextmanager
+def recording_paused() -> Iterator[None]:
+    """Launches inside the block are not recorded (benchmarking and autotuning runs inside a recorded call)."""
+    global _captured
+    outer, _captured = _captured, None
+    try:
+        yield
+    finally:
+        _captured = outer
+
+
+def note_temporary(*tensors: torch.Tensor) -> None:
+    """Declare fresh per-call buffers (e.g. the quantized activation between two kernels) to a recording, if one is
+    on: a replayed plan allocates them again per call instead of keeping the recorded ones."""
+    if _captured is not None:
+        _captured.temporaries.extend(tensors)
 
 
 class PreparedLaunch:
@@ -94,6 +123,59 @@ class PreparedLaunch:
 
         call.keepalive = self  # the fixed tensors this launch owns (workspaces, converted copies) live with it
         return call
+
+
+    def replayer(self, per_call: Sequence[torch.Tensor], borrowed: Sequence[torch.Tensor] = ()
+                 ) -> Callable[[Sequence[int]], None]:
+        """The launch as a function of the data pointers of ``per_call`` (same order): for a plan of several launches
+        whose buffers change per call. An argument is per-call when it is, or views from its first byte, one of
+        ``per_call`` (also a TMA descriptor's base: its tensor map is encoded again per call); fixed tensors become
+        pointers, kept alive here unless they share storage with ``borrowed``. Raises ValueError when the launch
+        cannot be replayed this way: no direct C entry, a descriptor layout this code does not know, or an argument
+        that views a per-call buffer from another offset."""
+        if self._direct is None:
+            raise ValueError("PreparedLaunch.replayer: the kernel has no direct launch entry.")
+        raw, desc_positions, desc_meta = _tensordesc_entry(self._direct)
+        per_call_storage = [(t.untyped_storage().data_ptr(), t.data_ptr()) for t in per_call]
+        borrowed_storage = {t.untyped_storage().data_ptr() for t in borrowed}
+        final: list[object] = []
+        ptr_slots: list[tuple[int, int]] = []  # (position in final, per-call index)
+        desc_slots: list[tuple[int, int, tuple]] = []  # (position in final, per-call index, fill arguments)
+        keep: list[torch.Tensor] = []
+        metas = iter(desc_meta)
+        for i, arg in enumerate(self._tensors):
+            if i in desc_positions:
+                meta = next(metas)
+                expanded = _expand_descriptor(arg, meta)
+                slot = _per_call_slot(arg.base, per_call_storage)
+                if slot is not None:
+                    desc_slots.append((len(final), slot, _fill_arguments(expanded, arg, meta)))
+                elif arg.base.untyped_storage().data_ptr() not in borrowed_storage:
+                    keep.append(arg.base)
+                final.extend(expanded)
+            elif isinstance(arg, torch.Tensor):
+                slot = _per_call_slot(arg, per_call_storage)
+                if slot is not None:
+                    ptr_slots.append((len(final), slot))
+                elif arg.untyped_storage().data_ptr() not in borrowed_storage:
+                    keep.append(arg)
+                final.append(arg.data_ptr())
+            else:
+                final.append(arg)
+        compiled, pdl, (g0, g1, g2), index = self._compiled, self._pdl, self._grid, self._device_index
+        function, packed = compiled.function, compiled.packed_metadata
+        fill = _fill_tma_descriptor() if desc_slots else None
+
+        def replay(pointers: Sequence[int]) -> None:
+            for pos, j in ptr_slots:
+                final[pos] = pointers[j]
+            for pos, j, fill_args in desc_slots:
+                final[pos] = fill(pointers[j], *fill_args)
+            raw(g0, g1, g2, _raw_stream(index), function, False, pdl, None, None, packed, None, None, None, *final)
+
+        replay.keepalive = keep  # fixed buffers this launch owns (workspaces, converted copies)
+        replay.per_call_used = {j for _, j in ptr_slots} | {j for _, j, _ in desc_slots}
+        return replay
 
 
 class CompiledLauncher:
@@ -166,3 +248,53 @@ def _stream_getter() -> Callable[[int], int]:
 
 
 _raw_stream = _stream_getter()
+
+
+def _per_call_slot(t: torch.Tensor, per_call_storage: list[tuple[int, int]]) -> int | None:
+    storage = t.untyped_storage().data_ptr()
+    for j, (per_call_storage_ptr, ptr) in enumerate(per_call_storage):
+        if storage == per_call_storage_ptr:
+            if t.data_ptr() != ptr:
+                raise ValueError("PreparedLaunch.replayer: an argument views a per-call buffer at another offset.")
+            return j
+    return None
+
+
+def _tensordesc_entry(direct: Callable) -> tuple[Callable, frozenset[int], list]:
+    """(C launch entry, argument positions that are TMA descriptors, their metadata) of a direct launch entry.
+
+    Triton 3.6 wraps the C entry of a kernel with descriptor arguments in a Python function that encodes each
+    descriptor into its tensor map per call (``wrap_handle_tensordesc``); its closure holds the C entry, the
+    positions and the per-descriptor metadata. A kernel without descriptors has the C entry itself."""
+    names = getattr(getattr(direct, "__code__", None), "co_freevars", None)
+    if names is None:  # a builtin: the C entry, no descriptor arguments
+        return direct, frozenset(), []
+    cells = dict(zip(names, (c.cell_contents for c in direct.__closure__ or ())))
+    if not {"launcher", "tensordesc_indices", "tensordesc_meta"} <= cells.keys():
+        raise ValueError("PreparedLaunch.replayer: unknown launcher wrapper (not Triton 3.6's descriptor wrapper).")
+    meta = list(cells["tensordesc_meta"])
+    if any(m is None for m in meta):
+        raise ValueError("PreparedLaunch.replayer: descriptors without TMA metadata are not replayable.")
+    return cells["launcher"], frozenset(cells["tensordesc_indices"]), meta
+
+
+def _expand_descriptor(desc: object, meta: dict) -> list:
+    from triton.backends.nvidia.driver import make_tensordesc_arg
+
+    return make_tensordesc_arg(desc, meta)
+
+
+def _fill_arguments(expanded: list, desc: object, meta: dict) -> tuple:
+    """The arguments after the base address with which ``make_tensordesc_arg`` encoded ``desc``'s tensor map."""
+    from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
+
+    rank = len(desc.shape)
+    shape, strides = expanded[1:1 + rank], expanded[1 + rank:1 + 2 * rank]
+    return (meta["swizzle"], meta["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[meta["elem_type"]], meta["block_size"],
+            shape, strides, 1 if desc.padding == "nan" else 0)
+
+
+def _fill_tma_descriptor() -> Callable:
+    import triton
+
+    return triton.runtime.driver.active.utils.fill_tma_descriptor

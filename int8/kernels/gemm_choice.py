@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+from .fast_launch import recording_paused
 from .host import is_capturing
 from .tuning import sustained_bench
 
@@ -67,24 +68,25 @@ def choose(key: Hashable, run_tma: Callable[[], None], run_gluon: Callable[[obje
         return _choices[key]
     if is_capturing():
         return None
-    run_tma()  # its autotuning, on the first call of a shape
-    best, best_ms = None, sustained_bench(run_tma)
-    timings = {"triton tma": best_ms}
-    for cfg in configs:
-        if cfg in _broken:
-            continue
-        try:
-            ms = sustained_bench(lambda cfg=cfg: run_gluon(cfg))
-        except (_BuildError, RuntimeError, TypeError, AttributeError) as exc:  # does not build or launch here
-            _broken.add(cfg)
-            log.warning("int8 GEMM: the Gluon kernel config %s does not build here (%s: %s); using the Triton TMA "
-                        "kernel instead", cfg, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
-            continue
-        timings[str(cfg)] = ms
-        if ms < best_ms:
-            best, best_ms = cfg, ms
-    _choices[key] = best
-    log.info("int8 GEMM %s: %s (sustained ms per call: %s)", key, "gluon " + str(best) if best else "triton tma",
-             {k: round(v, 4) for k, v in timings.items()})
+    with recording_paused():  # the trial runs are not part of a recorded eager call
+        run_tma()  # its autotuning, on the first call of a shape
+        best, best_ms = None, sustained_bench(run_tma)
+        timings = {"triton tma": best_ms}
+        for cfg in configs:
+            if cfg in _broken:
+                continue
+            try:
+                ms = sustained_bench(lambda cfg=cfg: run_gluon(cfg))
+            except (_BuildError, RuntimeError, TypeError, AttributeError) as exc:  # does not build or launch here
+                _broken.add(cfg)
+                log.warning("int8 GEMM: the Gluon kernel config %s does not build here (%s: %s); using the Triton TMA "
+                            "kernel instead", cfg, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                continue
+            timings[str(cfg)] = ms
+            if ms < best_ms:
+                best, best_ms = cfg, ms
+        _choices[key] = best
+        log.info("int8 GEMM %s: %s (sustained ms per call: %s)", key, "gluon " + str(best) if best else "triton tma",
+                 {k: round(v, 4) for k, v in timings.items()})
     torch.cuda.synchronize()
     return best

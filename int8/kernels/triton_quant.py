@@ -15,7 +15,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents
 
 from ..hadamard import check_group_size
-from .fast_launch import CompiledLauncher
+from .fast_launch import CompiledLauncher, note_temporary
 from .host import alignment_bits, cdiv, next_power_of_2
 from .triton_quant_common import INTERPRETED, can_trigger_dependents, load_tile, quantize_rn, smooth_operand
 from .triton_quant_rotated import launch_rotated
@@ -123,6 +123,7 @@ def quantize_per_token_triton(
         check_group_size(hadamard_group, k)
     q = torch.empty((m, k), dtype=torch.int8, device=x.device)
     scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    note_temporary(q, scale)  # an eager plan of the layer allocates these per call (they are not its output)
     if m == 0:
         return q, scale
     smooth_arg = smooth_operand(smooth, x)

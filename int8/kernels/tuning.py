@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from .fast_launch import recording_paused
 from .host import is_capturing
 
 __all__ = ["SUSTAIN_MS", "MIN_CALL_MS", "sustained_bench"]
@@ -49,6 +50,11 @@ def sustained_bench(kernel_call: Callable[[], object], quantiles: Sequence[float
     ``MIN_CALL_MS``, one CUDA graph of back-to-back calls spanning ``SUSTAIN_MS``, replayed once to reach the
     sustained clocks and once timed. ``quantiles`` given: that many copies of the time (the autotuner ranks by the
     first), as Triton's benchmark returns."""
+    with recording_paused():  # timing runs inside a recorded eager call are not part of the layer
+        return _sustained_bench(kernel_call, quantiles)
+
+
+def _sustained_bench(kernel_call: Callable[[], object], quantiles: Sequence[float] | None) -> float | list[float]:
     if is_capturing():  # no synchronizing inside a capture; Triton's benchmark says so itself
         return _triton_bench(kernel_call, quantiles)
     kernel_call()  # compile, first-touch

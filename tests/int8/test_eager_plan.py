@@ -1,6 +1,8 @@
 """Eager launch plans (int8/kernels/eager_plan.py): replayed few-rows calls equal the normal path bit for bit."""
 
+import gc
 import importlib.util
+import weakref
 
 import pytest
 import torch
@@ -81,16 +83,69 @@ def test_swapped_weight_storage_drops_the_plan():
     assert torch.equal(layer(x), got)  # re-recorded plan on the new storage
 
 
-def test_rotated_and_large_calls_keep_the_normal_path():
-    layer = _layer(1024, 640)
-    x = torch.randn(65, 1024, device="cuda", dtype=torch.bfloat16)  # above the plan rows
-    assert torch.equal(layer(x), _unplanned(layer, x))
-    assert not _plans(layer)
+def _only_plan(layer: Int8Linear):  # noqa: ANN202
+    from comfy_int8_w8a8.int8.kernels.eager_plan import EagerPlan
+
+    plans = _plans(layer)
+    assert len(plans) == 1
+    plan = next(iter(plans.values()))
+    assert isinstance(plan, EagerPlan)
+    return plan
+
+
+@pytest.mark.parametrize("kernel", ["gluon", "tma"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,k,n", [(65, 1024, 640), (256, 3072, 3072), (300, 1024, 1544), (1536, 3072, 12288)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_tiled_w8a8_calls_replay_two_launches_bit_for_bit(m, k, n, dtype, bias, kernel, monkeypatch):
+    # Above 64 rows: the quant kernel and the GEMM (TMA descriptors re-encoded for each call's buffers), either
+    # GEMM kernel (gemm_choice); the first call of a shape may autotune through Triton's JIT and record later.
+    from comfy_int8_w8a8.int8.kernels import gemm_choice
+
+    monkeypatch.setattr(gemm_choice, "_choices", {})
+    if kernel == "tma":
+        monkeypatch.setattr(gemm_choice, "gluon_gemm", None)
+    elif gemm_choice.gluon_gemm is None or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon GEMM runs on sm_90 with Triton 3.6 only")
+    else:
+        monkeypatch.setattr(gemm_choice, "choose", lambda *a: gemm_choice.gluon_gemm.CONFIGS[-1])
+    layer = _layer(k, n, bias)
+    xs = [(torch.randn(m, k, device="cuda") * 3).to(dtype) for _ in range(4)]
+    for x in xs:
+        got = layer(x)
+        assert got.dtype == dtype and got.shape == (m, n)
+        assert torch.equal(got, _unplanned(layer, x))
+    assert len(_only_plan(layer)._launches) == 2
+    x3 = xs[0].reshape(1, m, k)  # a 3-D input replays from forward with its own output shape
+    assert torch.equal(layer(x3), layer(x3)) and torch.equal(layer(x3)[0], _unplanned(layer, xs[0]))
+
+
+def test_rotated_calls_replay_the_rotation_kernel_and_the_gemm():
     rotated = Int8Linear.from_linear(torch.nn.Linear(1024, 640, device="cuda"), Int8Config(runtime_backend="triton"),
                                      hadamard_group=256)
-    x = torch.randn(40, 1024, device="cuda", dtype=torch.bfloat16)
-    assert torch.equal(rotated(x), _unplanned(rotated, x))
-    assert list(_plans(rotated).values()) == [None]
+    for m in (40, 300):
+        for _ in range(3):
+            x = torch.randn(m, 1024, device="cuda", dtype=torch.bfloat16)
+            assert torch.equal(rotated(x), _unplanned(rotated, x))
+    assert len(_plans(rotated)) == 2 and all(len(p._launches) == 2 for p in _plans(rotated).values())
+
+
+def test_layer_tensors_are_not_kept_alive_by_a_two_launch_plan():
+    # The GEMM reads the weight through a TMA descriptor and the scale through a reshaped view: both borrowed.
+    layer = _layer(1024, 640)
+    x = torch.randn(128, 1024, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        layer(x)
+    plan = _only_plan(layer)
+    old = [weakref.ref(layer.weight), weakref.ref(layer.weight_scale)]
+    layer.weight = layer.weight.flip(0).contiguous()
+    layer.weight_scale = layer.weight_scale.clone()
+    layer._state.clear()  # what the next call does on noticing the new buffers; the plan itself stays alive here
+    layer._replays.clear()
+    gc.collect()
+    assert [ref() for ref in old] == [None, None]
+    assert plan(x) is None  # its guards see the freed tensors
+    assert torch.equal(layer(x), _unplanned(layer, x))
 
 
 def test_graph_capture_records_the_normal_path_next_to_eager_plans(monkeypatch):
@@ -107,7 +162,7 @@ def test_graph_capture_records_the_normal_path_next_to_eager_plans(monkeypatch):
             layer(x)
     torch.cuda.current_stream().wait_stream(stream)
     assert all(isinstance(p, EagerPlan) for p in _plans(layer).values()) and len(_plans(layer)) == 3
-    monkeypatch.setattr(EagerPlan, "__call__", lambda self, x: pytest.fail("plan replayed during a capture"))
+    monkeypatch.setattr(EagerPlan, "__call__", lambda *a: pytest.fail("plan replayed during a capture"))
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         outs = {m: layer(x) for m, x in static.items()}

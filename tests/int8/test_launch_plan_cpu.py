@@ -164,3 +164,84 @@ def test_replay_fast_path_keys_on_the_input_as_given(monkeypatch):
     assert len(q._replays) == 1  # still only x3's
     q.to(torch.float32)  # moving the module drops every plan and replay
     assert q._replays == {}
+
+
+class _CEntry:
+    """Stands in for a kernel's C launch entry (a builtin: no Python code object), recording its calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def __call__(self, *args) -> None:  # noqa: ANN002
+        self.calls.append(args)
+
+
+def test_replayer_finds_per_call_buffers_through_views_and_owns_only_its_fixed_tensors(monkeypatch):
+    monkeypatch.setattr(fast_launch, "_raw_stream", lambda idx: 7)
+    entry, compiled = _CEntry(), types.SimpleNamespace(packed_metadata="meta", function="fn")
+    x, tmp, out = torch.zeros(4, 2), torch.zeros(4, 1), torch.zeros(4, 3)
+    weight, workspace = torch.ones(3, 2), torch.ones(5)
+    args = [x, tmp.reshape(-1), weight.reshape(-1), workspace, out, 9]  # views, as the GEMM gets its scales
+    replay = fast_launch.PreparedLaunch(compiled, entry, False, 0, (2, 1, 1), args).replayer(
+        [x, tmp, out], borrowed=[weight])
+    replay([100, 200, 300])
+    replay([101, 201, 301])
+    assert entry.calls[0][:7] == (2, 1, 1, 7, "fn", False, False) and entry.calls[0][9] == "meta"
+    assert entry.calls[0][13:] == (100, 200, weight.data_ptr(), workspace.data_ptr(), 300, 9)
+    assert entry.calls[1][13:] == (101, 201, weight.data_ptr(), workspace.data_ptr(), 301, 9)
+    assert [t is workspace for t in replay.keepalive] == [True]  # the weight is its owner's to keep
+    assert replay.per_call_used == {0, 1, 2}
+    offset_view = fast_launch.PreparedLaunch(compiled, entry, False, 0, (1, 1, 1), [x[1:]])
+    with pytest.raises(ValueError, match="another offset"):
+        offset_view.replayer([x])
+
+
+def test_replayer_accepts_only_the_known_descriptor_wrapper():
+    def wrapper_of(launcher, tensordesc_indices, tensordesc_meta):  # noqa: ANN001, ANN202 - Triton 3.6's shape
+        def inner(*args):  # noqa: ANN002, ANN202
+            return launcher, tensordesc_indices, tensordesc_meta
+
+        return inner
+
+    entry = _CEntry()
+    assert fast_launch._tensordesc_entry(entry) == (entry, frozenset(), [])
+    meta = {"swizzle": 3}
+    assert fast_launch._tensordesc_entry(wrapper_of(entry, {1}, [meta])) == (entry, frozenset({1}), [meta])
+    with pytest.raises(ValueError, match="without TMA metadata"):
+        fast_launch._tensordesc_entry(wrapper_of(entry, {1}, [None]))
+    with pytest.raises(ValueError, match="unknown launcher wrapper"):
+        fast_launch._tensordesc_entry(lambda *a: entry(*a))
+
+
+def test_recording_keeps_declared_temporaries_and_skips_paused_launches(monkeypatch):
+    monkeypatch.setattr(fast_launch, "_raw_stream", lambda idx: 7)
+    jit, runner = _fake_jit()
+    launcher = fast_launch.CompiledLauncher(jit)
+    x, kept, benched = torch.zeros(4), torch.zeros(2), torch.zeros(3)
+    fast_launch.note_temporary(torch.zeros(1))  # no recording on: nothing happens
+    with fast_launch.capture_launches() as recording:
+        _launch(launcher, (x, 1))
+        fast_launch.note_temporary(kept)
+        with fast_launch.recording_paused():  # e.g. an autotuner timing configs inside a recorded call
+            _launch(launcher, (x, 2))
+            fast_launch.note_temporary(benched)
+        _launch(launcher, (x, 3))
+    assert len(recording) == 2 and len(runner.calls) == 3
+    assert [t is kept for t in recording.temporaries] == [True]
+
+
+def test_planned_call_records_again_when_asked_then_gives_up(monkeypatch):
+    from comfy_int8_w8a8.int8.kernels import eager_plan
+
+    outcomes = [eager_plan.RETRY, eager_plan.RETRY, "plan"]
+    backend = types.SimpleNamespace(eager_plan=lambda x, w, config: (outcomes.pop(0), "y"))
+    plans: dict = {}
+    x = torch.zeros(2, 4)
+    assert [eager_plan.planned_call(plans, x, backend, None, None) for _ in range(3)] == ["y"] * 3
+    assert list(plans.values()) == ["plan"]  # recorded on the third call
+    outcomes[:] = [eager_plan.RETRY] * eager_plan._ATTEMPTS
+    plans.clear()
+    for _ in range(eager_plan._ATTEMPTS):
+        eager_plan.planned_call(plans, x, backend, None, None)
+    assert list(plans.values()) == [None]  # gave up: the normal path from now on
+    assert eager_plan.planned_call(plans, x, backend, None, None) is None
