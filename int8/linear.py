@@ -7,11 +7,11 @@ import json
 import torch
 import torch.nn as nn
 
-from .backends.base import Backend, Int8Weights, plan_key
+from .backends.base import Backend, Int8Weights
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
-from .kernels.eager_plan import planned_call, plans_apply
+from .kernels.eager_plan import planned_call, plans_apply, replay_key, replayable
 from .kernels.host import is_capturing
 from .quantize import quantize_rotated_per_channel
 
@@ -74,7 +74,7 @@ class Int8Linear(nn.Module):
         self._backends: dict[torch.device, Backend] = {}
         self._packed: dict[torch.device, object] = {}
         self._state: dict[torch.device, tuple[Backend, Int8Weights, dict, int]] = {}
-        # (x.shape, x.stride(), x.dtype, device index, 16-byte aligned) -> (plan, tensors it was built on, out shape)
+        # replay_key(x) -> (plan, tensors it was built on, out shape)
         self._replays: dict[tuple, tuple[object, Int8Weights, tuple[int, ...]]] = {}
 
     @classmethod
@@ -145,7 +145,7 @@ class Int8Linear(nn.Module):
             # An eager few-rows call seen before: replay its plan with as little Python as possible (at 64 rows
             # this layer's whole cost is CPU time; bf16 F.linear's is too). Keyed on x as given (any leading
             # dims), so the checks, the device lookup and the reshapes below are skipped.
-            hit = self._replays.get((x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0))
+            hit = self._replays.get(replay_key(x))
             if hit is not None and not is_capturing():
                 plan, w, out_shape = hit
                 b = self._buffers
@@ -164,11 +164,9 @@ class Int8Linear(nn.Module):
         y = None
         if plans_apply(x2, plan_rows):
             y = planned_call(plans, x2, backend, w, self.config)
-            plan = plans.get(plan_key(x2))
-            if y is not None and plan is not None and not isinstance(plan, int) and (x2 is x or x.is_contiguous()):
-                # (a contiguous x is read through its 2-D view at the same address: same plan, same pointer)
-                key = (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0)
-                self._replays[key] = (plan, w, (*x.shape[:-1], self.out_features))
+            plan = replayable(plans, x, x2) if y is not None else None
+            if plan is not None:
+                self._replays[replay_key(x)] = (plan, w, (*x.shape[:-1], self.out_features))
         if y is None:
             y = backend.linear(x2, w, self.config)
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)

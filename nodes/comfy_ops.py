@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..int8.backends.base import Backend, Int8Weights, plan_key
+from ..int8.backends.base import Backend, Int8Weights
 from ..int8.backends.registry import resolve_backend
 from ..int8.config import Int8Config
-from ..int8.kernels.eager_plan import planned_call, plans_apply
+from ..int8.kernels.eager_plan import planned_call, plans_apply, replay_key, replayable
 from ..int8.kernels.host import is_capturing
 from ..int8.quantize import NonFiniteWeightError
 from .errors import QuantizationFailureError
@@ -141,8 +141,8 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 self._model_dtype = dtype
                 self._packed: tuple | None = None  # (weakref to the int8 data, device, packed layout)
                 self._eager_plans: tuple | None = None  # (weakref to weight, weakref to bias or None, device, plans)
-                # input (shape, strides, dtype, device index, aligned) -> (plan, weakrefs to the int8 data, scale
-                # and bias it was built on, output shape): see _replay
+                # replay_key(input) -> (plan, weakrefs to the int8 data, scale and bias it was built on, output
+                # shape): see _replay
                 self._replays: dict[tuple, tuple] = {}
 
             # ---- loading -------------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 plan replayed with the least Python (at a few rows the CPU time is the layer's cost), or None for
                 the normal path. Holds the layer's tensors weakly, like the plans (ComfyUI may replace or free them);
                 the conditions are forward's resident ones."""
-                hit = self._replays.get((x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0))
+                hit = self._replays.get(replay_key(x))
                 if hit is None or is_capturing():
                     return None
                 run, qdata_ref, scale_ref, bias_ref, out_shape = hit
@@ -287,11 +287,10 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 return None
 
             def _remember_replay(self, x: torch.Tensor, x2: torch.Tensor, weight, bias) -> None:  # noqa: ANN001
-                run = self._eager_plans[3].get(plan_key(x2)) if self._eager_plans is not None else None
-                if run is None or isinstance(run, int) or not (x2 is x or x.is_contiguous()):  # (a contiguous x: its 2-D view, same address)
+                run = replayable(self._eager_plans[3], x, x2) if self._eager_plans is not None else None
+                if run is None:
                     return
-                key = (x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0)
-                self._replays[key] = (run, weakref.ref(weight._qdata), weakref.ref(weight._params.scale),
+                self._replays[replay_key(x)] = (run, weakref.ref(weight._qdata), weakref.ref(weight._params.scale),
                                       None if bias is None else weakref.ref(bias), (*x.shape[:-1], self.out_features))
 
             def _planned(self, backend: Backend, x2: torch.Tensor, weight, bias) -> torch.Tensor | None:  # noqa: ANN001

@@ -29,7 +29,7 @@ from ..config import Int8Config
 from .fast_launch import PreparedLaunch, capture_launches
 from .host import is_capturing
 
-__all__ = ["EagerPlan", "RETRY", "build_plan", "plans_apply", "planned_call"]
+__all__ = ["EagerPlan", "RETRY", "build_plan", "plans_apply", "planned_call", "replay_key", "replayable"]
 
 
 RETRY = object()  # build_plan: no plan from this call, but a later call may record one
@@ -141,3 +141,19 @@ def planned_call(plans: dict, x: torch.Tensor, backend: Backend, weights: Int8We
     if y is None:
         plans.clear()
     return y
+
+
+def replay_key(x: torch.Tensor) -> tuple:
+    """What a layer remembers a replay under (see ``Int8Linear.forward``): ``x`` as the layer got it, any leading
+    dims, by shape, strides, dtype, device index and 16-byte alignment."""
+    return x.shape, x.stride(), x.dtype, x.get_device(), x.data_ptr() % 16 == 0
+
+
+def replayable(plans: dict, x: torch.Tensor, x2: torch.Tensor) -> EagerPlan | None:
+    """The recorded plan of the call that just ran on ``x2`` (``x`` as 2-D), if later calls with ``x``'s
+    :func:`replay_key` may replay it straight from the layer's ``forward``: ``x2`` must be ``x`` itself, or the 2-D
+    view of a contiguous ``x`` (same address, so same plan and pointer)."""
+    plan = plans.get(plan_key(x2))
+    if plan is None or isinstance(plan, int) or not (x2 is x or x.is_contiguous()):
+        return None
+    return plan

@@ -95,9 +95,8 @@ class _CountingPlan:
         return self.y if out_shape is None or tuple(out_shape) == tuple(self.y.shape) else self.y.reshape(out_shape)
 
 
-def test_int8_linear_builds_a_plan_once_per_key_and_drops_a_stale_one(monkeypatch):
-    built: list[_CountingPlan] = []
-
+def _planned_layer(monkeypatch, built: list) -> Int8Linear:  # noqa: ANN001
+    """An Int8Linear on the reference backend whose eager calls up to 8 rows get stand-in plans, kept in ``built``."""
     def eager_plan(self, x, w, config):  # noqa: ANN001, ANN202
         y = self.linear(x, w, config)
         built.append(_CountingPlan(y))
@@ -105,7 +104,12 @@ def test_int8_linear_builds_a_plan_once_per_key_and_drops_a_stale_one(monkeypatc
 
     monkeypatch.setattr(ReferenceBackend, "plan_rows", lambda self, config: 8)
     monkeypatch.setattr(ReferenceBackend, "eager_plan", eager_plan)
-    q = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
+    return Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
+
+
+def test_int8_linear_builds_a_plan_once_per_key_and_drops_a_stale_one(monkeypatch):
+    built: list[_CountingPlan] = []
+    q = _planned_layer(monkeypatch, built)
     x = torch.randn(4, 64)
     first = q(x)
     assert len(built) == 1 and built[0].calls == 0
@@ -126,17 +130,6 @@ def test_int8_linear_without_plans_on_backends_that_have_none():
     q = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
     q(torch.randn(4, 64))
     assert q._call_state(torch.device("cpu"))[2:] == ({}, 0)
-
-
-def _planned_layer(monkeypatch, built: list) -> Int8Linear:  # noqa: ANN001
-    def eager_plan(self, x, w, config):  # noqa: ANN001, ANN202
-        y = self.linear(x, w, config)
-        built.append(_CountingPlan(y))
-        return built[-1], y
-
-    monkeypatch.setattr(ReferenceBackend, "plan_rows", lambda self, config: 8)
-    monkeypatch.setattr(ReferenceBackend, "eager_plan", eager_plan)
-    return Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
 
 
 def test_replay_fast_path_notices_a_replaced_buffer(monkeypatch):

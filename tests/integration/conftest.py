@@ -1,8 +1,9 @@
 """Harness for tests against the real ComfyUI: a headless CPU server with only this pack, tiny checkpoints, a client.
 
 Where ComfyUI (``COMFYUI_PATH``, default /opt/ComfyUI) or a Python that can run it is missing, every test here is
-skipped with the how-to. The test process never imports ComfyUI: checkpoints that need ComfyUI's model classes are
-written by ``tiny_models.py`` in a subprocess, and everything else talks HTTP to the server.
+skipped with the how-to. Workflow tests never import ComfyUI into the test process: checkpoints that need ComfyUI's
+model classes are written by ``tiny_models.py`` in a subprocess, and everything else talks HTTP to the server. Tests
+of our ops classes against ComfyUI's own import it in-process through the ``comfy_cpu`` fixture.
 """
 
 from __future__ import annotations
@@ -54,6 +55,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if here in Path(str(item.fspath)).parents:
             item.add_marker(skip)
 
+
+
+@pytest.fixture(scope="session")
+def comfy_cpu():
+    """ComfyUI's ``comfy`` package imported into the test process for CPU use (``cli_args.cpu`` set before
+    ``comfy.model_management`` probes for a GPU), for tests of our ops classes against ComfyUI's own; skips with the
+    how-to where COMFYUI holds no importable ComfyUI. Tests import the further ``comfy`` modules they use."""
+    if not (COMFYUI / "comfy").is_dir():
+        pytest.skip(f"no ComfyUI at {COMFYUI}. {HOW_TO}")
+    if str(COMFYUI) not in sys.path:
+        sys.path.insert(0, str(COMFYUI))
+    try:
+        import comfy.cli_args
+
+        comfy.cli_args.args.cpu = True
+        import comfy.model_management
+    except ImportError as exc:
+        pytest.skip(f"comfy is not importable from {COMFYUI} ({exc}). {HOW_TO}")
+    return comfy
 
 # A text-encoder stand-in: a fixed random CONDITIONING of the width the model expects (stock nodes that need no
 # text encoder emit a fixed 1024-wide one, Wan needs 4096). Installed only in the test server's custom_nodes.

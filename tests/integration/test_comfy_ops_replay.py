@@ -7,10 +7,7 @@ modes, interrupts) exactly as the normal path does, and keeps no weight alive.""
 from __future__ import annotations
 
 import gc
-import os
-import sys
 import weakref
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,26 +17,12 @@ from comfy_int8_w8a8.int8.backends.reference import ReferenceBackend
 from comfy_int8_w8a8.int8.config import Int8Config
 from comfy_int8_w8a8.int8.quantize_model import QuantizeConfig, quantize_linear_weight
 
-COMFYUI = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
-ENABLE = ("build the integration venv with `bash .ci/integration_env.sh` and run this file with "
-          "`.venv-integration/bin/python -m pytest`; set COMFYUI_PATH if ComfyUI is not at /opt/ComfyUI")
-
 
 @pytest.fixture(scope="module")
-def comfy():
-    if not (COMFYUI / "comfy").is_dir():
-        pytest.skip(f"no ComfyUI at {COMFYUI}: {ENABLE}")
-    if str(COMFYUI) not in sys.path:
-        sys.path.insert(0, str(COMFYUI))
-    try:
-        import comfy.cli_args
+def comfy(comfy_cpu):
+    import comfy.ops  # noqa: F401 - the ops classes ours derive from
 
-        comfy.cli_args.args.cpu = True  # before model_management, or it looks for a GPU at import
-        import comfy.model_management
-        import comfy.ops
-    except ImportError as exc:
-        pytest.skip(f"comfy is not importable from {COMFYUI} ({exc}): {ENABLE}")
-    return comfy
+    return comfy_cpu
 
 
 class _Plan:

@@ -14,7 +14,6 @@ Runs in-process with ComfyUI imported from COMFYUI_PATH (default /opt/ComfyUI) o
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -36,16 +35,8 @@ GROUP = 64  # hidden 128 and MLP 512: 64 is the largest convrot group that divid
 
 
 @pytest.fixture(scope="module")
-def comfy():
-    if not (COMFYUI / "comfy").is_dir():
-        pytest.skip(f"no ComfyUI at {COMFYUI}: {ENABLE}")
-    if str(COMFYUI) not in sys.path:
-        sys.path.insert(0, str(COMFYUI))
+def comfy(comfy_cpu):
     try:
-        import comfy.cli_args
-
-        comfy.cli_args.args.cpu = True  # before model_management, or it looks for a GPU at import
-        import comfy.model_management
         import comfy.quant_ops
         import comfy.sd
         from comfy.ldm.flux.model import Flux
