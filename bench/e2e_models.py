@@ -8,7 +8,6 @@ variant fit on an 80 GB GPU together.
 from __future__ import annotations
 
 import copy
-import json
 import math
 from collections.abc import Callable
 
@@ -125,11 +124,12 @@ def to_comfy_int8(ref: nn.Module, preset_name: str = "flux") -> tuple[nn.Module,
 
     from ..int8.quantize import quantize_per_tensor
     from ..int8.quantize_model import should_quantize
+    from ..int8.weights import comfy_quant_bytes
     from ..presets import load_preset
 
     preset = load_preset(preset_name)
     ops = comfy.ops.mixed_precision_ops({}, torch.bfloat16)
-    meta = torch.tensor(list(json.dumps({"format": "int8_tensorwise"}).encode("utf-8")), dtype=torch.uint8)
+    meta = comfy_quant_bytes(0)
 
     def make(name: str, linear: nn.Linear) -> nn.Module | None:
         if should_quantize(name, linear.weight.shape, preset) is not None:

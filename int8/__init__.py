@@ -1,6 +1,6 @@
 """The INT8 W8A8 engine. Knows nothing of ComfyUI: it imports only torch (and triton when present)."""
 
-from .backends.base import Backend, Int8Weights
+from .backends.base import Backend
 from .backends.registry import BackendUnavailableError, backend_names, get_backend, resolve_backend
 from .config import OUTLIER_METHODS, SMALL_BATCH_FALLBACKS, Int8Config
 from .hadamard import build_hadamard, rotate_activation, rotate_weight
@@ -14,6 +14,7 @@ from .quantize import (
     quantize_per_tensor,
     quantize_per_token,
 )
+from .weights import Int8Weights
 
 __all__ = [
     "Backend",

@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import json
-
 import torch
 import torch.nn as nn
 
-from .backends.base import Backend, Int8Weights
+from .backends.base import Backend
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
 from .kernels.eager_plan import planned_call, plans_apply, replay_key, replayable
 from .kernels.host import is_capturing
 from .quantize import quantize_rotated_per_channel
+from .weights import Int8Weights, comfy_quant_bytes, parse_comfy_quant, per_channel_scale
 
 __all__ = ["Int8Linear", "comfy_quant_bytes", "parse_comfy_quant"]
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-
-
-def comfy_quant_bytes(hadamard_group: int) -> torch.Tensor:
-    """The per-layer ``comfy_quant`` entry of ComfyUI's native int8 format (a uint8 tensor of UTF-8 JSON)."""
-    meta: dict[str, object] = {"format": "int8_tensorwise"}
-    if hadamard_group:
-        meta["convrot"] = True
-        meta["convrot_groupsize"] = int(hadamard_group)
-    return torch.tensor(list(json.dumps(meta).encode("utf-8")), dtype=torch.uint8)
-
-
-def parse_comfy_quant(tensor: torch.Tensor, layer: str) -> dict:
-    """Decode a ``comfy_quant`` tensor; raise ``ValueError`` naming ``layer`` if it is not int8 JSON we know."""
-    try:
-        meta = json.loads(bytes(tensor.to(torch.uint8).tolist()).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"Layer '{layer}': its comfy_quant entry is not valid UTF-8 JSON ({exc}).") from exc
-    if not isinstance(meta, dict) or meta.get("format") != "int8_tensorwise":
-        raise ValueError(f"Layer '{layer}': comfy_quant format {meta!r} is not int8_tensorwise.")
-    return meta
 
 
 class Int8Linear(nn.Module):
@@ -202,7 +181,7 @@ class Int8Linear(nn.Module):
         if scale_key in state_dict and state_dict[scale_key].numel() == 1:
             # Per-tensor files (ComfyUI's default) become per-channel: same numbers, one kernel path.
             state_dict = dict(state_dict)
-            state_dict[scale_key] = state_dict[scale_key].float().reshape(1, 1).expand(self.out_features, 1)
+            state_dict[scale_key] = per_channel_scale(state_dict[scale_key], self.out_features)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
         if meta_key in unexpected:
             unexpected.remove(meta_key)

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..int8.backends.base import Backend, Int8Weights
+from ..int8.backends.base import Backend
 from ..int8.backends.registry import resolve_backend
 from ..int8.config import Int8Config
 from ..int8.kernels.eager_plan import planned_call, plans_apply, replay_key, replayable
 from ..int8.kernels.host import is_capturing
 from ..int8.quantize import NonFiniteWeightError
+from ..int8.weights import INT8_FORMAT, Int8Weights, per_channel_scale
 from .errors import QuantizationFailureError
 from .lora import requantize_per_channel
 
@@ -34,7 +35,6 @@ __all__ = ["Int8LoadPlan", "LoadReport", "make_int8_ops", "INT8_FORMAT"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
-INT8_FORMAT = "int8_tensorwise"
 _HIGH_PRECISION = (torch.float16, torch.bfloat16, torch.float32)
 
 # decide(layer, weight) -> None to quantize, else the reason the layer stays in high precision.
@@ -171,7 +171,7 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                     if scale.numel() == 1:
                         # Per-tensor files become per-channel: same numbers, one kernel path, per-channel requant.
                         params = dataclasses.replace(self.weight._params,
-                                                     scale=scale.float().reshape(1, 1).expand(self.out_features, 1).contiguous())
+                                                     scale=per_channel_scale(scale, self.out_features))
                         self.weight = torch.nn.Parameter(QuantizedTensor(self.weight._qdata, self.weight._layout_cls, params),
                                                          requires_grad=False)
                     if smooth is not None:

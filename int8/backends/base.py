@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from ..config import Int8Config
 from ..quantize import dequantize
+from ..weights import Int8Weights
 
 __all__ = ["Int8Weights", "Backend", "plan_key", "prepare_activation", "cuda_int8_unavailable_reason"]
-
-
-@dataclass
-class Int8Weights:
-    """The tensors of one quantized Linear, as the backends read them.
-
-    weight: int8 ``[N, K]`` row-major (already rotated/smoothed if the layer uses that);
-    weight_scale: fp32 ``[N, 1]`` (per output channel; per-tensor files are expanded at load);
-    bias: ``[N]`` in any float dtype, or None;
-    hadamard_group: 0, or the block size of the online Walsh-Hadamard rotation of the input;
-    smooth: fp32 ``[K]`` multiplier applied to the input before rotation/quantization, or None;
-    packed: whatever :meth:`Backend.prepack` returned for this weight, or None.
-    """
-
-    weight: torch.Tensor
-    weight_scale: torch.Tensor
-    bias: torch.Tensor | None = None
-    hadamard_group: int = 0
-    smooth: torch.Tensor | None = None
-    packed: object | None = None
-
-    @property
-    def out_features(self) -> int:
-        return self.weight.shape[0]
-
-    @property
-    def in_features(self) -> int:
-        return self.weight.shape[1]
 
 
 def prepare_activation(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:

@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch
 
+from ..weights import INT8_FORMAT
 from .checkpoint import Checkpoint, open_checkpoint
-from .detect import FORMATS, FP8_FORMATS, INT8_FORMAT
+from .detect import FORMATS, FP8_FORMATS
 from .errors import CheckpointError
-from .readers import FP8_DEQUANT_DTYPE, Int8Layer, dequantize_fp8_layer, is_fp8_layer, is_int8_layer, read_int8_layer
+from .readers import FP8_DEQUANT_DTYPE, dequantize_fp8_layer, is_fp8_layer, is_int8_layer, read_int8_layer
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "FORMATS", "Int8Layer", "open_checkpoint", "load_state_dict_for_comfy",
+    "Checkpoint", "CheckpointError", "FORMATS", "open_checkpoint", "load_state_dict_for_comfy",
     "read_int8_layer", "read_layer", "scaled_fp8_dtype", "SOURCE_FORMAT_KEY", "FP8_DEQUANT_DTYPE",
 ]
 
@@ -46,7 +47,7 @@ def _check_supported(ckpt: Checkpoint, layer: str, conf: dict | None) -> None:
 
 
 def read_layer(ckpt: Checkpoint, layer: str, parts: dict[str, str]) -> tuple[str, object]:
-    """Decode one layer: ``("int8", Int8Layer)``, ``("fp8", float weight)`` or ``("float", None)`` (read as is)."""
+    """Decode one layer: ``("int8", Int8Weights)``, ``("fp8", float weight)`` or ``("float", None)`` (read as is)."""
     conf = ckpt.quant_configs.get(layer)
     _check_supported(ckpt, layer, conf)
     infos = {suffix: ckpt.info(key) for suffix, key in parts.items()}

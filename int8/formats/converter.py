@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ...presets import Preset
 from ..quantize_model import QuantizeConfig, quantize_linear_weight, should_quantize
+from ..weights import INT8_FORMAT
 from . import read_layer
 from .checkpoint import Checkpoint, open_checkpoint
 from .detect import FP8_DTYPES, FP8_FORMATS
@@ -127,11 +128,11 @@ def _layer_kind(ckpt: Checkpoint, layer: str, parts: dict[str, str]) -> str:
     """``int8``, ``fp8`` or ``float``; raises for comfy_quant formats this pack cannot read."""
     conf = ckpt.quant_configs.get(layer)
     fmt = (conf or {}).get("format")
-    if conf is not None and fmt != "int8_tensorwise" and fmt not in FP8_FORMATS:
+    if conf is not None and fmt != INT8_FORMAT and fmt not in FP8_FORMATS:
         raise CheckpointError(ckpt.path, f"layer '{layer}' uses quantization format {fmt!r}, which this pack cannot "
                               "read.", "Convert the 16-bit release of the model instead.")
     dtype = ckpt.info(parts["weight"]).dtype
-    if fmt == "int8_tensorwise" or dtype == torch.int8:
+    if fmt == INT8_FORMAT or dtype == torch.int8:
         return "int8"
     return "fp8" if fmt in FP8_FORMATS or dtype in FP8_DTYPES else "float"
 

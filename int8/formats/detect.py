@@ -7,9 +7,10 @@ from collections.abc import Mapping
 
 import torch
 
+from ..weights import INT8_FORMAT
 from .safetensors_io import TensorInfo
 
-__all__ = ["FORMATS", "FP8_DTYPES", "INT8_FORMAT", "FP8_FORMATS", "detect_format", "float_format_name"]
+__all__ = ["FORMATS", "FP8_DTYPES", "FP8_FORMATS", "detect_format", "float_format_name"]
 
 FORMATS = {
     "bf16": "16-bit bfloat16 weights (quantized on load)",
@@ -23,7 +24,6 @@ FORMATS = {
     "unknown": "no 2-D weights found",
 }
 
-INT8_FORMAT = "int8_tensorwise"
 FP8_FORMATS = {"float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 

@@ -1,17 +1,17 @@
 """Decode one layer of any supported format into the engine's terms.
 
-- int8 layers (ComfyUI ``int8_tensorwise``, ComfyUI-INT8-Fast) -> :class:`Int8Layer`, the tensors of an
+- int8 layers (ComfyUI ``int8_tensorwise``, ComfyUI-INT8-Fast) -> :class:`~comfy_int8_w8a8.int8.weights.Int8Weights`, the tensors of an
   ``Int8Linear`` (ComfyUI's native layout): ``weight`` int8 [N, K], ``weight_scale`` fp32 [N, 1], optional
-  ``bias``, ``hadamard_group`` (= ComfyUI ``convrot``), optional ``input_smooth`` [K];
+  ``bias``, ``hadamard_group`` (= ComfyUI ``convrot``), optional ``smooth`` [K] (saved as ``input_smooth``);
 - fp8 layers (legacy ``scaled_fp8``/``scale_weight``, comfy_quant float8, plain fp8) -> a dequantized float weight;
 - any int8 layer can also be dequantized to a float weight in the input basis (for re-quantization).
 
 INT8-Fast stores ``quarot_hadamard`` H (activations ``x @ H`` per group, weights ``W @ H^T``) and for HadaNorm
 ``hadanorm_sigma`` (activations divided by sigma first). When H is the regular Hadamard matrix the engine uses
 (64/256/1024, the same as ComfyUI convrot) the layer maps exactly: ``hadamard_group = size`` and
-``input_smooth = 1/sigma``. Any other H cannot run in the engine's kernels; that layer is dequantized, rotated
+``smooth = 1/sigma``. Any other H cannot run in the engine's kernels; that layer is dequantized, rotated
 back, and re-quantized (with the regular Hadamard of the largest size dividing K), which rounds a second time:
-:attr:`Int8Layer.exact` is False and a warning names the file once.
+:attr:`Int8Weights.exact` is False and a warning names the file once.
 """
 
 from __future__ import annotations
@@ -19,18 +19,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 
-from ..hadamard import HADAMARD_GROUP_SIZES, build_hadamard, check_group_size, rotate_weight
-from ..linear import comfy_quant_bytes
+from ..hadamard import HADAMARD_GROUP_SIZES, build_hadamard, check_group_size
 from ..log_once import log_once
 from ..quantize import quantize_rotated_per_channel
-from .detect import FP8_DTYPES, FP8_FORMATS, INT8_FORMAT
+from ..weights import INT8_FORMAT, Int8Weights, per_channel_scale
+from .detect import FP8_DTYPES, FP8_FORMATS
 from .errors import CheckpointError
 
-__all__ = ["Int8Layer", "read_int8_layer", "regular_hadamard_group", "dequantize_fp8_layer", "is_int8_layer", "is_fp8_layer",
+__all__ = ["read_int8_layer", "regular_hadamard_group", "dequantize_fp8_layer", "is_int8_layer", "is_fp8_layer",
            "FP8_DEQUANT_DTYPE"]
 
 log = logging.getLogger(__name__)
@@ -38,42 +37,6 @@ log = logging.getLogger(__name__)
 # fp8 weights are dequantized to bf16 for loading and converting alike: fp8 has 3 mantissa bits, so bf16's 8 keep
 # w * scale to within 2**-9 relative, far below the int8 step (1/127 of the row's absmax) it is requantized to.
 FP8_DEQUANT_DTYPE = torch.bfloat16
-
-
-@dataclass
-class Int8Layer:
-    """One int8 linear layer in ``Int8Linear``'s layout. ``exact``: the file's numbers are used as they are."""
-
-    weight: torch.Tensor
-    weight_scale: torch.Tensor
-    bias: torch.Tensor | None = None
-    hadamard_group: int = 0
-    input_smooth: torch.Tensor | None = None
-    exact: bool = True
-
-    @property
-    def stock_compatible(self) -> bool:
-        """Stock ComfyUI can run this layer (it has no ``input_smooth``)."""
-        return self.input_smooth is None
-
-    def state_dict(self, prefix: str = "") -> dict[str, torch.Tensor]:
-        """The ``Int8Linear`` / ComfyUI-native keys under ``prefix`` (e.g. ``"double_blocks.0.img_attn.qkv."``)."""
-        sd = {prefix + "weight": self.weight, prefix + "weight_scale": self.weight_scale,
-              prefix + "comfy_quant": comfy_quant_bytes(self.hadamard_group)}
-        if self.bias is not None:
-            sd[prefix + "bias"] = self.bias
-        if self.input_smooth is not None:
-            sd[prefix + "input_smooth"] = self.input_smooth
-        return sd
-
-    def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """The float weight ``W`` with ``x @ W.T`` == this layer's exact (un-quantized-activation) product."""
-        w = self.weight.double() * self.weight_scale.double()
-        if self.hadamard_group:
-            w = rotate_weight(w, self.hadamard_group)  # H is symmetric and orthogonal: rotating again undoes it
-        if self.input_smooth is not None:
-            w = w * self.input_smooth.double().reshape(1, -1)
-        return w.to(dtype)
 
 
 def is_int8_layer(tensors: Mapping[str, torch.Tensor | object], conf: dict | None) -> bool:
@@ -97,10 +60,8 @@ def _per_row_scale(path: str, layer: str, scale: torch.Tensor | None, n: int) ->
     if not scale.dtype.is_floating_point:
         raise CheckpointError(path, f"layer '{layer}': weight_scale has dtype {scale.dtype}, expected a float.",
                               "The file is corrupt: re-download it.")
-    if scale.numel() == 1:
-        return scale.float().reshape(1, 1).expand(n, 1).contiguous()
-    if scale.numel() == n and (scale.dim() == 1 or tuple(scale.shape) == (n, 1)):
-        return scale.float().reshape(n, 1).contiguous()
+    if scale.numel() == 1 or (scale.numel() == n and (scale.dim() == 1 or tuple(scale.shape) == (n, 1))):
+        return per_channel_scale(scale, n)
     raise CheckpointError(path, f"layer '{layer}': weight_scale shape {tuple(scale.shape)} is neither a scalar nor "
                           f"one per output row ({n}).", "Block-wise int8 files are not supported; use a 16-bit file.")
 
@@ -118,7 +79,7 @@ def _convrot_group(path: str, layer: str, conf: dict | None, k: int) -> int:
     return int(group)
 
 
-def read_int8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tensor], conf: dict | None) -> Int8Layer:
+def read_int8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tensor], conf: dict | None) -> Int8Weights:
     """Decode an int8 layer from its tensors (suffix -> tensor: weight, weight_scale, bias, quarot_hadamard,
     hadanorm_sigma) and comfy_quant config. Raises :class:`CheckpointError` naming ``layer`` on a missing scale,
     bad shapes or an unsupported rotation."""
@@ -139,13 +100,13 @@ def read_int8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tensor], 
         smooth = (1.0 / sigma.double().reshape(k)).float()
     if h is None:
         group = _convrot_group(path, layer, conf, k)
-        return Int8Layer(w, scale, bias, group, smooth)
+        return Int8Weights(w, scale, bias, group, smooth)
     g = h.shape[-1] if h.dim() == 2 else 0
     if h.dim() != 2 or h.shape[0] != g or g == 0 or k % g:
         raise CheckpointError(path, f"layer '{layer}': quarot_hadamard {list(h.shape)} is not a square block dividing "
                               f"in_features {k}.", "The file is corrupt: re-download it.")
     if regular_hadamard_group(h):
-        return Int8Layer(w, scale, bias, g, smooth)
+        return Int8Weights(w, scale, bias, g, smooth)
     return _requantize_rotation(path, layer, w, scale, bias, h.double(), smooth)
 
 
@@ -160,7 +121,7 @@ def regular_hadamard_group(h: torch.Tensor) -> int:
 
 
 def _requantize_rotation(path: str, layer: str, w: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
-                         h: torch.Tensor, smooth: torch.Tensor | None) -> Int8Layer:
+                         h: torch.Tensor, smooth: torch.Tensor | None) -> Int8Weights:
     n, k = w.shape
     g = h.shape[0]
     # The file computes (x' @ H) @ Wq^T with x' = x * smooth; the same product is x' @ (Wq @ H^T)^T.
@@ -170,7 +131,7 @@ def _requantize_rotation(path: str, layer: str, w: torch.Tensor, scale: torch.Te
                      f"use; those layers are re-quantized with group {new_group or 'none'} at load (a second "
                      "rounding, slightly less accurate). Convert the 16-bit original for the best result.")
     q, s = quantize_rotated_per_channel(w_basis, new_group, layer)
-    return Int8Layer(q, s, bias, new_group, smooth, exact=False)
+    return Int8Weights(q, s, bias, new_group, smooth, exact=False)
 
 
 def dequantize_fp8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tensor], conf: dict | None,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from ..backends.base import Int8Weights
+from ..weights import Int8Weights
 
 __all__ = ["triton_w8a8", "triton_w8a16", "int_mm"]
 

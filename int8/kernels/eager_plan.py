@@ -24,8 +24,9 @@ from collections.abc import Callable
 
 import torch
 
-from ..backends.base import Backend, Int8Weights, plan_key
+from ..backends.base import Backend, plan_key
 from ..config import Int8Config
+from ..weights import Int8Weights
 from .fast_launch import PreparedLaunch, capture_launches
 from .host import is_capturing
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import torch
 
-from ..backends.base import Int8Weights, prepare_activation
+from ..backends.base import prepare_activation
 from ..config import Int8Config
 from ..hadamard import build_hadamard
 from ..quantize import dequantize
+from ..weights import Int8Weights
 from . import triton_splitk
 from .host import is_capturing, sm_count, supports_pdl
 from .triton_fused_w8a8 import fused_w8a8_linear, reserve_scratch

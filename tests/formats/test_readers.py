@@ -8,8 +8,9 @@ import torch
 
 from comfy_int8_w8a8.int8.formats import CheckpointError, load_state_dict_for_comfy, open_checkpoint
 from comfy_int8_w8a8.int8.hadamard import build_hadamard, rotate_activation, rotate_weight
-from comfy_int8_w8a8.int8.linear import Int8Linear, parse_comfy_quant
+from comfy_int8_w8a8.int8.linear import Int8Linear
 from comfy_int8_w8a8.int8.quantize import int8_linear_reference, quantization_error_bound, quantize_per_channel
+from comfy_int8_w8a8.int8.weights import parse_comfy_quant
 
 N, K = 32, 256
 

@@ -12,10 +12,10 @@ import weakref
 import pytest
 import torch
 
-from comfy_int8_w8a8.int8.backends.base import Int8Weights
 from comfy_int8_w8a8.int8.backends.reference import ReferenceBackend
 from comfy_int8_w8a8.int8.config import Int8Config
 from comfy_int8_w8a8.int8.quantize_model import QuantizeConfig, quantize_linear_weight
+from comfy_int8_w8a8.int8.weights import Int8Weights
 
 
 @pytest.fixture(scope="module")
