@@ -16,8 +16,8 @@ import torch
 
 from ..int8.backends.registry import backend_names
 from ..int8.config import OUTLIER_METHODS, SMALL_BATCH_FALLBACKS, Int8Config
-from .comfy_ops import Int8LoadPlan
 from .errors import ModelFileNotFoundError, UnsupportedWeightDtypeError
+from .load_plan import Int8LoadPlan
 
 __all__ = [
     "NODE_ID", "DISPLAY_NAME", "InputSpec", "LoaderOptions", "loader_inputs", "load_int8_diffusion_model",

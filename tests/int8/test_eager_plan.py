@@ -26,12 +26,13 @@ def _layer(k: int, n: int, bias: bool = True, smooth: bool = False, **config) ->
 
 
 def _unplanned(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
-    backend, w, _, _ = layer._call_state(x.device)
-    return backend.linear(x.reshape(-1, layer.in_features), w, layer.config).reshape(*x.shape[:-1], -1)
+    backend = layer.backend_for(x.device)
+    y = backend.linear(x.reshape(-1, layer.in_features), layer.int8_weights(), layer.config)
+    return y.reshape(*x.shape[:-1], -1)
 
 
 def _plans(layer: Int8Linear) -> dict:
-    return layer._call_state(torch.device("cuda", torch.cuda.current_device()))[2]
+    return layer._runtime._state[torch.device("cuda", torch.cuda.current_device())].plans
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -140,8 +141,7 @@ def test_layer_tensors_are_not_kept_alive_by_a_two_launch_plan():
     old = [weakref.ref(layer.weight), weakref.ref(layer.weight_scale)]
     layer.weight = layer.weight.flip(0).contiguous()
     layer.weight_scale = layer.weight_scale.clone()
-    layer._state.clear()  # what the next call does on noticing the new buffers; the plan itself stays alive here
-    layer._replays.clear()
+    layer._runtime.reset()  # what the next call does on noticing the new buffers; the plan itself stays alive here
     gc.collect()
     assert [ref() for ref in old] == [None, None]
     assert plan(x) is None  # its guards see the freed tensors

@@ -129,16 +129,17 @@ def test_int8_linear_builds_a_plan_once_per_key_and_drops_a_stale_one(monkeypatc
 def test_int8_linear_without_plans_on_backends_that_have_none():
     q = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
     q(torch.randn(4, 64))
-    assert q._call_state(torch.device("cpu"))[2:] == ({}, 0)
+    state = q._runtime._state[torch.device("cpu")]
+    assert state.plans == {} and state.plan_rows == 0
 
 
 def test_replay_fast_path_notices_a_replaced_buffer(monkeypatch):
-    # The fast path skips _call_state: it must still see an assigned weight (e.g. a LoRA bake) and compute with it.
+    # The fast path skips the per-device state lookup: it must still see an assigned weight (e.g. a LoRA bake) and compute with it.
     built: list[_CountingPlan] = []
     q = _planned_layer(monkeypatch, built)
     x = torch.randn(4, 64)
     q(x)
-    assert q(x) is built[0].y and len(q._replays) == 1  # the second call replayed through the fast path
+    assert q(x) is built[0].y and len(q._runtime.replays) == 1  # the second call replayed through the fast path
     q.weight = torch.zeros_like(q.weight)
     assert torch.equal(q(x), q.bias.expand(4, 32))  # zero weight: bias only, from the normal path
     assert len(built) == 1 + 1  # the old plan was not replayed: a new one was recorded for the new weight
@@ -151,12 +152,12 @@ def test_replay_fast_path_keys_on_the_input_as_given(monkeypatch):
     x3 = torch.randn(2, 2, 64)
     q(x3)
     assert q(x3).shape == (2, 2, 32) and built[0].calls == 1
-    assert len(q._replays) == 1 and next(iter(q._replays))[0] == (2, 2, 64)
+    assert len(q._runtime.replays) == 1 and next(iter(q._runtime.replays))[0] == (2, 2, 64)
     strided = torch.randn(2, 64, 2).transpose(1, 2)  # 3-D, not contiguous: reshaping copies, so no fast replay
     q(strided)
-    assert len(q._replays) == 1  # still only x3's
+    assert len(q._runtime.replays) == 1  # still only x3's
     q.to(torch.float32)  # moving the module drops every plan and replay
-    assert q._replays == {}
+    assert q._runtime.replays == {}
 
 
 class _CEntry:

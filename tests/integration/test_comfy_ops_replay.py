@@ -1,4 +1,4 @@
-"""The ComfyUI ops class's eager replay (``Int8Ops.Linear._replay``): a few-rows call whose input layout was seen
+"""The ComfyUI ops class's eager replay (``Int8Ops.Linear.forward`` through ``Int8LayerRuntime.replay``): a few-rows call whose input layout was seen
 before replays its launch plan straight from ``forward``. Checked here with a stand-in plan on the reference
 backend, in-process on the CPU against the real ComfyUI from COMFYUI_PATH (the real kernels' plans are GPU-tested
 in tests/nodes/test_comfy_ops_eager_plan.py): the replay follows ComfyUI's state (replaced weights, cast/offload
@@ -44,7 +44,8 @@ class _Plan:
 
 @pytest.fixture
 def layer(comfy, monkeypatch):  # noqa: ANN001, ANN201
-    from comfy_int8_w8a8.nodes.comfy_ops import Int8LoadPlan, make_int8_ops
+    from comfy_int8_w8a8.nodes.comfy_ops import make_int8_ops
+    from comfy_int8_w8a8.nodes.load_plan import Int8LoadPlan
 
     built: list[_Plan] = []
 
@@ -72,7 +73,7 @@ def _x(*shape: int) -> torch.Tensor:
 def test_second_call_replays_from_forward_with_the_same_result(layer):
     x = _x(2, 3)
     first = layer(x)  # records the plan
-    assert len(layer.built) == 1 and layer.built[0].calls == 0 and len(layer._replays) == 1
+    assert len(layer.built) == 1 and layer.built[0].calls == 0 and len(layer._runtime.replays) == 1
     again = layer(x)
     assert layer.built[0].calls == 1 and torch.equal(again, first) and again.shape == (2, 3, 32)
     layer(_x(2, 3))  # other values, same layout: replayed
@@ -96,11 +97,11 @@ def test_cast_and_offload_modes_take_comfyuis_path(layer, monkeypatch):
     layer(x)
     layer(x)
     calls = []
-    real = layer._int8_linear
-    monkeypatch.setattr(layer, "_int8_linear", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    real = layer._run
+    monkeypatch.setattr(layer, "_run", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     layer.comfy_cast_weights = True  # ComfyUI moves (and patches) the weight per call: not a resident replay
     layer(x)
-    assert layer.built[0].calls == 1 and calls == [1] and layer._replays == {}
+    assert layer.built[0].calls == 1 and calls == [1] and layer._runtime.replays == {}
 
 
 def test_replay_honours_a_processing_interrupt(layer, comfy, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 
 from comfy_int8_w8a8.int8.config import Int8Config
 from comfy_int8_w8a8.int8.quantize_model import QuantizeConfig, quantize_linear_weight
-from comfy_int8_w8a8.nodes.comfy_ops import Int8LoadPlan
+from comfy_int8_w8a8.nodes.load_plan import Int8LoadPlan
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or importlib.util.find_spec("triton") is None
@@ -36,15 +36,15 @@ def _layer(k: int, n: int) -> torch.nn.Module:
 
 
 def _normal(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    from comfy_int8_w8a8.nodes import comfy_ops
+    from comfy_int8_w8a8.int8 import layer as runtime_module
 
     # The plan path steps aside: no plans, and no replays straight from forward.
-    saved, comfy_ops.plans_apply = comfy_ops.plans_apply, lambda x, max_rows: False
-    replays, layer._replays = layer._replays, {}
+    saved, runtime_module.plans_apply = runtime_module.plans_apply, lambda x, max_rows: False
+    replays, layer._runtime.replays = layer._runtime.replays, {}
     try:
         return layer(x)
     finally:
-        comfy_ops.plans_apply, layer._replays = saved, replays
+        runtime_module.plans_apply, layer._runtime.replays = saved, replays
 
 
 @pytest.mark.parametrize("m,k,n", [(1, 3072, 18432), (7, 1024, 640), (48, 3072, 1536)])
@@ -54,9 +54,9 @@ def test_replays_equal_the_normal_path(m, k, n):
         torch.manual_seed(seed)
         x = torch.randn(2, m, k, device="cuda", dtype=torch.bfloat16)[1]
         assert torch.equal(layer(x), _normal(layer, x))
-    plans = layer._eager_plans[3]
+    plans = layer._runtime._state[x.device].plans
     assert len(plans) == 1 and next(iter(plans.values())) is not None
-    assert len(layer._replays) == 1  # the later calls replayed straight from forward
+    assert len(layer._runtime.replays) == 1  # the later calls replayed straight from forward
 
 
 def test_replaced_weight_gets_new_plans_and_the_old_one_is_not_kept_alive():

@@ -9,8 +9,8 @@ from comfy_int8_w8a8.int8.config import Int8Config
 from comfy_int8_w8a8.int8.hadamard import rotate_weight
 from comfy_int8_w8a8.int8.quantize import NonFiniteWeightError, dequantize, quantize_per_channel
 from comfy_int8_w8a8.int8.quantize_model import QuantizeConfig, quantize_linear_weight
-from comfy_int8_w8a8.nodes.comfy_ops import Int8LoadPlan, LoadReport
 from comfy_int8_w8a8.nodes.errors import QuantizationFailureError
+from comfy_int8_w8a8.nodes.load_plan import Int8LoadPlan, LoadReport
 from comfy_int8_w8a8.nodes.lora import bake_error_bound, requantize_per_channel
 
 
