@@ -9,7 +9,7 @@ from .backends.base import Backend
 from .config import Int8Config
 from .hadamard import check_group_size
 from .layer import BackendChoice, Int8LayerRuntime
-from .quantize import quantize_rotated_per_channel
+from .quantize import quantize_linear
 from .weights import Int8Weights, comfy_quant_bytes, parse_comfy_quant, per_channel_scale
 
 __all__ = ["Int8Linear"]
@@ -65,20 +65,21 @@ class Int8Linear(nn.Module):
         ``hadamard_group``: fold a block Hadamard rotation into the weight. Raises ``NonFiniteWeightError``
         (naming ``name``) on NaN/Inf weights.
         """
-        weight = linear.weight.detach()
-        n, k = weight.shape
-        bias = getattr(linear, "bias", None)
-        layer = cls(k, n, bias is not None, config, hadamard_group, smooth is not None, weight.device,
-                    bias.dtype if bias is not None else torch.float32)
-        w = weight.double()
-        if smooth is not None:
-            w = w * smooth.double().reshape(1, -1)
-            layer.input_smooth.copy_((1.0 / smooth.double()).float())
-        q, scale = quantize_rotated_per_channel(w, hadamard_group, name)
-        layer.weight.copy_(q)
-        layer.weight_scale.copy_(scale)
+        weights = quantize_linear(linear.weight, getattr(linear, "bias", None), hadamard_group, smooth, name)
+        return cls.from_weights(weights, config)
+
+    @classmethod
+    def from_weights(cls, w: Int8Weights, config: Int8Config | None = None) -> Int8Linear:
+        """The layer holding ``w``'s tensors (copied, on their device)."""
+        bias = w.bias
+        layer = cls(w.in_features, w.out_features, bias is not None, config, w.hadamard_group, w.smooth is not None,
+                    w.weight.device, bias.dtype if bias is not None else torch.float32)
+        layer.weight.copy_(w.weight)
+        layer.weight_scale.copy_(w.weight_scale)
         if bias is not None:
-            layer.bias.copy_(bias.detach())
+            layer.bias.copy_(bias)
+        if w.smooth is not None:
+            layer.input_smooth.copy_(w.smooth)
         return layer
 
     def int8_weights(self) -> Int8Weights:

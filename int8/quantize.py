@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .hadamard import rotate_weight
+from .weights import Int8Weights
 
 __all__ = [
     "INT8_MAX",
@@ -20,6 +21,7 @@ __all__ = [
     "NonFiniteWeightError",
     "quantize_per_channel",
     "quantize_rotated_per_channel",
+    "quantize_linear",
     "quantize_per_tensor",
     "quantize_per_token",
     "dequantize",
@@ -73,6 +75,21 @@ def quantize_rotated_per_channel(
     if hadamard_group:
         weight = rotate_weight(weight, hadamard_group)
     return quantize_per_channel(weight, name)
+
+
+def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, hadamard_group: int = 0,
+                    smooth: torch.Tensor | None = None, name: str = "<linear>") -> Int8Weights:
+    """One Linear's int8 tensors: ``weight`` ``[N, K]`` per channel, with the block Hadamard rotation
+    (``hadamard_group``, 0 = off) folded in, and for SmoothQuant (``smooth`` = s, ``[K]``) the weight ``W * s`` with
+    the input multiplier ``1 / s`` the layer applies, so it computes ``(x / s) @ (W * s).T``. ``bias`` is kept as
+    given. Computed in float64 on ``weight``'s device. Raises :class:`NonFiniteWeightError` naming ``name``."""
+    w = weight.detach().double()
+    input_smooth = None
+    if smooth is not None:
+        w = w * smooth.double().reshape(1, -1)
+        input_smooth = (1.0 / smooth.double()).float()
+    q, scale = quantize_rotated_per_channel(w, hadamard_group, name)
+    return Int8Weights(q, scale, None if bias is None else bias.detach(), int(hadamard_group), input_smooth)
 
 
 def quantize_per_tensor(weight: torch.Tensor, name: str = "<weight>") -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,9 @@ import torch.nn as nn
 from .config import OUTLIER_METHODS, Int8Config
 from .hadamard import HADAMARD_GROUP_SIZES, check_group_size
 from .linear import Int8Linear
+from .quantize import quantize_linear
 from .smooth import smooth_factors, smooth_factors_from_weight
+from .weights import Int8Weights
 
 if TYPE_CHECKING:
     from ..presets.loader import Preset
@@ -103,13 +105,6 @@ def hadamard_group_for(in_features: int, group: int) -> int:
     return 0
 
 
-class _WeightHolder:
-    """The two attributes ``Int8Linear.from_linear`` reads, for tensors that do not live in a module."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        self.weight, self.bias = weight, bias
-
-
 def _smooth_for(weight: torch.Tensor, config: QuantizeConfig, act_stats: torch.Tensor | None) -> torch.Tensor | None:
     if config.outlier_method != "smooth":
         return None
@@ -118,17 +113,23 @@ def _smooth_for(weight: torch.Tensor, config: QuantizeConfig, act_stats: torch.T
     return smooth_factors_from_weight(weight, config.smooth_alpha)
 
 
-def build_int8_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | None, config: QuantizeConfig,
-                      act_stats: torch.Tensor | None = None) -> Int8Linear:
-    """The :class:`Int8Linear` for one weight under ``config`` (rotation group fallback, smoothing factors from
-    ``act_stats`` or from the weight). Raises ``ValueError`` naming ``name`` for a weight it cannot quantize."""
+def quantize_weights(name: str, weight: torch.Tensor, bias: torch.Tensor | None, config: QuantizeConfig,
+                     act_stats: torch.Tensor | None = None) -> Int8Weights:
+    """One layer's int8 tensors under ``config`` (rotation group fallback, smoothing factors from ``act_stats`` or
+    from the weight). Raises ``ValueError`` naming ``name`` for a weight it cannot quantize."""
     if weight.dim() != 2:
         raise ValueError(f"Layer '{name}': expected a 2-D weight [out, in], got shape {tuple(weight.shape)}.")
     if weight.device.type == "meta":
         raise ValueError(f"Layer '{name}': its weight is on the meta device (not loaded); load the weights first.")
     group = hadamard_group_for(weight.shape[1], config.hadamard_group) if config.outlier_method == "hadamard" else 0
-    smooth = _smooth_for(weight, config, act_stats)
-    return Int8Linear.from_linear(_WeightHolder(weight, bias), config.runtime, group, smooth, name)
+    with torch.no_grad():
+        return quantize_linear(weight, bias, group, _smooth_for(weight, config, act_stats), name)
+
+
+def build_int8_linear(name: str, weight: torch.Tensor, bias: torch.Tensor | None, config: QuantizeConfig,
+                      act_stats: torch.Tensor | None = None) -> Int8Linear:
+    """The :class:`Int8Linear` for one weight under ``config`` (see :func:`quantize_weights`)."""
+    return Int8Linear.from_weights(quantize_weights(name, weight, bias, config, act_stats), config.runtime)
 
 
 def quantize_linear_weight(
@@ -142,9 +143,7 @@ def quantize_linear_weight(
     ``weight_scale`` fp32 ``[N, 1]``, ``comfy_quant`` (uint8 JSON, with ``convrot`` when rotated), ``bias`` if
     given, ``input_smooth`` fp32 ``[K]`` for ``smooth`` only. ``act_stats``: calibrated per-channel absmax ``[K]``.
     Computed on ``weight``'s device. Raises ``ValueError`` naming ``name`` for a weight that cannot be quantized."""
-    with torch.no_grad():
-        layer = build_int8_linear(name, weight.detach(), None if bias is None else bias.detach(), config, act_stats)
-        return {k: v.detach() for k, v in layer.state_dict().items()}
+    return quantize_weights(name, weight, bias, config, act_stats).state_dict()
 
 
 @dataclass
