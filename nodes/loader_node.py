@@ -7,7 +7,6 @@ functions, so importing this module needs no ComfyUI.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from .load_plan import Int8LoadPlan
 __all__ = [
     "NODE_ID", "DISPLAY_NAME", "InputSpec", "LoaderOptions", "loader_inputs", "load_int8_diffusion_model",
     "load_state_dict_as_int8",
-    "OTUNetLoaderW8A8", "NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS",
+    "OTUNetLoaderW8A8",
 ]
 
 log = logging.getLogger("comfy_int8_w8a8")
@@ -248,19 +247,3 @@ class OTUNetLoaderW8A8:
 
     def load_unet(self, unet_name: str, **widgets: object) -> tuple:
         return (load_int8_diffusion_model(resolve_model_path(unet_name), LoaderOptions(**widgets)),)
-
-
-def _node_class() -> type:
-    """The V3 node where the host has ``comfy_api.latest``, else the V1 one."""
-    if importlib.util.find_spec("comfy_api") is None:
-        return OTUNetLoaderW8A8
-    try:
-        from .v3 import build_v3_node
-    except ImportError as exc:  # an older host: comfy_api without .latest
-        log.debug("INT8 W8A8: V3 node API unavailable (%s); registering the V1 node.", exc)
-        return OTUNetLoaderW8A8
-    return build_v3_node()
-
-
-NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: _node_class()}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME}
