@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# GPU acceptance runs on one CUDA machine, from the repository root:
+#   bench/gpu_acceptance.sh tests            the GPU test suite (every test that needs no running ComfyUI server)
+#   bench/gpu_acceptance.sh ab BASE_TREE     kernel bench + Flux-dev e2e bench of BASE_TREE (a checkout of an older
+#                                            commit) and of this tree, interleaved, in one process each
+#   bench/gpu_acceptance.sh forced PATHS     the GPU test suite and the portable kernel rows with the pack forced to
+#                                            each non-Hopper path (PATHS: e.g. "sm_80 sm_89")
+# Needs: python3 with torch + Triton; COMFYUI_PATH (a ComfyUI checkout) for the e2e bench and the ComfyUI-ops tests;
+# EXTRA_SITE (optional) prepended to PYTHONPATH for packages the machine lacks (pytest, pytest-xdist, comfy-kitchen).
+# Writes logs and JSON under OUT_DIR (default gpu_results/).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT_DIR="${OUT_DIR:-gpu_results}"
+mkdir -p "$OUT_DIR"
+ROOT="$PWD"
+COMFY="${COMFYUI_PATH:-}"
+SITE="${EXTRA_SITE:-}"
+WORKERS="${WORKERS:-8}"
+
+# The repo root is the package; an import path that maps the import name onto a tree.
+pkg_path() {  # $1 tree, $2 name of the link folder
+    mkdir -p "/tmp/$2"
+    ln -sfn "$1" "/tmp/$2/comfy_int8_w8a8"
+    echo "/tmp/$2${COMFY:+:$COMFY}${SITE:+:$SITE}"
+}
+NEW_PATH="$(pkg_path "$ROOT" pk_new)"
+
+gpu_tests() {  # $1 log name, rest: extra env assignments
+    local log="$1"; shift
+    env "$@" PYTHONPATH="$NEW_PATH" python3 -m pytest -q -p no:cacheprovider -n "$WORKERS" tests \
+        --ignore=tests/integration --ignore=tests/formats/test_safetensors_io.py 2>&1 | tail -25 | tee "$OUT_DIR/$log"
+}
+
+case "${1:-}" in
+    tests)
+        gpu_tests gpu_pytest.txt
+        ;;
+    ab)
+        base="$2"
+        BASE_PATH="$(pkg_path "$(cd "$base" && pwd)" pk_base)"
+        for side in base new; do
+            path=$([ "$side" = base ] && echo "$BASE_PATH" || echo "$NEW_PATH")
+            PYTHONPATH="$path" python3 -m comfy_int8_w8a8.cli.main bench kernels --no-sweep --out "$OUT_DIR/kernels_$side" \
+                2>&1 | tail -40 > "$OUT_DIR/kernels_$side.txt"
+        done
+        for side in base new; do
+            path=$([ "$side" = base ] && echo "$BASE_PATH" || echo "$NEW_PATH")
+            PYTHONPATH="$path" python3 -m comfy_int8_w8a8.cli.main bench e2e --no-profile --out "$OUT_DIR/e2e_$side.json" \
+                --variants bf16 bf16+stock_compile comfy_int8 ours ours+node_compile loader_ops+node_compile \
+                2>&1 | tail -30 > "$OUT_DIR/e2e_$side.txt"
+        done
+        tail -n 25 "$OUT_DIR"/kernels_*.txt "$OUT_DIR"/e2e_*.txt
+        ;;
+    forced)
+        shift
+        logs=()
+        for arch in "$@"; do
+            gpu_tests "gpu_pytest_forced_$arch.txt" INT8_W8A8_ARCH="$arch" INT8_W8A8_NO_TMA=1 INT8_W8A8_NO_GLUON=1 \
+                INT8_W8A8_NO_PDL=1 INT8_W8A8_NO_DIRECT_LAUNCH=1
+            logs+=(--pytest-log "$arch=$OUT_DIR/gpu_pytest_forced_$arch.txt")
+        done
+        PYTHONPATH="$NEW_PATH" python3 -m comfy_int8_w8a8.bench.portable --paths "$@" "${logs[@]}" \
+            --out "$OUT_DIR/portable.json" 2>&1 | tail -60
+        ;;
+    *)
+        sed -n '2,10p' "$0"
+        exit 2
+        ;;
+esac
