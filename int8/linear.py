@@ -9,8 +9,8 @@ from .backends.base import Backend
 from .backends.registry import resolve_backend
 from .config import Int8Config
 from .hadamard import check_group_size
-from .kernels.eager_plan import planned_call, plans_apply, replay_key, replayable
-from .kernels.host import is_capturing
+from .launch.eager_plan import planned_call, plans_apply, replay_key, replayable
+from .launch.host import is_capturing
 from .quantize import quantize_rotated_per_channel
 from .weights import Int8Weights, comfy_quant_bytes, parse_comfy_quant, per_channel_scale
 
@@ -142,7 +142,7 @@ class Int8Linear(nn.Module):
         backend, w, plans, plan_rows = self._call_state(x.device)
         y = None
         if plans_apply(x2, plan_rows):
-            y = planned_call(plans, x2, backend, w, self.config)
+            y = planned_call(plans, x2, backend.eager_plan, w, self.config)
             plan = replayable(plans, x, x2) if y is not None else None
             if plan is not None:
                 self._replays[replay_key(x)] = (plan, w, (*x.shape[:-1], self.out_features))

@@ -24,8 +24,8 @@ import torch
 from ..int8.backends.base import Backend
 from ..int8.backends.registry import resolve_backend
 from ..int8.config import Int8Config
-from ..int8.kernels.eager_plan import planned_call, plans_apply, replay_key, replayable
-from ..int8.kernels.host import is_capturing
+from ..int8.launch.eager_plan import planned_call, plans_apply, replay_key, replayable
+from ..int8.launch.host import is_capturing
 from ..int8.quantize import NonFiniteWeightError
 from ..int8.weights import INT8_FORMAT, Int8Weights, per_channel_scale
 from .errors import QuantizationFailureError
@@ -304,7 +304,7 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                         or (state[1]() if state[1] is not None else None) is not bias):
                     state = self._eager_plans = (weakref.ref(weight), None if bias is None else weakref.ref(bias),
                                                  x2.device, {})
-                return planned_call(state[3], x2, backend, lambda: self._int8_weights(weight, bias, x2.device, None),
+                return planned_call(state[3], x2, backend.eager_plan, lambda: self._int8_weights(weight, bias, x2.device, None),
                                     plan.int8_config)
 
             def _packed_for(self, backend: Backend, qdata: torch.Tensor, device: torch.device) -> object | None:
