@@ -108,8 +108,8 @@ def _bf16_module(wb: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
 def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """name -> function of x for one weight copy (fp32 ``w`` [N, K])."""
     from ..int8 import Int8Config, Int8Linear, Int8Weights, quantize_per_channel, rotate_weight
+    from ..int8.backends import custom_ops
     from ..int8.backends.registry import get_backend
-    from ..int8.kernels import custom_ops
 
     wb = w.to(torch.bfloat16)
     q, s = quantize_per_channel(w)
@@ -224,7 +224,7 @@ def _hadamard_overhead(rows: list[dict], rounds: dict, graph_rounds: dict) -> No
 def _small_batch_sweep() -> list[dict]:
     """W8A16 vs triton W8A8 vs bf16 over rows, graph-replayed (GPU time) and eager: where W8A16 stops winning."""
     from ..int8 import Int8Weights, quantize_per_channel
-    from ..int8.kernels import custom_ops
+    from ..int8.backends import custom_ops
 
     rows = []
     for k, n in SWEEP_SHAPES:
@@ -259,7 +259,8 @@ def _versions() -> dict:
 
 
 def _autotune_choices() -> dict:
-    from ..int8.kernels import triton_gemm, triton_w8a16
+    from ..int8.launch import gemm as triton_gemm
+    from ..int8.launch import w8a16 as triton_w8a16
 
     choices = {name: {str(key): str(cfg) for key, cfg in getattr(kern, "cache", {}).items()}
                for name, kern in (("gemm_tma", triton_gemm._int8_gemm_tma_kernel),

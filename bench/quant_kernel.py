@@ -3,7 +3,7 @@
 Quant kernel: GPU time from CUDA-graph replay (many calls per graph, CUDA events around the replays) and eager
 time (back-to-back calls: the Python launch cost shows when it exceeds the GPU time); GB/s counts the bytes the
 kernel must move (x read once, int8 q and the fp32 scales written). Several input copies rotate the working set
-past the 50 MB L2. ``--old FILE`` times a second copy of ``int8/kernels/triton_quant.py`` (say, the last
+past the 50 MB L2. ``--old FILE`` times a second copy of ``int8/launch/quant.py`` (say, the last
 commit's) side by side; ``--sweep`` times launch-shape variants of the current kernels.
 
 Run: ``python -m comfy_int8_w8a8.bench.quant_kernel --out quant.json [--old old_triton_quant.py] [--sweep]``.
@@ -44,15 +44,15 @@ L2_BYTES = 50e6
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--old", type=Path, default=None, help="another triton_quant.py to time side by side")
+    parser.add_argument("--old", type=Path, default=None, help="another int8/launch/quant.py to time side by side")
     parser.add_argument("--sweep", action="store_true", help="also time launch-shape variants")
     parser.add_argument("--ms", type=int, nargs="*", default=MS, help="row counts")
     parser.add_argument("--ks", type=int, nargs="*", default=KS, help="column counts")
 
 
 def _load_module(path: Path) -> ModuleType:
-    # Loaded inside the package so its relative imports (..hadamard) resolve.
-    spec = importlib.util.spec_from_file_location("comfy_int8_w8a8.int8.kernels._bench_old_quant", path)
+    # Loaded inside the launch package so its relative imports (..hadamard, ..kernels, .fast_launch) resolve.
+    spec = importlib.util.spec_from_file_location("comfy_int8_w8a8.int8.launch._bench_old_quant", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -103,7 +103,7 @@ def _cpu_launch_us(quant: Callable, group: int) -> float:
 
 def _layer_row(name: str, m: int, k: int, n: int, quants: dict[str, Callable]) -> dict:
     from ..int8 import quantize_per_channel, rotate_weight
-    from ..int8.kernels.triton_gemm import int8_gemm_dequant
+    from ..int8.launch.gemm import int8_gemm_dequant
 
     x = torch.randn(m, k, device="cuda") * 2
     x[:, ::97] *= 30
@@ -128,7 +128,7 @@ def _layer_row(name: str, m: int, k: int, n: int, quants: dict[str, Callable]) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..int8.kernels import triton_quant
+    from ..int8.launch import quant as triton_quant
 
     old = _load_module(args.old) if args.old else None
     quant_new = triton_quant.quantize_per_token_triton

@@ -5,7 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..compat import cuda_int8_unavailable_reason
 from ..config import Int8Config
+from ..launch.eager_plan import plan_key
 from ..quantize import dequantize
 from ..weights import Int8Weights
 
@@ -21,22 +23,6 @@ def prepare_activation(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
 
         x = rotate_activation(x, w.hadamard_group)
     return x
-
-
-def plan_key(x: torch.Tensor) -> tuple:
-    """What an eager plan (:meth:`Backend.eager_plan`) is specialized on besides the layer: rows, dtype, strides,
-    and whether ``x`` is 16-byte aligned (its kernels were compiled for that); ``x`` is 2-D."""
-    return x.shape[0], x.dtype, x.stride(0), x.stride(1), x.data_ptr() % 16 == 0
-
-
-def cuda_int8_unavailable_reason(device: torch.device) -> str | None:
-    """Why the CUDA ``device`` cannot run int8 tensor-core GEMMs, or None when it can (sm_75 Turing and newer)."""
-    if not torch.cuda.is_available():
-        return "CUDA is not available"
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < (7, 5):
-        return f"the GPU is sm_{major}{minor}; int8 tensor cores need sm_75 (Turing) or newer"
-    return None
 
 
 class Backend:
@@ -81,7 +67,7 @@ class Backend:
     def eager_plan(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> tuple[object | None, torch.Tensor | None]:
         """``(plan, y)``: run the 2-D call once and return a callable that replays it for later inputs with the same
         ``plan_key`` (None where no plan applies), with this call's output ``y`` (None when nothing ran). Only for
-        eager calls; see ``int8/kernels/eager_plan.py``."""
+        eager calls; see ``int8/launch/eager_plan.py``."""
         return None, None
 
     def linear(self, x: torch.Tensor, w: Int8Weights, config: Int8Config) -> torch.Tensor:

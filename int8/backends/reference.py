@@ -6,7 +6,6 @@ import torch
 
 from ..quantize import dequantize, quantize_per_token
 from .base import Backend, Int8Weights, prepare_activation
-from .registry import register_backend
 
 # A sum of 1024 products of int8 values is below 1024 * 127 * 127 < 2**24, so an fp32 GEMM over a K-chunk of
 # this size is exact; chunks are added in float64 (exact too). fp32 GEMMs are 30x faster than torch._int_mm or
@@ -24,7 +23,6 @@ def exact_int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return acc
 
 
-@register_backend
 class ReferenceBackend(Backend):
     name = "reference"
     priority = 0

@@ -1,14 +1,17 @@
-"""The backend registry: a decorator fills it, ``resolve_backend`` picks one once at load."""
+"""The backend registry: ``register_backend`` fills it (the three built-in backends are registered here, the
+backend modules know nothing of the registry), ``resolve_backend`` picks one once at load."""
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import torch
 
 from ..log_once import log_once
 from .base import Backend
+from .reference import ReferenceBackend
+from .torch_int_mm import TorchIntMMBackend
+from .triton_backend import TritonBackend
 
 __all__ = ["register_backend", "resolve_backend", "backend_names", "get_backend", "BackendUnavailableError"]
 
@@ -21,20 +24,23 @@ class BackendUnavailableError(RuntimeError):
 
 
 def register_backend(cls: type[Backend]) -> type[Backend]:
-    """Class decorator: instantiate and register a backend under ``cls.name``."""
+    """Class decorator (third-party backends): instantiate and register a backend under ``cls.name``."""
     _BACKENDS[cls.name] = cls()
     return cls
 
 
+# The built-in backends; their modules import Triton lazily, so registering them never fails.
+for _builtin in (ReferenceBackend, TorchIntMMBackend, TritonBackend):
+    register_backend(_builtin)
+
+
 def backend_names() -> list[str]:
     """Choices for the ``runtime_backend`` input: ``auto`` then every registered backend, best first."""
-    _load_builtin_backends()
     ordered = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
     return ["auto"] + [b.name for b in ordered]
 
 
 def get_backend(name: str) -> Backend:
-    _load_builtin_backends()
     if name not in _BACKENDS:
         raise ValueError(f"Unknown runtime_backend '{name}'. Choose one of: {', '.join(backend_names())}.")
     return _BACKENDS[name]
@@ -57,7 +63,6 @@ def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> B
                 f"available backend ({', '.join(backend_names())})."
             )
         return backend
-    _load_builtin_backends()
     skipped = []
     for backend in sorted(_BACKENDS.values(), key=lambda b: -b.priority):
         reason = backend.unavailable_reason(device)
@@ -65,6 +70,8 @@ def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> B
             reason = f"not picked automatically on {device.type}"
         if reason is None:
             log_once(log, logging.INFO, f"INT8 W8A8: runtime_backend auto chose '{backend.name}' on {device}.")
+            if skipped and device.type == "cuda":  # a faster backend could not run here: say why, once
+                log_once(log, logging.INFO, f"INT8 W8A8: runtime_backend auto passed over {'; '.join(skipped)}.")
             if backend.name == "reference" or device.type != "cuda":
                 log_once(
                     log, logging.WARNING,
@@ -75,9 +82,3 @@ def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> B
             return backend
         skipped.append(f"{backend.name}: {reason}")
     raise BackendUnavailableError("No INT8 backend can run on " + str(device) + ": " + "; ".join(skipped))
-
-
-@functools.cache
-def _load_builtin_backends() -> None:
-    # Importing the modules registers them; triton's module imports triton lazily, so this never fails.
-    from . import reference, torch_int_mm, triton_backend  # noqa: F401

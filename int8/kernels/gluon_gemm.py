@@ -15,32 +15,25 @@ flight and frees the stage of the group that just retired. int8 wgmma is m64nNk3
 N=256 instruction asserts in its lowering), so a 256-wide tile is two instructions per warpgroup and k-step.
 
 Only sm_90 (wgmma does not exist on Blackwell, whose path is tcgen05) and 16-bit outputs (an fp32 C tile does not
-fit next to the stages). :mod:`triton_gemm` decides per shape between this kernel and its own by timing both.
+fit next to the stages). :mod:`int8.launch.gemm_choice` decides per shape between this kernel and the TMA one by timing both. Launched by
+:mod:`int8.launch.gluon_gemm`; importable only where :func:`int8.compat.gluon_api` finds Gluon (ImportError else).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
-import torch
-import triton
-from triton.experimental import gluon
-from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (
-    fence_async_shared,
-    mbarrier,
-    tma,
-    warpgroup_mma,
-    warpgroup_mma_wait,
-)
+from ..compat import gluon_api
 
-from .fast_launch import CompiledLauncher
-from .host import alignment_bits, capability, cdiv, descriptor, device_index, sm_count
+_api = gluon_api()
+if _api is None:
+    raise ImportError("this Triton has no Gluon with the Hopper API the warp-specialized GEMM uses (see int8/compat.py)")
+gluon, gl = _api.gluon, _api.gl
+fence_async_shared, mbarrier, tma = _api.fence_async_shared, _api.mbarrier, _api.tma
+warpgroup_mma, warpgroup_mma_wait = _api.warpgroup_mma, _api.warpgroup_mma_wait
 
-__all__ = ["GluonConfig", "CONFIGS", "supported", "gluon_gemm_dequant"]
+__all__ = ["GluonConfig", "CONFIGS", "GROUP_M", "WORKER_REGS"]
 
-TESTED_TRITON = "3.6."
 GROUP_M = gl.constexpr(8)  # grouped tile order, as in triton_gemm
 WORKER_REGS = 40  # the TMA partition's registers per thread (it holds only scalars)
 
@@ -182,47 +175,4 @@ def _int8_gemm_ws_kernel(a_desc, b_desc, c_desc, xs_ptr, ws_ptr, bias_ptr, M, N,
         [(_consumer, (bufs, c_desc, c_smem, xs_ptr, ws_ptr, bias_ptr, M, N, K, SPLIT, HAS_BIAS)),
          (_producer, (a_desc, b_desc, bufs, M, N, K))],
         [1], [WORKER_REGS])
-
-
-_launch = CompiledLauncher(_int8_gemm_ws_kernel)
-_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
-
-
-@functools.cache
-def _layouts(cfg: GluonConfig, out_dtype: torch.dtype) -> tuple[object, object, object]:
-    return (gl.NVMMASharedLayout.get_default_for([cfg.block_m, cfg.block_k], gl.int8),
-            gl.NVMMASharedLayout.get_default_for([cfg.block_n, cfg.block_k], gl.int8),
-            gl.NVMMASharedLayout.get_default_for([cfg.block_m, cfg.block_n // cfg.epilogue_split],
-                                                 _GL_DTYPES[out_dtype]))
-
-
-def supported(a: torch.Tensor, c: torch.Tensor) -> bool:
-    """Whether this kernel may run the call: the Triton release it was written and measured against (Gluon's API
-    moves between releases, and some unsupported constructs abort the process in the compiler instead of
-    raising), an sm_90 GPU, a 16-bit output with 16-byte aligned rows (the caller has checked A and B)."""
-    return (triton.__version__.startswith(TESTED_TRITON) and capability(device_index(a.device))[0] == 9
-            and c.dtype in _GL_DTYPES and c.stride(0) % 8 == 0 and c.data_ptr() % 16 == 0)
-
-
-def gluon_gemm_dequant(a: torch.Tensor, xs: torch.Tensor, b: torch.Tensor, ws: torch.Tensor, bias_arg: torch.Tensor,
-                       has_bias: bool, c: torch.Tensor, cfg: GluonConfig) -> None:
-    """Write ``c [M, N] = (a [M,K] int8 @ b [N,K]^T) * xs[M] * ws[N] (+ bias[N])`` (flat fp32 ``xs``/``ws``;
-    ``bias_arg`` any tensor when ``has_bias`` is False)."""
-    m, k = a.shape
-    n = b.shape[0]
-    dev = device_index(a.device)
-    la, lb, lc = _layouts(cfg, c.dtype)
-    # (descriptor: without from_tensor's per-call validation, ~3.5 us each; hopper_tma_ok and supported() hold)
-    descs = (descriptor(a, [cfg.block_m, cfg.block_k], la), descriptor(b, [cfg.block_n, cfg.block_k], lb),
-             descriptor(c, [cfg.block_m, cfg.block_n // cfg.epilogue_split], lc))
-    programs = min(sm_count(dev), cdiv(m, cfg.block_m) * cdiv(n, cfg.block_n))
-    # Specialization facts (see fast_launch): each of M, N, K (also the descriptors' shapes and strides) is 1, a
-    # multiple of 16 or neither; which scale/bias pointers are 16-byte aligned; the descriptors' block types are
-    # fixed by cfg and the output dtype.
-    # (The grid size is not compiled in: one binary serves every tile count.)
-    key = (cfg, c.dtype, has_bias, bias_arg.dtype, tuple((v == 1, v % 16 == 0) for v in (m, n, k)),
-           alignment_bits(xs, ws, bias_arg))
-    _launch(key, dev, (programs, 1, 1), (*descs, xs, ws, bias_arg, m, n, k, cfg.stages, cfg.epilogue_split, has_bias,
-                                         WORKER_REGS),
-            cfg.warps, 1, maxnreg=cfg.maxnreg)
 

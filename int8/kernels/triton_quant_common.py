@@ -1,20 +1,16 @@
-"""Pieces shared by the activation-quantization kernels (:mod:`triton_quant`, :mod:`triton_quant_rotated`):
-the rounding and division that match :func:`int8.quantize.quantize_per_token` bit for bit, the tile load with
-optional smoothing, and the launch-key helpers."""
+"""Device pieces shared by the activation-quantization kernels (:mod:`triton_quant`, :mod:`triton_quant_rotated`):
+the rounding and division that match :func:`int8.quantize.quantize_per_token` bit for bit, and the tile load with
+optional smoothing. Their host side is :mod:`int8.launch.quant`."""
 
 from __future__ import annotations
 
 import os
 
-import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from .host import sm_count, supports_pdl
-
-__all__ = ["INTERPRETED", "can_trigger_dependents", "round_half_even", "quantize_rn", "quantize_by", "load_tile", "smooth_operand",
-           "spec_key", "grid_sm_count"]
+__all__ = ["INTERPRETED", "round_half_even", "quantize_rn", "quantize_by", "load_tile"]
 
 # Triton's CPU interpreter (TRITON_INTERPRET=1, used to debug these kernels without a GPU) has no libdevice;
 # there, rounding uses the fp32 magic-number trick, which also rounds half to even for |v| < 2**22.
@@ -57,26 +53,3 @@ def load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, cols, K, HAS_SMOOTH:
         s = tl.load(smooth_ptr + cols, mask=col_mask, other=0.0)
         x = (x.to(tl.float32) * s.to(tl.float32)).to(x.dtype)
     return x
-
-
-def smooth_operand(smooth: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """The kernels' ``smooth_ptr`` argument: ``smooth`` in x's dtype and device, contiguous (rounded like the torch
-    path), or x itself as a valid unused pointer when there is none."""
-    return smooth.to(device=x.device, dtype=x.dtype).contiguous() if smooth is not None else x
-
-
-def can_trigger_dependents(device_index: int | None) -> bool:
-    """Whether a quant kernel on this device may signal a programmatically launched successor (sm_90+)."""
-    return not INTERPRETED and supports_pdl(device_index)
-
-
-def grid_sm_count(device_index: int | None) -> int:
-    return 2 if INTERPRETED else sm_count(device_index)  # CPU tensors under the interpreter: any small grid
-
-
-def spec_key(runtime_args: tuple, constexprs: tuple) -> tuple:
-    """What the JIT specializes a compiled kernel on (see fast_launch): per tensor its dtype and 16-byte alignment,
-    per integer whether it is 1, a multiple of 16, or beyond int32; constexprs by value."""
-    spec = tuple((a.dtype, a.data_ptr() % 16 == 0) if isinstance(a, torch.Tensor)
-                 else (a == 1, a % 16 == 0, not -2**31 <= a < 2**31) for a in runtime_args)
-    return spec, constexprs

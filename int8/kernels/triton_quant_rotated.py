@@ -6,22 +6,24 @@ each ``H4`` level above 64 is a butterfly over 4 sub-blocks: with ``H4[i, k] = -
 ``y_k = 0.5 * sum_i z_i - z_{3-k}``. Each block stays a separate tile in the dot's register layout, so the
 butterflies are elementwise adds, with no reshapes or shuffles.
 
-Numerics as :mod:`triton_quant` (the rotated values are rounded to x's dtype like the torch path); only the fp32
+Launched by :mod:`int8.launch.quant`. Numerics as :mod:`triton_quant` (the rotated values are rounded to x's dtype like the torch path); only the fp32
 summation order inside the rotation differs from :func:`int8.hadamard.rotate_activation`.
 """
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
-from ..hadamard import build_hadamard
-from .fast_launch import CompiledLauncher
-from .host import cdiv, next_power_of_2
-from .triton_quant_common import INTERPRETED, grid_sm_count, load_tile, quantize_by, quantize_rn, spec_key
+from .triton_quant_common import load_tile, quantize_by, quantize_rn
 
-__all__ = ["launch_rotated", "rot_row_group_split", "one_pass_launch_shape"]
+__all__ = ["ROT_BLOCK_M", "ROT_WARPS", "ROT_ROW_MAX_K"]
+
+# Chunked rotation kernel (K beyond the one-pass kernel, GROUP = 1024): rows per program and warps.
+ROT_BLOCK_M = 16
+ROT_WARPS = 4
+# One-pass kernel: the largest K it keeps in registers (64 groups of 256).
+ROT_ROW_MAX_K = 64 * 256
 
 
 @triton.jit
@@ -216,63 +218,3 @@ def _rotated_row_quant_kernel(
         _rot_row_store4(q_ptr, q_off, g_a, mask_a, a0, a1, a2, a3, scale, r, DT, INTERPRETED)
         if G_B > 0:
             _rot_row_store4(q_ptr, q_off, g_b, mask_b, b0, b1, b2, b3, scale, r, DT, INTERPRETED)
-
-
-def rot_row_group_split(groups: int) -> tuple[int, int]:
-    """``(G_A, G_B)``: power-of-two group counts (each >= 16, the dot's minimum M; ``G_B`` 0 when unused) that
-    cover ``groups`` with the least padding."""
-    whole = max(16, next_power_of_2(groups))
-    g_a = max(16, whole // 2)
-    rest = groups - g_a
-    if rest <= 0:
-        return whole, 0
-    g_b = max(16, next_power_of_2(rest))
-    return (g_a, g_b) if g_a + g_b < whole else (whole, 0)
-
-
-_rot_launch = CompiledLauncher(_rotated_quant_kernel)
-_rot_row_launch = CompiledLauncher(_rotated_row_quant_kernel)
-
-# Chunked rotation kernel (K beyond the one-pass kernel, GROUP = 1024): rows per program and warps.
-_ROT_BLOCK_M = 16
-_ROT_WARPS = 4
-# One-pass kernel: the largest K it keeps in registers (64 groups of 256).
-_ROT_ROW_MAX_K = 64 * 256
-
-
-def one_pass_launch_shape(k: int) -> tuple[int, int, int]:
-    """(programs per SM, num_warps, num_stages) of the one-pass kernel's persistent grid for rows of ``k`` columns.
-
-    H100, 4608 rows: 12 programs per SM and 4 warps (docs/results/quant_kernel_h100_s3_programs.json: 12 vs 8 per SM
-    75.3 vs 77.9 us at K = 12288, 25.4 vs 26.5 at 3072); 3 stages (docs/results/quant_kernel_h100.json: faster than
-    2 at every shape then). Several rows per program were tried (docs/results/probe_h100_s5.json) and lost at
-    every shape: 2 rows 28.3 vs 26.3 us at 4608x3072, 4 rows 34.2."""
-    return 12, 4, 3
-
-
-def launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, group: int, q: torch.Tensor,
-                   scale: torch.Tensor, config: tuple[int, ...] | None) -> None:
-    """Quantize ``x`` after the block rotation into ``q`` / ``scale`` (see ``quantize_per_token_triton``).
-    ``config``: ``(programs per SM, num_warps, num_stages)`` for the one-pass kernel (benchmarks)."""
-    m, k = x.shape
-    dev = x.device.index
-    # build_hadamard caches per device (no host-to-device copy per call, CUDA-graph safe). In x's dtype: the
-    # entries +-1/8 are exact in 16-bit, and half the bytes per load.
-    h = build_hadamard(64, x.device, x.dtype)
-    if group <= 256 and k % 256 == 0 and k <= _ROT_ROW_MAX_K:
-        g_a, g_b = rot_row_group_split(k // 256)
-        per_sm, warps, stages = config or one_pass_launch_shape(k)
-        runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
-        constexprs = (group, has_smooth, g_a, g_b, INTERPRETED)
-        grid = (min(m, grid_sm_count(dev) * per_sm), 1, 1)
-        _rot_row_launch(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
-                        stages)
-        return
-    chunk_cols = 1024 if group >= 1024 else 256
-    n_chunks = cdiv(k, chunk_cols)
-    part = torch.empty((m, n_chunks), dtype=torch.float32, device=x.device)
-    grid = (cdiv(m, _ROT_BLOCK_M), n_chunks, 1)
-    for quant in (False, True):
-        runtime = (x, smooth_arg, h, q, scale, part, m, k, x.stride(0), q.stride(0), n_chunks)
-        constexprs = (group, has_smooth, _ROT_BLOCK_M, next_power_of_2(n_chunks), quant, INTERPRETED)
-        _rot_launch(spec_key(runtime, constexprs), dev, grid, runtime + constexprs, _ROT_WARPS, 3)

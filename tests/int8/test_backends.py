@@ -125,12 +125,12 @@ def test_torch_int_mm_backend_is_unavailable_below_sm75(monkeypatch):
 
 
 def test_triton_backend_is_unavailable_without_triton_or_below_sm75(monkeypatch):
-    import importlib.util
+    from comfy_int8_w8a8.int8 import compat
 
     backend = get_backend("triton")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(compat, "_installed_triton", lambda: None)
     assert "pip install triton" in backend.unavailable_reason(torch.device("cuda"))
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    monkeypatch.setattr(compat, "_installed_triton", lambda: "3.6.0")
     assert "sm_70" in backend.unavailable_reason(torch.device("cuda"))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
-from comfy_int8_w8a8.int8.kernels import custom_ops  # noqa: F401 - registers torch.ops.comfy_int8
+from comfy_int8_w8a8.int8.backends import custom_ops  # noqa: F401 - registers torch.ops.comfy_int8
 
 
 def _layer(backend: str, hadamard_group: int = 0) -> Int8Linear:
@@ -37,7 +37,7 @@ def test_triton_linear_fake_impls_give_output_shape_and_dtype(op):
 
 
 def test_int_mm_op_matches_int_mm_padded_on_cpu():
-    from comfy_int8_w8a8.int8.backends.torch_int_mm import int_mm_padded
+    from comfy_int8_w8a8.int8.launch.int_mm import int_mm_padded
 
     a = torch.randint(-127, 128, (3, 37), dtype=torch.int8)
     b = torch.randint(-127, 128, (11, 37), dtype=torch.int8)

@@ -85,7 +85,7 @@ def test_swapped_weight_storage_drops_the_plan():
 
 
 def _only_plan(layer: Int8Linear):  # noqa: ANN202
-    from comfy_int8_w8a8.int8.kernels.eager_plan import EagerPlan
+    from comfy_int8_w8a8.int8.launch.eager_plan import EagerPlan
 
     plans = _plans(layer)
     assert len(plans) == 1
@@ -101,7 +101,7 @@ def _only_plan(layer: Int8Linear):  # noqa: ANN202
 def test_tiled_w8a8_calls_replay_two_launches_bit_for_bit(m, k, n, dtype, bias, kernel, monkeypatch):
     # Above 64 rows: the quant kernel and the GEMM (TMA descriptors re-encoded for each call's buffers), either
     # GEMM kernel (gemm_choice); the first call of a shape may autotune through Triton's JIT and record later.
-    from comfy_int8_w8a8.int8.kernels import gemm_choice
+    from comfy_int8_w8a8.int8.launch import gemm_choice
 
     monkeypatch.setattr(gemm_choice, "_choices", {})
     if kernel == "tma":
@@ -150,7 +150,7 @@ def test_layer_tensors_are_not_kept_alive_by_a_two_launch_plan():
 
 def test_graph_capture_records_the_normal_path_next_to_eager_plans(monkeypatch):
     # Plans exist to cut CPU per call; a capture takes the normal path (two kernels for W8A8, faster on the GPU).
-    from comfy_int8_w8a8.int8.kernels.eager_plan import EagerPlan
+    from comfy_int8_w8a8.int8.launch.eager_plan import EagerPlan
 
     layer = _layer(3072, 3072)
     static = {m: torch.randn(m, 3072, device="cuda", dtype=torch.bfloat16) for m in (1, 16, 48)}

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reas
 
 @pytest.fixture
 def choice(monkeypatch):
-    from comfy_int8_w8a8.int8.kernels import gemm_choice
+    from comfy_int8_w8a8.int8.launch import gemm_choice
 
     monkeypatch.setattr(gemm_choice, "_choices", {})
     monkeypatch.setattr(gemm_choice, "_broken", set())

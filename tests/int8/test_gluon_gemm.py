@@ -1,5 +1,5 @@
-"""The warp-specialized Gluon GEMM (int8/kernels/gluon_gemm.py) against the TMA kernel, and the per-shape choice
-between them (int8/kernels/gemm_choice.py). Hopper only."""
+"""The warp-specialized Gluon GEMM (int8/kernels/gluon_gemm.py, launched by int8/launch/gluon_gemm.py) against the TMA kernel, and the per-shape choice
+between them (int8/launch/gemm_choice.py). Hopper only."""
 
 import importlib.util
 import logging
@@ -23,7 +23,7 @@ def _operands(m, k, n, dtype=torch.bfloat16):
 
 
 def _tma(a, b, xs, ws, bias, dtype):
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import TMA_CONFIGS, int8_gemm_dequant
+    from comfy_int8_w8a8.int8.launch.gemm import TMA_CONFIGS, int8_gemm_dequant
 
     # 128x128, 3 stages: fits beside an fp32 output tile too (TMA_CONFIGS[0]'s 4 stages of 128x256 do not)
     cfg = next(c for c in TMA_CONFIGS if (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_stages) == (128, 128, 3))
@@ -32,8 +32,8 @@ def _tma(a, b, xs, ws, bias, dtype):
 
 def _undecided_key(m, k, n, out_dtype, bias_dtype, has_bias):
     """The choice key ``int8_gemm_dequant`` uses for this call, with any earlier decision for it forgotten."""
-    from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import m_bucket
+    from comfy_int8_w8a8.int8.launch import gemm_choice
+    from comfy_int8_w8a8.int8.launch.gemm import m_bucket
 
     key = (m_bucket(m), n, k, out_dtype, bias_dtype, has_bias)
     gemm_choice._choices.pop(key, None)
@@ -42,10 +42,13 @@ def _undecided_key(m, k, n, out_dtype, bias_dtype, has_bias):
 
 @pytest.fixture
 def gg():
-    from comfy_int8_w8a8.int8.kernels import gluon_gemm
+    from comfy_int8_w8a8.int8 import compat
 
-    if not gluon_gemm.triton.__version__.startswith(gluon_gemm.TESTED_TRITON):
-        pytest.skip(f"the Gluon kernel runs only on Triton {gluon_gemm.TESTED_TRITON}x")
+    if not compat.gluon():
+        pytest.skip(f"the Gluon kernel runs only on Triton {compat.TESTED_TRITON}x with Gluon (and not with "
+                    f"{compat.NO_GLUON} set)")
+    from comfy_int8_w8a8.int8.launch import gluon_gemm
+
     return gluon_gemm
 
 
@@ -64,8 +67,8 @@ def test_gluon_gemm_is_bit_identical_to_the_tma_kernel(gg, m, k, n, dtype, with_
 
 
 def test_large_shapes_record_a_choice_and_match(gg):
-    from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
+    from comfy_int8_w8a8.int8.launch import gemm_choice
+    from comfy_int8_w8a8.int8.launch.gemm import int8_gemm_dequant
 
     m, k, n = 2304, 3072, 4608
     a, b, xs, ws, bias = _operands(m, k, n)
@@ -78,8 +81,8 @@ def test_large_shapes_record_a_choice_and_match(gg):
 
 
 def test_fp32_output_keeps_the_tma_kernel(gg):
-    from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
+    from comfy_int8_w8a8.int8.launch import gemm_choice
+    from comfy_int8_w8a8.int8.launch.gemm import int8_gemm_dequant
 
     m, k, n = 1024, 1024, 1024
     a, b, xs, ws, _ = _operands(m, k, n)
@@ -92,8 +95,8 @@ def test_fp32_output_keeps_the_tma_kernel(gg):
 def test_a_config_that_does_not_build_falls_back_to_tma_and_says_so(gg, monkeypatch, caplog):
     from triton.compiler.errors import CompilationError
 
-    from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
+    from comfy_int8_w8a8.int8.launch import gemm_choice
+    from comfy_int8_w8a8.int8.launch.gemm import int8_gemm_dequant
 
     def broken(*args, **kwargs):
         raise CompilationError("src", None, "stand-in build failure")
@@ -112,8 +115,8 @@ def test_a_config_that_does_not_build_falls_back_to_tma_and_says_so(gg, monkeypa
 
 
 def test_no_timing_inside_a_cuda_graph_capture(gg):
-    from comfy_int8_w8a8.int8.kernels import gemm_choice
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
+    from comfy_int8_w8a8.int8.launch import gemm_choice
+    from comfy_int8_w8a8.int8.launch.gemm import int8_gemm_dequant
 
     m, k, n = 1024, 2048, 3072
     a, b, xs, ws, bias = _operands(m, k, n)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from comfy_int8_w8a8.int8.kernels.host import alignment_bits, cdiv, descriptor, next_power_of_2
+from comfy_int8_w8a8.int8.launch.host import alignment_bits, cdiv, descriptor, next_power_of_2
 
 
 @pytest.mark.parametrize("b", [1, 7, 16, 128])

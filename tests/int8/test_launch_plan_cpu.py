@@ -10,7 +10,7 @@ import torch
 
 from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
 from comfy_int8_w8a8.int8.backends.reference import ReferenceBackend
-from comfy_int8_w8a8.int8.kernels import fast_launch
+from comfy_int8_w8a8.int8.launch import fast_launch
 
 
 class _FakeRunner:
@@ -225,17 +225,17 @@ def test_recording_keeps_declared_temporaries_and_skips_paused_launches(monkeypa
 
 
 def test_planned_call_records_again_when_asked_then_gives_up(monkeypatch):
-    from comfy_int8_w8a8.int8.kernels import eager_plan
+    from comfy_int8_w8a8.int8.launch import eager_plan
 
     outcomes = [eager_plan.RETRY, eager_plan.RETRY, "plan"]
-    backend = types.SimpleNamespace(eager_plan=lambda x, w, config: (outcomes.pop(0), "y"))
+    record = lambda x, w, config: (outcomes.pop(0), "y")  # noqa: E731 - a backend's eager_plan
     plans: dict = {}
     x = torch.zeros(2, 4)
-    assert [eager_plan.planned_call(plans, x, backend, None, None) for _ in range(3)] == ["y"] * 3
+    assert [eager_plan.planned_call(plans, x, record, None, None) for _ in range(3)] == ["y"] * 3
     assert list(plans.values()) == ["plan"]  # recorded on the third call
     outcomes[:] = [eager_plan.RETRY] * eager_plan._ATTEMPTS
     plans.clear()
     for _ in range(eager_plan._ATTEMPTS):
-        eager_plan.planned_call(plans, x, backend, None, None)
+        eager_plan.planned_call(plans, x, record, None, None)
     assert list(plans.values()) == [None]  # gave up: the normal path from now on
-    assert eager_plan.planned_call(plans, x, backend, None, None) is None
+    assert eager_plan.planned_call(plans, x, record, None, None) is None

@@ -20,8 +20,8 @@ def _weights(k: int, n: int, bias: bool = True) -> Int8Weights:
 
 
 def _two_kernels(x: torch.Tensor, w: Int8Weights, smooth: torch.Tensor | None, config) -> torch.Tensor:  # noqa: ANN001
-    from comfy_int8_w8a8.int8.kernels import triton_splitk
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     xq, xs = quantize_per_token_triton(x, smooth)
     return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, w.bias, x.dtype, config)
@@ -35,8 +35,8 @@ def _two_kernels(x: torch.Tensor, w: Int8Weights, smooth: torch.Tensor | None, c
 def test_fused_equals_two_kernel_path_exactly_and_rearms_counters(m, k, n, config, dtype, smooth):
     # Same quant body, same tile body: bit-identical. Repeated launches re-arm the counters (else the next
     # launch's GEMM programs would start before its rows are quantized, or the split-K sums would be off).
-    from comfy_int8_w8a8.int8.kernels import triton_splitk
-    from comfy_int8_w8a8.int8.kernels.triton_fused_w8a8 import _scratch, fused_w8a8_linear
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
+    from comfy_int8_w8a8.int8.launch.fused_w8a8 import _scratch, fused_w8a8_linear
 
     w = _weights(k, n)
     s = torch.rand(k, device="cuda") + 0.5 if smooth else None
@@ -53,7 +53,8 @@ def test_fused_equals_two_kernel_path_exactly_and_rearms_counters(m, k, n, confi
 
 
 def test_w8a8_linear_takes_the_fused_kernel_for_few_plain_rows_outside_graph_captures(monkeypatch):
-    from comfy_int8_w8a8.int8.kernels import triton_fused_w8a8, triton_w8a8
+    from comfy_int8_w8a8.int8.backends import triton_dispatch as triton_w8a8
+    from comfy_int8_w8a8.int8.launch import fused_w8a8 as triton_fused_w8a8
 
     calls = []
     real = triton_fused_w8a8.fused_w8a8_linear
@@ -73,8 +74,8 @@ def test_w8a8_linear_takes_the_fused_kernel_for_few_plain_rows_outside_graph_cap
 
 def test_fused_kernel_in_a_cuda_graph_replays_with_fresh_inputs():
     # The kernel itself is graph-safe (counters re-armed in-kernel), though w8a8_linear records the two kernels.
-    from comfy_int8_w8a8.int8.kernels.triton_fused_w8a8 import fused_w8a8_linear
-    from comfy_int8_w8a8.int8.kernels.triton_splitk import w8a8_config
+    from comfy_int8_w8a8.int8.launch.fused_w8a8 import fused_w8a8_linear
+    from comfy_int8_w8a8.int8.launch.splitk import w8a8_config
 
     w = _weights(3072, 3072)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -98,7 +99,7 @@ def test_fused_kernel_in_a_cuda_graph_replays_with_fresh_inputs():
 
 
 def test_reserved_scratch_covers_every_few_rows_call_without_growing(assert_workspace_kept):
-    from comfy_int8_w8a8.int8.kernels import triton_fused_w8a8
+    from comfy_int8_w8a8.int8.launch import fused_w8a8 as triton_fused_w8a8
 
     triton_fused_w8a8._scratch._bufs.clear()
     layer = Int8Linear.from_linear(torch.nn.Linear(12288, 512).cuda(),

@@ -21,8 +21,8 @@ def _sms() -> int:
 @pytest.mark.parametrize("m", [1, 2])
 @pytest.mark.parametrize("k,bias", [(3072, True), (3073, False), (200, True)])
 def test_gemv_matches_dequantized_reference(dtype, m, k, bias):
-    from comfy_int8_w8a8.int8.kernels.triton_gemv import use_gemv
-    from comfy_int8_w8a8.int8.kernels.triton_w8a16 import w8a16_linear
+    from comfy_int8_w8a8.int8.launch.gemv import use_gemv
+    from comfy_int8_w8a8.int8.launch.w8a16 import w8a16_linear
 
     n = 64 * _sms() + 17  # wide enough for the GEMV, with a ragged last block of channels
     assert use_gemv(m, n, _sms())
@@ -39,7 +39,7 @@ def test_gemv_matches_dequantized_reference(dtype, m, k, bias):
 
 
 def test_gemv_takes_only_wide_layers_and_few_rows():
-    from comfy_int8_w8a8.int8.kernels.triton_gemv import use_gemv
+    from comfy_int8_w8a8.int8.launch.gemv import use_gemv
 
     sms = _sms()
     assert use_gemv(1, 18432, 132) and use_gemv(2, 9216, 132)
@@ -48,7 +48,7 @@ def test_gemv_takes_only_wide_layers_and_few_rows():
 
 
 def test_gemv_in_a_cuda_graph_replays_with_new_inputs():
-    from comfy_int8_w8a8.int8.kernels.triton_w8a16 import w8a16_linear
+    from comfy_int8_w8a8.int8.launch.w8a16 import w8a16_linear
 
     n, k = 64 * _sms(), 512
     q, s = quantize_per_channel(torch.randn(n, k, dtype=torch.float64, device="cuda") / k**0.5)

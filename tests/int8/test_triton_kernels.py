@@ -48,7 +48,7 @@ def _flip_step(xs, w):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k", [(1, 3073), (33, 3073), (130, 8192), (7, 20000)])
 def test_quant_kernel_plain_matches_quantize_per_token_exactly(m, k, dtype):
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     x = _acts(m, k, dtype)
     q, s = quantize_per_token_triton(x)
@@ -59,7 +59,7 @@ def test_quant_kernel_plain_matches_quantize_per_token_exactly(m, k, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_quant_kernel_with_smooth_matches_torch(dtype):
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     x = _acts(33, 3073, dtype)
     smooth = torch.rand(3073, device="cuda") + 0.5
@@ -72,7 +72,7 @@ def test_quant_kernel_with_smooth_matches_torch(dtype):
 @pytest.mark.parametrize("group", [64, 256, 1024])
 @pytest.mark.parametrize("m,k", [(1, 3072), (33, 5120), (16, 1024)])
 def test_quant_kernel_with_rotation_matches_rotate_activation(m, k, group, dtype):
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     x = _acts(m, k, dtype)
     q, s = quantize_per_token_triton(x, None, group)
@@ -95,7 +95,7 @@ def test_quant_kernel_with_rotation_matches_rotate_activation(m, k, group, dtype
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("bias", [True, False])
 def test_w8a8_linear_matches_float64_reference(m, k, n, dtype, bias):
-    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import w8a8_linear
+    from comfy_int8_w8a8.int8.backends.triton_dispatch import w8a8_linear
 
     w = _layer(n, k, bias)
     x = _acts(m, k, dtype)
@@ -107,7 +107,7 @@ def test_w8a8_linear_matches_float64_reference(m, k, n, dtype, bias):
 
 @pytest.mark.parametrize("use_tma", [False, True])
 def test_gemm_kernels_agree_on_aligned_shape(use_tma):
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import hopper_tma_ok, int8_gemm_dequant
+    from comfy_int8_w8a8.int8.launch.gemm import hopper_tma_ok, int8_gemm_dequant
 
     a = torch.randint(-127, 128, (257, 1024), dtype=torch.int8, device="cuda")
     b = torch.randint(-127, 128, (384, 1024), dtype=torch.int8, device="cuda")
@@ -122,7 +122,7 @@ def test_gemm_kernels_agree_on_aligned_shape(use_tma):
 
 def _tma_config_count() -> int:
     try:
-        from comfy_int8_w8a8.int8.kernels.triton_gemm import TMA_CONFIGS
+        from comfy_int8_w8a8.int8.launch.gemm import TMA_CONFIGS
     except ImportError:  # no Triton here: the module's skip marker reports it
         return 0
     return len(TMA_CONFIGS)
@@ -131,7 +131,7 @@ def _tma_config_count() -> int:
 @pytest.mark.parametrize("config_index", range(max(_tma_config_count(), 1)))
 def test_every_tma_config_matches_the_float64_reference(config_index):
     # The autotuner may pick any of them: each one, with ragged edges (M, N not tile multiples, a K tail) and bias.
-    from comfy_int8_w8a8.int8.kernels import triton_gemm
+    from comfy_int8_w8a8.int8.launch import gemm as triton_gemm
 
     cfg = triton_gemm.TMA_CONFIGS[config_index]
     a, b, xs, ws, bias = _tma_gemm_operands(300, 520, 3 * 128 + 64)
@@ -142,7 +142,7 @@ def test_every_tma_config_matches_the_float64_reference(config_index):
 
 def _tma_gemm_operands(m: int, n: int, k: int):
     """Random int8 operands, fp32 scales and a bf16 bias for a TMA GEMM test (skips where that kernel can't run)."""
-    from comfy_int8_w8a8.int8.kernels import triton_gemm
+    from comfy_int8_w8a8.int8.launch import gemm as triton_gemm
 
     a = torch.randint(-127, 128, (m, k), dtype=torch.int8, device="cuda")
     b = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
@@ -160,7 +160,7 @@ def _gemm_reference(a, b, xs, ws, bias):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("group", [64, 256])
 def test_w8a8_linear_with_rotation_and_smooth_matches_reference(dtype, group):
-    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import w8a8_linear
+    from comfy_int8_w8a8.int8.backends.triton_dispatch import w8a8_linear
 
     w = _layer(971, 3072, True)
     w.hadamard_group = group
@@ -179,7 +179,7 @@ def test_w8a8_linear_with_rotation_and_smooth_matches_reference(dtype, group):
 @pytest.mark.parametrize("m,k,n", [(1, 3073, 971), (16, 3072, 3072), (33, 256, 128), (64, 3072, 18432)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_w8a16_kernel_matches_dequantized_linear(m, k, n, dtype, bias):
-    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import weight_only_linear
+    from comfy_int8_w8a8.int8.backends.triton_dispatch import weight_only_linear
 
     w = _layer(n, k, bias)
     x = _acts(m, k, dtype)
@@ -196,7 +196,7 @@ def test_w8a16_kernel_matches_dequantized_linear(m, k, n, dtype, bias):
 
 
 def test_w8a16_fp32_input_uses_dequantized_matmul():
-    from comfy_int8_w8a8.int8.kernels.triton_w8a8 import weight_only_linear
+    from comfy_int8_w8a8.int8.backends.triton_dispatch import weight_only_linear
 
     w = _layer(96, 200, True)
     x = torch.randn(3, 200, device="cuda")
@@ -239,7 +239,8 @@ def test_compiled_int8_linear_triton_has_no_graph_break(hadamard_group):
 @pytest.mark.parametrize("config", [(16, 64, 128, 4, 4, 4), (32, 32, 256, 3, 4, 3), (64, 64, 128, 8, 4, 4)])
 @pytest.mark.parametrize("m,k,n", [(5, 3073, 971), (64, 3072, 3072)])
 def test_w8a16_split_k_matches_single_pass_and_rearms_counters(m, k, n, config):
-    from comfy_int8_w8a8.int8.kernels import triton_splitk, triton_w8a16
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
+    from comfy_int8_w8a8.int8.launch import w8a16 as triton_w8a16
 
     w = _layer(n, k, True)
     x = _acts(m, k, torch.bfloat16)
@@ -257,7 +258,7 @@ def test_w8a16_split_k_matches_single_pass_and_rearms_counters(m, k, n, config):
 
 
 def test_w8a16_config_splits_k_when_tiles_are_few():
-    from comfy_int8_w8a8.int8.kernels.triton_w8a16 import w8a16_config
+    from comfy_int8_w8a8.int8.launch.w8a16 import w8a16_config
 
     _, _, _, split_small, _, _ = w8a16_config(64, 3072, 3072, 132)
     _, _, _, split_wide, _, _ = w8a16_config(16, 18432, 3072, 132)
@@ -265,7 +266,7 @@ def test_w8a16_config_splits_k_when_tiles_are_few():
 
 
 def test_gemm_tma_repeat_call_takes_cached_config_and_matches():
-    from comfy_int8_w8a8.int8.kernels import triton_gemm
+    from comfy_int8_w8a8.int8.launch import gemm as triton_gemm
 
     a = torch.randint(-127, 128, (300, 512), dtype=torch.int8, device="cuda")
     b = torch.randint(-127, 128, (264, 512), dtype=torch.int8, device="cuda")
@@ -284,7 +285,7 @@ def test_gemm_tma_repeat_call_takes_cached_config_and_matches():
 @pytest.mark.parametrize("m,k", [(70, 12288), (9, 15360), (5, 16384), (3, 16400)])
 def test_quant_kernel_plain_long_rows_match_exactly(m, k, dtype):
     # One read of rows up to 16384 columns held in registers; 16400 takes the two-pass chunked path.
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     x = _acts(m, k, dtype)
     q, s = quantize_per_token_triton(x)
@@ -294,7 +295,7 @@ def test_quant_kernel_plain_long_rows_match_exactly(m, k, dtype):
 
 def test_quant_kernel_repeat_calls_respect_alignment():
     # Later calls skip the JIT (fast_launch): a view 2 bytes off alignment must not reuse the aligned kernel.
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     base = _acts(40, 3072 + 16, torch.bfloat16)
     aligned, shifted = base[:, :3072], base[:, 1:3073]
@@ -312,7 +313,7 @@ def test_quant_kernel_repeat_calls_respect_alignment():
 def test_one_pass_rotation_kernel_matches_rotate_activation(m, k, group):
     # m = 1500 exceeds the persistent grid on any GPU below 188 SMs, so programs walk several rows;
     # K = 15360 pads 60 groups to 64.
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     dtype = torch.bfloat16
     x = _acts(m, k, dtype)
@@ -328,7 +329,7 @@ def test_reserved_workspace_covers_every_small_batch_call_without_growing(assert
     # A workspace grown during a CUDA-graph warm-up would be allocated in the graph's pool: preparing the layer's
     # state must reserve enough for every row count the small-batch path takes.
     from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
-    from comfy_int8_w8a8.int8.kernels import triton_splitk
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
 
     workspace = triton_splitk._workspaces[torch.float32]
     workspace._bufs.clear()
@@ -342,7 +343,7 @@ def test_reserved_workspace_covers_every_small_batch_call_without_growing(assert
 
 
 def _split_tail_cases():
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import TMA_CONFIGS
+    from comfy_int8_w8a8.int8.launch.gemm import TMA_CONFIGS
 
     return [c for c in TMA_CONFIGS if c.kwargs["SPLIT_TAIL"]]
 
@@ -350,7 +351,8 @@ def _split_tail_cases():
 @pytest.mark.parametrize("extra_tiles", [3, -120])  # a last wave of 3 tiles; fewer tiles than SMs
 @pytest.mark.parametrize("config_index", range(7))
 def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles, config_index):
-    from comfy_int8_w8a8.int8.kernels import triton_gemm
+    from comfy_int8_w8a8.int8.kernels.triton_gemm import tma_cfg
+    from comfy_int8_w8a8.int8.launch import gemm as triton_gemm
 
     configs = _split_tail_cases()
     if config_index >= len(configs):
@@ -361,7 +363,7 @@ def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles
     cols = max(sms + extra_tiles, 2)  # one row of tiles: the tail has `extra_tiles` (or all) of them
     # ragged edges, K tail
     a, b, xs, ws, bias = _tma_gemm_operands(kw["BLOCK_M"] - 5, kw["BLOCK_N"] * cols - 8, 16 * kw["BLOCK_K"] + 64)
-    unsplit_cfg = triton_gemm._tma_cfg(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], split_cfg.num_warps,
+    unsplit_cfg = tma_cfg(kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"], split_cfg.num_warps,
                                        split_cfg.num_stages, kw["EPILOGUE_SUBTILE"], kw["USE_TMA_STORE"],
                                        split_tail=False)
     whole = triton_gemm.int8_gemm_dequant(a, xs, b, ws, bias, torch.bfloat16, tma_config=unsplit_cfg)
@@ -377,7 +379,7 @@ def test_gemm_split_tail_matches_unsplit_exactly_and_rearms_counters(extra_tiles
 
 def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls(assert_workspace_kept):
     # Reserved when a layer's state is built (before any CUDA graph records); a GEMM call must never grow it.
-    from comfy_int8_w8a8.int8.kernels import triton_gemm
+    from comfy_int8_w8a8.int8.launch import gemm as triton_gemm
 
     triton_gemm._split_workspace._bufs.clear()
     device = torch.device("cuda", torch.cuda.current_device())
@@ -397,7 +399,7 @@ def test_reserved_tail_workspace_is_not_regrown_by_gemm_calls(assert_workspace_k
 
 
 def test_one_pass_rotation_covers_groups_with_least_padding():
-    from comfy_int8_w8a8.int8.kernels.triton_quant_rotated import rot_row_group_split
+    from comfy_int8_w8a8.int8.launch.quant import rot_row_group_split
 
     # K = 12288 (48 groups of 256) and 10240 (40) take two dots (32 + 16 rows) instead of one of 64.
     assert rot_row_group_split(48) == (32, 16) and rot_row_group_split(40) == (32, 16)

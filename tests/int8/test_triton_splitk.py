@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _operands(m: int, k: int, n: int, dtype: torch.dtype = torch.bfloat16):
-    from comfy_int8_w8a8.int8.kernels.triton_quant import quantize_per_token_triton
+    from comfy_int8_w8a8.int8.launch.quant import quantize_per_token_triton
 
     x = torch.randn(m, k, device="cuda") * 2
     x[:, ::97] *= 30
@@ -30,8 +30,8 @@ def _operands(m: int, k: int, n: int, dtype: torch.dtype = torch.bfloat16):
 @pytest.mark.parametrize("m,k,n", [(1, 3072, 3072), (17, 3073, 971), (33, 1024, 640), (64, 4096, 1536)])
 def test_split_k_w8a8_equals_tiled_gemm_exactly_and_rearms_counters(m, k, n, config):
     # Same exact int32 products and the same fp32 epilogue in the same order: bit-identical outputs.
-    from comfy_int8_w8a8.int8.kernels import triton_splitk
-    from comfy_int8_w8a8.int8.kernels.triton_gemm import int8_gemm_dequant
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
+    from comfy_int8_w8a8.int8.launch.gemm import int8_gemm_dequant
 
     _, xq, xs, q, s, bias = _operands(m, k, n)
     expected = int8_gemm_dequant(xq, xs, q, s, bias, torch.bfloat16)
@@ -45,7 +45,8 @@ def test_split_k_w8a8_equals_tiled_gemm_exactly_and_rearms_counters(m, k, n, con
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("m", [1, 5, 16, 33, 64])
 def test_few_rows_w8a8_linear_matches_float64_reference(m, dtype):
-    from comfy_int8_w8a8.int8.kernels import triton_splitk, triton_w8a8
+    from comfy_int8_w8a8.int8.backends import triton_dispatch as triton_w8a8
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
 
     x, _, _, q, s, bias = _operands(m, 3072, 1536, dtype)
     w = Int8Weights(q, s, bias)
@@ -61,7 +62,7 @@ def test_few_rows_w8a8_linear_matches_float64_reference(m, dtype):
 
 
 def test_w8a8_config_splits_few_rows_and_leaves_many_to_the_tiled_gemm():
-    from comfy_int8_w8a8.int8.kernels.triton_splitk import W8A8_MAX_ROWS, w8a8_config
+    from comfy_int8_w8a8.int8.launch.splitk import W8A8_MAX_ROWS, w8a8_config
 
     # The measured rule (few_rows_tune_h100_s5.json): split the K loop when the tiles are too few to stream the
     # weight (16 rows on 3072->3072; long K at any row count), not at 33-64 rows with K = 3072.
@@ -73,7 +74,7 @@ def test_w8a8_config_splits_few_rows_and_leaves_many_to_the_tiled_gemm():
 
 def test_reserved_w8a8_workspace_covers_every_few_rows_call_without_growing(assert_workspace_kept):
     # A workspace grown inside a CUDA-graph warm-up would land in the graph's pool (see prepare_device_state).
-    from comfy_int8_w8a8.int8.kernels import triton_splitk
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
 
     workspace = triton_splitk._workspaces[torch.int32]
     workspace._bufs.clear()
@@ -88,7 +89,7 @@ def test_reserved_w8a8_workspace_covers_every_few_rows_call_without_growing(asse
 def test_few_rows_w8a8_replays_in_a_cuda_graph_with_fresh_inputs():
     # On Hopper the GEMM is launched programmatically dependent on the quant kernel: captured in a graph, a replay
     # must still see the activations the quant kernel has just written (new input values each replay).
-    from comfy_int8_w8a8.int8.kernels import triton_w8a8
+    from comfy_int8_w8a8.int8.backends import triton_dispatch as triton_w8a8
 
     x, _, _, q, s, bias = _operands(48, 3072, 3072)
     w = Int8Weights(q, s, bias)
@@ -105,7 +106,7 @@ def test_few_rows_w8a8_replays_in_a_cuda_graph_with_fresh_inputs():
 
 
 def test_pdl_and_plain_launch_give_identical_results():
-    from comfy_int8_w8a8.int8.kernels import triton_splitk
+    from comfy_int8_w8a8.int8.launch import splitk as triton_splitk
 
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("programmatic dependent launch needs sm_90 (Hopper) or newer")

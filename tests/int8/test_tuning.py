@@ -23,7 +23,7 @@ def _sleeper(cycles: int):
 
 
 def test_long_calls_are_timed_as_one_cuda_graph_spanning_the_sustain_window(monkeypatch):
-    from comfy_int8_w8a8.int8.kernels import tuning
+    from comfy_int8_w8a8.int8.launch import tuning
 
     monkeypatch.setattr(tuning, "_triton_bench", lambda *a, **k: pytest.fail("long call sent to Triton's bench"))
     kernel_call, calls = _sleeper(2_000_000)  # ~1 ms at H100 clocks: well above MIN_CALL_MS
@@ -36,7 +36,7 @@ def test_long_calls_are_timed_as_one_cuda_graph_spanning_the_sustain_window(monk
 
 
 def test_short_calls_keep_tritons_benchmark(monkeypatch):
-    from comfy_int8_w8a8.int8.kernels import tuning
+    from comfy_int8_w8a8.int8.launch import tuning
 
     seen = []
     monkeypatch.setattr(tuning, "_triton_bench", lambda fn, q: seen.append(q) or [0.001] * len(q))
@@ -46,15 +46,15 @@ def test_short_calls_keep_tritons_benchmark(monkeypatch):
 
 
 def test_without_quantiles_one_number():
-    from comfy_int8_w8a8.int8.kernels import tuning
+    from comfy_int8_w8a8.int8.launch import tuning
 
     kernel_call, _ = _sleeper(1_000_000)
     assert isinstance(tuning.sustained_bench(kernel_call), float)
 
 
 def test_gemm_autotuners_rank_configs_with_the_sustained_benchmark():
-    from comfy_int8_w8a8.int8.kernels import triton_gemm
-    from comfy_int8_w8a8.int8.kernels.tuning import sustained_bench
+    from comfy_int8_w8a8.int8.launch import gemm as triton_gemm
+    from comfy_int8_w8a8.int8.launch.tuning import sustained_bench
 
     for tuner in (triton_gemm._int8_gemm_tma_kernel, triton_gemm._int8_gemm_kernel):
         assert tuner.do_bench is sustained_bench

@@ -20,6 +20,8 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
 
+from .. import compat
+
 __all__ = ["CompiledLauncher", "PreparedLaunch", "Recording", "capture_launches", "note_temporary",
            "recording_paused"]
 
@@ -223,20 +225,8 @@ def _launch_compiled(compiled: object, direct: Callable | None, pdl: bool, grid:
 
 
 def _direct_launch(compiled: object) -> Callable | None:
-    """The C launch entry when the kernel needs no scratch memory or cooperative grid (then the Python wrapper
-    around it only passes None/False through, and the PDL flag, which the caller passes itself); else None.
-
-    Only for the launcher layout this call convention was verified on (Triton 3.6: ``launch(grid, stream,
-    function, cooperative, pdl, global_scratch, profile_scratch, metadata, hooks..., *args)``). Triton 3.8's
-    launcher takes its arguments in another order (it has ``arg_annotations``); there, and on any layout not
-    recognized, launches go through ``compiled.run``, whose convention both share."""
-    runner = compiled.run
-    if hasattr(runner, "arg_annotations") or hasattr(runner, "kernel_signature"):
-        return None
-    needs_wrapper = (getattr(runner, "global_scratch_size", 1) or getattr(runner, "profile_scratch_size", 1)
-                     or getattr(runner, "launch_cooperative_grid", True) or not hasattr(runner, "launch_pdl"))
-    launch = getattr(runner, "launch", None)
-    return None if needs_wrapper or launch is None else launch
+    """The compiled kernel's C launch entry, or None for ``compiled.run`` (see :func:`compat.direct_launch_entry`)."""
+    return compat.direct_launch_entry(compiled)
 
 
 def _stream_getter() -> Callable[[int], int]:
@@ -261,40 +251,23 @@ def _per_call_slot(t: torch.Tensor, per_call_storage: list[tuple[int, int]]) -> 
 
 
 def _tensordesc_entry(direct: Callable) -> tuple[Callable, frozenset[int], list]:
-    """(C launch entry, argument positions that are TMA descriptors, their metadata) of a direct launch entry.
-
-    Triton 3.6 wraps the C entry of a kernel with descriptor arguments in a Python function that encodes each
-    descriptor into its tensor map per call (``wrap_handle_tensordesc``); its closure holds the C entry, the
-    positions and the per-descriptor metadata. A kernel without descriptors has the C entry itself."""
-    names = getattr(getattr(direct, "__code__", None), "co_freevars", None)
-    if names is None:  # a builtin: the C entry, no descriptor arguments
-        return direct, frozenset(), []
-    cells = dict(zip(names, (c.cell_contents for c in direct.__closure__ or ())))
-    if not {"launcher", "tensordesc_indices", "tensordesc_meta"} <= cells.keys():
-        raise ValueError("PreparedLaunch.replayer: unknown launcher wrapper (not Triton 3.6's descriptor wrapper).")
-    meta = list(cells["tensordesc_meta"])
-    if any(m is None for m in meta):
-        raise ValueError("PreparedLaunch.replayer: descriptors without TMA metadata are not replayable.")
-    return cells["launcher"], frozenset(cells["tensordesc_indices"]), meta
+    """(C entry, descriptor positions, their metadata) of a direct launch entry (see :func:`compat.tensordesc_entry`)."""
+    return compat.tensordesc_entry(direct)
 
 
 def _expand_descriptor(desc: object, meta: dict) -> list:
-    from triton.backends.nvidia.driver import make_tensordesc_arg
-
+    make_tensordesc_arg, _, _ = compat.tensordesc_encoders()
     return make_tensordesc_arg(desc, meta)
 
 
 def _fill_arguments(expanded: list, desc: object, meta: dict) -> tuple:
     """The arguments after the base address with which ``make_tensordesc_arg`` encoded ``desc``'s tensor map."""
-    from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
-
+    _, tma_dtype_device_to_host, _ = compat.tensordesc_encoders()
     rank = len(desc.shape)
     shape, strides = expanded[1:1 + rank], expanded[1 + rank:1 + 2 * rank]
-    return (meta["swizzle"], meta["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[meta["elem_type"]], meta["block_size"],
+    return (meta["swizzle"], meta["elem_size"], tma_dtype_device_to_host[meta["elem_type"]], meta["block_size"],
             shape, strides, 1 if desc.padding == "nan" else 0)
 
 
 def _fill_tma_descriptor() -> Callable:
-    import triton
-
-    return triton.runtime.driver.active.utils.fill_tma_descriptor
+    return compat.tensordesc_encoders()[2]

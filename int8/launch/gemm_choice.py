@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable
 
 import torch
 
+from .. import compat
 from .fast_launch import recording_paused
 from .host import is_capturing
 from .tuning import sustained_bench
@@ -27,12 +28,10 @@ try:
 except ImportError:  # pragma: no cover - older Triton
     from triton.compiler.errors import CompilationError as _BuildError
 
-try:
+if compat.gluon_api() is not None:
     from . import gluon_gemm
-except (ImportError, AttributeError) as exc:  # a Triton without (this shape of) Gluon's Hopper API: TMA kernel only
+else:  # a Triton without (this shape of) Gluon's Hopper API: the TMA kernel only (compat.gluon() says why, once)
     gluon_gemm = None
-    log.info("int8 GEMM: no Gluon kernel with this Triton (%s: %s); the TMA kernel runs every large-M shape on "
-             "Hopper", type(exc).__name__, exc)
 
 __all__ = ["choose", "launch_large"]
 
@@ -44,7 +43,7 @@ _broken: set[object] = set()  # Gluon configs that failed to compile
 
 def launch_large(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor,
                  bias_arg: torch.Tensor, has_bias: bool, key: Hashable, launch_tma: Callable[[], None]) -> None:
-    """Run the int8 GEMM of a TMA-eligible call (``triton_gemm.int8_gemm_dequant``'s operands) with the kernel
+    """Run the int8 GEMM of a TMA-eligible call (``launch.gemm.int8_gemm_dequant``'s operands) with the kernel
     chosen for ``key``; ``launch_tma`` runs the TMA kernel on the same operands."""
     cfg = _choices.get(key, _UNDECIDED)
     if cfg is _UNDECIDED:

@@ -1,31 +1,28 @@
-"""The Triton W8A8 linear: fused per-token activation quant (+ smoothing, + block Hadamard rotation) followed by
-the int8 GEMM with dequant and bias in its epilogue; and the W8A16 small-batch path.
+"""Which Triton kernels run a call of the ``triton`` backend: the W8A8 linear (per-token activation quant, + smoothing,
++ block Hadamard rotation, then the int8 GEMM with dequant and bias in its epilogue: fused, split-K or tiled by the
+row count) and the W8A16 small-batch path.
 
-These are the plain launchers; ``custom_ops`` wraps them as ``torch.library`` ops so ``torch.compile`` sees one
-opaque node per layer.
+These call the launchers of ``int8/launch/``; ``custom_ops`` wraps them as ``torch.library`` ops so
+``torch.compile`` sees one opaque node per layer.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ..backends.base import prepare_activation
 from ..config import Int8Config
 from ..hadamard import build_hadamard
+from ..launch import splitk
+from ..launch.fused_w8a8 import fused_w8a8_linear, reserve_scratch
+from ..launch.gemm import int8_gemm_dequant, reserve_tail_workspace
+from ..launch.host import is_capturing, sm_count, supports_pdl
+from ..launch.quant import quantize_per_token_triton
+from ..launch.w8a16 import reserve_workspace, w8a16_linear
 from ..quantize import dequantize
 from ..weights import Int8Weights
-from . import triton_splitk
-from .host import is_capturing, sm_count, supports_pdl
-from .triton_fused_w8a8 import fused_w8a8_linear, reserve_scratch
-from .triton_gemm import int8_gemm_dequant, reserve_tail_workspace
-from .triton_quant import quantize_per_token_triton
-from .triton_w8a16 import reserve_workspace, w8a16_linear
+from .base import prepare_activation
 
 __all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
-
-PDL = True  # programmatic dependent launch of the few-rows GEMM on sm_90+ (a switch for A/B measurements)
-FUSED = True  # few-rows W8A8 in one kernel (a switch for A/B measurements and the equality tests)
-
 
 def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     if bias is None:
@@ -33,26 +30,29 @@ def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor |
     return bias if bias.device == device and bias.is_contiguous() else bias.to(device).contiguous()
 
 
-def w8a8_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
+def w8a8_linear(x2d: torch.Tensor, w: Int8Weights, *, fused: bool = True, pdl: bool = True) -> torch.Tensor:
     """``x2d [M, K]`` fp16/bf16/fp32 on CUDA -> ``[M, N]`` in ``x2d.dtype`` (whole W8A8 linear).
 
     The quant kernel (plain or rotating), then the GEMM: split-K at few rows, which keeps every SM streaming the
     weight, else tiled. Few rows without rotation outside a CUDA-graph capture run both in one kernel
-    (:mod:`triton_fused_w8a8`): there the CPU cost of a launch exceeds the fused kernel's extra ~1 us of GPU time;
-    in a graph, launches are free. Both give the same bits."""
+    (:mod:`int8.launch.fused_w8a8`): there the CPU cost of a launch exceeds the fused kernel's extra ~1 us of GPU
+    time; in a graph, launches are free. Both give the same bits.
+    ``fused=False``: never the one-kernel path; ``pdl=False``: no programmatic dependent launch of the few-rows
+    GEMM (where the GPU and Triton have it, :func:`launch.host.supports_pdl`); A/B switches for benchmarks and
+    the equality tests."""
     x2d = x2d if x2d.stride(-1) == 1 else x2d.contiguous()
     m, k = x2d.shape
     dev = x2d.device.index
-    split_k = triton_splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(dev))
+    split_k = splitk.w8a8_config(m, w.weight.shape[0], k, sm_count(dev))
     bias = _bias_arg(w.bias, x2d.device)
-    if split_k is not None and not w.hadamard_group and FUSED and not is_capturing():
+    if split_k is not None and not w.hadamard_group and fused and not is_capturing():
         return fused_w8a8_linear(x2d, w.smooth, w.weight, w.weight_scale, bias, split_k)
     xq, xs = quantize_per_token_triton(x2d, w.smooth, w.hadamard_group)
     if split_k is not None:
         # On Hopper the GEMM launches while the quant kernel runs (programmatic dependent launch): at these sizes
         # the launch gap is a sizeable part of the layer. The rotation kernel does not signal early, so no PDL.
-        return triton_splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k,
-                                            pdl=PDL and supports_pdl(dev) and not w.hadamard_group)
+        return splitk.split_k_linear(xq, w.weight, xs, w.weight_scale, bias, x2d.dtype, split_k,
+                                            pdl=pdl and supports_pdl(dev) and not w.hadamard_group)
     return int8_gemm_dequant(xq, xs, w.weight, w.weight_scale, bias, x2d.dtype)
 
 
@@ -86,6 +86,6 @@ def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:
             build_hadamard(64, device, dtype)  # the rotation kernel's, in the activation's dtype
     if config.uses_small_batch_path(1, w.weight.numel()):
         reserve_workspace(device, w.out_features, w.in_features, config.small_batch_rows)
-    triton_splitk.reserve_w8a8(device, w.out_features, w.in_features)
+    splitk.reserve_w8a8(device, w.out_features, w.in_features)
     if not w.hadamard_group:
         reserve_scratch(device, w.in_features)

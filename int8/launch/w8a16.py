@@ -2,8 +2,8 @@
 
 At a few rows a linear layer is memory-bound: its time is the weight read. This path reads the int8 weight (half
 the bytes of a bf16 weight) and converts each tile to the activation dtype in registers: one or two rows on a wide
-layer take the CUDA-core GEMV (:mod:`triton_gemv`), everything else the split-K tile kernel of
-:mod:`triton_splitk`, with its config from a small table (no autotuner).
+layer take the CUDA-core GEMV (:mod:`gemv`), everything else the split-K tile kernel of
+:mod:`splitk`, with its config from a small table (no autotuner).
 """
 
 from __future__ import annotations
@@ -12,15 +12,15 @@ import functools
 
 import torch
 
-from . import triton_splitk
+from . import splitk
+from .gemv import use_gemv, w8a16_gemv
 from .host import cdiv, device_index, sm_count
-from .triton_gemv import use_gemv, w8a16_gemv
 
 __all__ = ["w8a16_linear", "w8a16_config", "reserve_workspace"]
 
 
 @functools.cache
-def w8a16_config(m: int, n: int, k: int, num_sms: int) -> triton_splitk.SplitKConfig:
+def w8a16_config(m: int, n: int, k: int, num_sms: int) -> splitk.SplitKConfig:
     """(BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages) for an ``[m, k] x [n, k]^T`` call.
 
     From an H100 sweep (CUDA-graph GPU time, docs/results/kernels_h100.md): wide 128-column tiles at 1-4 rows,
@@ -42,14 +42,14 @@ def w8a16_config(m: int, n: int, k: int, num_sms: int) -> triton_splitk.SplitKCo
 def reserve_workspace(device: torch.device, n: int, k: int, max_rows: int) -> None:
     """Grow the split-K workspace to what any call with 1..``max_rows`` rows on an ``[n, k]`` weight needs."""
     sms = sm_count(device_index(device))
-    triton_splitk.reserve(device, False, n, range(1, max_rows + 1), lambda m: w8a16_config(m, n, k, sms))
+    splitk.reserve(device, False, n, range(1, max_rows + 1), lambda m: w8a16_config(m, n, k, sms))
 
 
 def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, bias: torch.Tensor | None,
-                 config: triton_splitk.SplitKConfig | None = None) -> torch.Tensor:
+                 config: splitk.SplitKConfig | None = None) -> torch.Tensor:
     """``(x [M,K] fp16/bf16 @ weight [N,K] int8 ^T) * w_scale[N] (+ bias)`` in x's dtype, fp32 accumulation.
 
-    One or two rows on a wide layer take the GEMV (:mod:`triton_gemv`); ``config`` overrides the table and
+    One or two rows on a wide layer take the GEMV (:mod:`gemv`); ``config`` overrides the table and
     always runs the tile kernel (benchmarks); see :func:`w8a16_config`.
     """
     if x.dtype not in (torch.float16, torch.bfloat16):
@@ -61,4 +61,4 @@ def w8a16_linear(x: torch.Tensor, weight: torch.Tensor, w_scale: torch.Tensor, b
     sms = sm_count(x.device.index)
     if config is None and use_gemv(m, n, sms):
         return w8a16_gemv(x, weight, w_scale, bias, torch.empty((m, n), dtype=x.dtype, device=x.device))
-    return triton_splitk.split_k_linear(x, weight, None, w_scale, bias, x.dtype, config or w8a16_config(m, n, k, sms))
+    return splitk.split_k_linear(x, weight, None, w_scale, bias, x.dtype, config or w8a16_config(m, n, k, sms))

@@ -13,6 +13,8 @@ from dataclasses import MISSING, fields
 
 import torch
 
+from .. import compat
+
 __all__ = ["cdiv", "next_power_of_2", "device_index", "sm_count", "capability", "supports_pdl", "is_capturing",
            "alignment_bits", "descriptor"]
 
@@ -40,13 +42,15 @@ def sm_count(index: int) -> int:
 
 @functools.cache
 def capability(index: int) -> tuple[int, int]:
-    """(major, minor) compute capability of CUDA device ``index``."""
-    return torch.cuda.get_device_capability(index)
+    """(major, minor) compute capability of CUDA device ``index`` as the pack sees it (``INT8_W8A8_ARCH`` overrides
+    it, see :func:`compat.capability`)."""
+    return compat.capability(index)
 
 
 def supports_pdl(index: int) -> bool:
-    """Whether CUDA device ``index`` has programmatic dependent launch (``griddepcontrol``: sm_90, Hopper, and newer)."""
-    return capability(index)[0] >= 9
+    """Whether kernels on CUDA device ``index`` use programmatic dependent launch (``griddepcontrol``: sm_90,
+    Hopper, and newer; and Triton has it, unless ``INT8_W8A8_NO_PDL`` is set: :func:`compat.pdl`)."""
+    return capability(index)[0] >= 9 and compat.pdl()
 
 
 def _capture_check():  # noqa: ANN202
@@ -74,18 +78,16 @@ def alignment_bits(*tensors: torch.Tensor) -> int:
 
 @functools.cache
 def _descriptor_defaults(gluon: bool) -> tuple[type, dict]:
-    if gluon:  # Gluon's descriptor carries the shared-memory layout (callers check Gluon is there)
-        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-    else:
-        from triton.tools.tensor_descriptor import TensorDescriptor  # Triton >= 3.4 (callers check)
-    return TensorDescriptor, {f.name: f.default for f in fields(TensorDescriptor) if f.default is not MISSING}
+    # Gluon's descriptor carries the shared-memory layout; callers checked compat.gluon() / compat.host_tma().
+    cls = compat.tensor_descriptor_class(gluon)
+    return cls, {f.name: f.default for f in fields(cls) if f.default is not MISSING}
 
 
 def descriptor(t: torch.Tensor, block_shape: list[int], layout: object | None = None) -> object:
     """A host TMA ``TensorDescriptor`` of row-major ``t`` without its per-call validation (~3 us each, three per
-    GEMM call). Only for tensors :func:`triton_gemm.hopper_tma_ok` accepted: 16-byte aligned base and rows,
+    GEMM call). Only for tensors :func:`launch.gemm.hopper_tma_ok` accepted: 16-byte aligned base and rows,
     unit inner stride, which is what the validation checks; the block shapes are the kernel configs' powers of two.
-    ``layout``: a Gluon shared-memory layout, for Gluon's descriptor (:mod:`gluon_gemm`); None for Triton's."""
+    ``layout``: a Gluon shared-memory layout, for Gluon's descriptor (:mod:`launch.gluon_gemm`); None for Triton's."""
     cls, defaults = _descriptor_defaults(layout is not None)
     d = cls.__new__(cls)
     d.__dict__.update(defaults)

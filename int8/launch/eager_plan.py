@@ -24,17 +24,21 @@ from collections.abc import Callable
 
 import torch
 
-from ..backends.base import Backend, plan_key
-from ..config import Int8Config
 from ..weights import Int8Weights
 from .fast_launch import PreparedLaunch, capture_launches
 from .host import is_capturing
 
-__all__ = ["EagerPlan", "RETRY", "build_plan", "plans_apply", "planned_call", "replay_key", "replayable"]
+__all__ = ["EagerPlan", "RETRY", "build_plan", "plan_key", "plans_apply", "planned_call", "replay_key", "replayable"]
 
 
 RETRY = object()  # build_plan: no plan from this call, but a later call may record one
 _ATTEMPTS = 3  # recordings per plan key before giving up
+
+
+def plan_key(x: torch.Tensor) -> tuple:
+    """What an eager plan is specialized on besides the layer: rows, dtype, strides, and whether ``x`` is 16-byte
+    aligned (its kernels were compiled for that); ``x`` is 2-D."""
+    return x.shape[0], x.dtype, x.stride(0), x.stride(1), x.data_ptr() % 16 == 0
 
 
 class EagerPlan:
@@ -83,14 +87,15 @@ def _fixed_inputs_ok(x: torch.Tensor, w: Int8Weights) -> bool:
     return w.bias is None or (w.bias.device == x.device and w.bias.is_contiguous())
 
 
-def build_plan(backend: Backend, x: torch.Tensor, w: Int8Weights,
-               config: Int8Config) -> tuple[EagerPlan | object | None, torch.Tensor]:
-    """Run ``backend.linear(x, w, config)`` once while recording it: ``(plan, output)``, where plan is an
-    :class:`EagerPlan`, None (never for this key) or :data:`RETRY` (record again on a later call)."""
+def build_plan(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+               w: Int8Weights) -> tuple[EagerPlan | object | None, torch.Tensor]:
+    """Run the layer's normal path ``run(x)`` (a call on the tensors of ``w``) once while recording it:
+    ``(plan, output)``, where plan is an :class:`EagerPlan`, None (never for this key) or :data:`RETRY` (record
+    again on a later call)."""
     if not _fixed_inputs_ok(x, w):
-        return None, backend.linear(x, w, config)
+        return None, run(x)
     with capture_launches() as recording:
-        y = backend.linear(x, w, config)
+        y = run(x)
     if not recording or None in recording or y.dtype != x.dtype:
         return None, y
     layer_tensors = [t for t in (w.weight, w.weight_scale, w.bias, w.smooth) if t is not None]
@@ -124,18 +129,20 @@ def plans_apply(x: torch.Tensor, max_rows: int) -> bool:
     return not torch.compiler.is_compiling() and x.shape[0] <= max_rows and not is_capturing()
 
 
-def planned_call(plans: dict, x: torch.Tensor, backend: Backend, weights: Int8Weights | Callable[[], Int8Weights],
-                 config: Int8Config) -> torch.Tensor | None:
+def planned_call(plans: dict, x: torch.Tensor, record: Callable[[torch.Tensor, Int8Weights, object], tuple],
+                 weights: Int8Weights | Callable[[], Int8Weights], config: object) -> torch.Tensor | None:
     """An eager call through ``plans`` (one layer's, keyed by ``plan_key``): replay the plan for ``x``'s key, or
     record it (that call's output is returned). None where no plan applies, or when the plan went stale (it is
     dropped, and the next call records again): the caller then runs the normal path.
-    ``weights``: the layer's tensors, or a function building them (needed only when recording)."""
+    ``record(x, weights, config) -> (plan, y)`` runs the call once and builds its plan (a backend's ``eager_plan``);
+    ``weights``: the layer's tensors, or a function building them (needed only when recording); ``config``: passed
+    through to ``record``."""
     key = plan_key(x)
     plan = plans.get(key, 0)
     if plan is None:
         return None
     if isinstance(plan, int):  # not recorded yet (the number of recordings that asked to be retried)
-        built, y = backend.eager_plan(x, weights() if callable(weights) else weights, config)
+        built, y = record(x, weights() if callable(weights) else weights, config)
         plans[key] = (plan + 1 if plan + 1 < _ATTEMPTS else None) if built is RETRY else built
         return y
     y = plan(x)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 
+from ..launch.int_mm import int_mm_padded
 from ..weights import Int8Weights
 
 __all__ = ["triton_w8a8", "triton_w8a16", "int_mm"]
@@ -47,15 +48,15 @@ def _define(name: str, schema: str, impl: Callable, fake: Callable) -> Callable:
 
 
 def _w8a8_impl(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
-    from . import triton_w8a8
+    from . import triton_dispatch
 
-    return triton_w8a8.w8a8_linear(x, _weights(weight, weight_scale, bias, smooth, hadamard_group))
+    return triton_dispatch.w8a8_linear(x, _weights(weight, weight_scale, bias, smooth, hadamard_group))
 
 
 def _w8a16_impl(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
-    from . import triton_w8a8
+    from . import triton_dispatch
 
-    return triton_w8a8.weight_only_linear(x, _weights(weight, weight_scale, bias, smooth, hadamard_group))
+    return triton_dispatch.weight_only_linear(x, _weights(weight, weight_scale, bias, smooth, hadamard_group))
 
 
 def _linear_fake(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa: ANN001, ANN202
@@ -63,8 +64,6 @@ def _linear_fake(x, weight, weight_scale, bias, smooth, hadamard_group):  # noqa
 
 
 def _int_mm_impl(a, b):  # noqa: ANN001, ANN202
-    from ..backends.torch_int_mm import int_mm_padded
-
     return int_mm_padded(a, b).contiguous()
 
 
@@ -82,24 +81,22 @@ def triton_w8a8(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
     """Whole W8A8 linear through the Triton kernels; ``x [M, K]`` -> ``[M, N]`` in x's dtype."""
     if torch.compiler.is_compiling():
         return _w8a8_triton_op(x, w.weight, w.weight_scale, w.bias, w.smooth, w.hadamard_group)
-    from . import triton_w8a8
+    from . import triton_dispatch
 
-    return triton_w8a8.w8a8_linear(x, w)
+    return triton_dispatch.w8a8_linear(x, w)
 
 
 def triton_w8a16(x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
     """Small-batch W8A16 linear through the Triton kernel; ``x [M, K]`` -> ``[M, N]`` in x's dtype."""
     if torch.compiler.is_compiling():
         return _w8a16_triton_op(x, w.weight, w.weight_scale, w.bias, w.smooth, w.hadamard_group)
-    from . import triton_w8a8
+    from . import triton_dispatch
 
-    return triton_w8a8.weight_only_linear(x, w)
+    return triton_dispatch.weight_only_linear(x, w)
 
 
 def int_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a [M, K] int8 @ b [N, K]^T`` -> int32 ``[M, N]`` via ``torch._int_mm`` with padding (see torch_int_mm)."""
+    """``a [M, K] int8 @ b [N, K]^T`` -> int32 ``[M, N]`` via ``torch._int_mm`` with padding (see launch/int_mm.py)."""
     if torch.compiler.is_compiling():
         return _int_mm_op(a, b)
-    from ..backends.torch_int_mm import int_mm_padded
-
     return int_mm_padded(a, b)

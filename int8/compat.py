@@ -1,0 +1,347 @@
+"""The one gate for Triton and GPU features: each version- or device-specific fact is detected here, once, with a
+fallback that the rest of the pack takes when the fact is missing or switched off.
+
+Importing this module never imports Triton (a CPU user without Triton imports the whole engine); every probe
+imports it lazily, on first use, and caches the answer. Code elsewhere asks these functions; it never imports the
+feature itself.
+
+Facts and the fallback of each:
+
+- Triton present, at least :data:`MIN_TRITON` (:func:`triton_version`, :func:`triton_unavailable_reason`): else the
+  ``triton`` backend is unavailable and ``auto`` picks ``torch_int_mm``, saying why.
+- Host TMA descriptors (``triton.tools.tensor_descriptor``, Triton >= 3.4; :func:`host_tma`): else the Hopper GEMM
+  runs the pointer kernel. Off with ``INT8_W8A8_NO_TMA=1``.
+- Programmatic dependent launch (``gdc_wait`` / ``gdc_launch_dependents`` and the launcher's PDL flag;
+  :func:`pdl`): else kernels launch in plain stream order. Off with ``INT8_W8A8_NO_PDL=1``.
+- Gluon with the Hopper names the warp-specialized GEMM uses, on the Triton release it was tested on
+  (:data:`TESTED_TRITON`; :func:`gluon`): else the Triton TMA kernel runs every large-M shape. Off with
+  ``INT8_W8A8_NO_GLUON=1``.
+- The compiled-kernel launcher layout the direct launches and the eager-plan replays rely on (Triton 3.6's;
+  :func:`direct_launch_entry`, :func:`tensordesc_entry`, :func:`tensordesc_encoders`): else launches go through
+  ``compiled.run`` and multi-launch plans are not built. Off with ``INT8_W8A8_NO_DIRECT_LAUNCH=1``.
+- ``INT8_W8A8_ARCH=sm_80|sm_86|sm_89|sm_90|sm_100|sm_120``: the capability this pack believes the GPU has
+  (:func:`capability`): routing and config tables pick as on that arch; Triton still compiles for the real chip.
+  For forced-path tests of the non-Hopper paths on a Hopper GPU.
+
+Each fallback logs one line, once, saying what it fell back from and why. Tests change the environment or fake a
+probe, then call :func:`reset`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import re
+import types
+from collections.abc import Callable
+
+import torch
+
+from .log_once import log_once
+
+__all__ = ["MIN_TRITON", "TESTED_TRITON", "TMA_TRITON", "NO_GLUON", "NO_TMA", "NO_PDL", "NO_DIRECT_LAUNCH", "ARCH",
+           "triton_version", "triton_unavailable_reason", "cuda_int8_unavailable_reason", "capability",
+           "arch_override", "host_tma", "tensor_descriptor_class", "pdl", "gdc_functions", "gluon", "gluon_api", "direct_launch",
+           "direct_launch_entry", "tensordesc_entry", "tensordesc_encoders", "reset"]
+
+log = logging.getLogger("comfy_int8_w8a8")
+
+# The oldest Triton the kernels are written for: ``triton.autotune(do_bench=...)`` (the sustained-clock tuning of
+# the GEMMs, launch/tuning.py) and ``compiled.run``'s argument order (launch/fast_launch.py) are Triton 3.2's.
+MIN_TRITON = (3, 2)
+TMA_TRITON = (3, 4)  # host ``TensorDescriptor`` (triton.tools.tensor_descriptor) and in-kernel descriptor loads
+TESTED_TRITON = "3.6."  # the release the Gluon kernel and the direct-launch layout were written and measured on
+
+NO_GLUON = "INT8_W8A8_NO_GLUON"
+NO_TMA = "INT8_W8A8_NO_TMA"
+NO_PDL = "INT8_W8A8_NO_PDL"
+NO_DIRECT_LAUNCH = "INT8_W8A8_NO_DIRECT_LAUNCH"
+ARCH = "INT8_W8A8_ARCH"
+
+
+def _switched_off(name: str) -> bool:
+    """Whether the environment switch ``name`` is set (anything but empty or ``0``)."""
+    return os.environ.get(name, "").strip() not in ("", "0")
+
+
+def _fallback(feature: str, reason: str, instead: str) -> None:
+    log_once(log, logging.INFO, f"INT8 W8A8: {feature} off ({reason}); {instead}.")
+
+
+# ----------------------------------------------------------------------------------------------------- Triton itself
+def _parse_version(text: str) -> tuple[int, int] | None:
+    match = re.match(r"(\d+)\.(\d+)", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+@functools.cache
+def _installed_triton() -> str | None:
+    """``triton.__version__``, or None when Triton is not installed (or does not import)."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    try:
+        import triton
+    except ImportError as exc:  # installed but broken (e.g. a wheel for another Python): the same as absent
+        log_once(log, logging.WARNING, f"INT8 W8A8: 'triton' is installed but does not import ({exc}).")
+        return None
+    return triton.__version__
+
+
+def triton_version() -> tuple[int, int] | None:
+    """(major, minor) of the installed Triton, or None without one."""
+    text = _installed_triton()
+    return _parse_version(text) if text is not None else None
+
+
+def arch_override() -> tuple[int, int] | None:
+    """The capability ``INT8_W8A8_ARCH`` states (``sm_89`` -> (8, 9), ``sm_100`` -> (10, 0)), or None when unset.
+    Raises ValueError on a value that is not ``sm_<major><minor>``."""
+    text = os.environ.get(ARCH, "").strip().lower()
+    if not text:
+        return None
+    match = re.fullmatch(r"sm_?(\d+)(\d)a?", text)
+    if match is None:
+        raise ValueError(f"{ARCH}={text!r}: expected a CUDA arch such as sm_80, sm_89, sm_90 or sm_120.")
+    return int(match.group(1)), int(match.group(2))
+
+
+def capability(device: torch.device | int | None = None) -> tuple[int, int]:
+    """(major, minor) compute capability of a CUDA device as this pack sees it: ``INT8_W8A8_ARCH`` when set, else
+    the device's own. Not cached (launch/host.py caches it per device for the launchers)."""
+    forced = arch_override()
+    return forced if forced is not None else tuple(torch.cuda.get_device_capability(device))
+
+
+def cuda_int8_unavailable_reason(device: torch.device) -> str | None:
+    """Why the CUDA ``device`` cannot run int8 tensor-core GEMMs, or None when it can (sm_75 Turing and newer)."""
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    major, minor = capability(device)
+    if (major, minor) < (7, 5):
+        return f"the GPU is sm_{major}{minor}; int8 tensor cores need sm_75 (Turing) or newer"
+    return None
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why the Triton kernels cannot run on ``device``, or None when they can: not a CUDA device, no Triton, a GPU
+    below sm_75, or a Triton older than :data:`MIN_TRITON`."""
+    if device.type != "cuda":
+        return f"Triton kernels run on CUDA GPUs only, the layer is on {device.type}"
+    if _installed_triton() is None:
+        return "the 'triton' package is not installed (pip install triton; on Windows: triton-windows)"
+    reason = cuda_int8_unavailable_reason(device)
+    if reason is not None:
+        return reason
+    version = triton_version()
+    if version is None or version < MIN_TRITON:
+        return (f"Triton {_installed_triton()} is older than the {MIN_TRITON[0]}.{MIN_TRITON[1]} these kernels "
+                "need (pip install -U triton)")
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------------- features
+@functools.cache
+def host_tma() -> bool:
+    """Whether the Hopper TMA GEMM may build host tensor descriptors: Triton >= 3.4 with
+    ``triton.tools.tensor_descriptor``, and ``INT8_W8A8_NO_TMA`` unset. Callers ask only on sm_90."""
+    instead = "the Hopper GEMM runs the pointer kernel"
+    if _switched_off(NO_TMA):
+        _fallback("TMA GEMM", f"{NO_TMA} is set", instead)
+        return False
+    version = triton_version()
+    if version is None or version < TMA_TRITON:
+        _fallback("TMA GEMM", f"Triton {_installed_triton()} has no host tensor descriptors (needs 3.4)", instead)
+        return False
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError as exc:
+        _fallback("TMA GEMM", f"triton.tools.tensor_descriptor does not import: {exc}", instead)
+        return False
+    return True
+
+
+def tensor_descriptor_class(gluon_layout: bool = False) -> type:
+    """The host ``TensorDescriptor`` class: Gluon's (it carries a shared-memory layout) or Triton's. Only after
+    :func:`gluon` / :func:`host_tma` said yes."""
+    if gluon_layout:
+        return gluon_api().TensorDescriptor
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor
+
+
+def _no_op_gdc() -> tuple[Callable, Callable]:
+    import triton
+
+    # Stand-ins with the same call shape; the kernels call them only under constexpr flags that pdl() keeps False.
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+    return gdc_wait, gdc_launch_dependents
+
+
+@functools.cache
+def _gdc_reason() -> str | None:
+    """Why Triton has no programmatic-dependent-launch intrinsics, or None when it has them."""
+    try:
+        from triton.language.extra import cuda
+    except ImportError as exc:
+        return f"triton.language.extra.cuda does not import: {exc}"
+    if not (hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")):
+        return f"Triton {_installed_triton()} has no gdc_wait / gdc_launch_dependents"
+    return None
+
+
+@functools.cache
+def gdc_functions() -> tuple[Callable, Callable]:
+    """``(gdc_wait, gdc_launch_dependents)`` for kernels to call: Triton's, or no-op ``@triton.jit`` stand-ins when
+    this Triton lacks them (then :func:`pdl` is False and no kernel is compiled with a flag that calls them)."""
+    if _gdc_reason() is not None:
+        return _no_op_gdc()
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    return gdc_wait, gdc_launch_dependents
+
+
+@functools.cache
+def pdl() -> bool:
+    """Whether kernels may use programmatic dependent launch (where the GPU has it, sm_90+: launch/host.py asks
+    this after the capability): Triton's intrinsics exist and ``INT8_W8A8_NO_PDL`` is unset."""
+    instead = "the few-rows GEMM launches after the quant kernel in plain stream order"
+    if _switched_off(NO_PDL):
+        _fallback("programmatic dependent launch", f"{NO_PDL} is set", instead)
+        return False
+    reason = _gdc_reason()
+    if reason is not None:
+        _fallback("programmatic dependent launch", reason, instead)
+        return False
+    return True
+
+
+_HOPPER_NAMES = ("fence_async_shared", "mbarrier", "tma", "warpgroup_mma", "warpgroup_mma_wait")
+
+
+@functools.cache
+def gluon_api() -> types.SimpleNamespace | None:
+    """Gluon's modules and the Hopper names the warp-specialized GEMM uses (``gluon``, ``gl``, ``TensorDescriptor``
+    and :data:`_HOPPER_NAMES`), or None when this Triton lacks any of them. Availability only: whether the kernel
+    may run is :func:`gluon`."""
+    return _load_gluon()[0]
+
+
+@functools.cache
+def _load_gluon() -> tuple[types.SimpleNamespace | None, str | None]:
+    try:
+        from triton.experimental import gluon as gluon_module
+        from triton.experimental.gluon import language as gl
+        from triton.experimental.gluon.language.nvidia import hopper
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    except ImportError as exc:
+        return None, f"no Gluon in this Triton ({exc})"
+    missing = [n for n in _HOPPER_NAMES if not hasattr(hopper, n)]
+    missing += [n for n in ("NVMMASharedLayout", "NVMMADistributedLayout", "warp_specialize") if not hasattr(gl, n)]
+    if missing or not hasattr(gluon_module, "constexpr_function"):
+        return None, f"Gluon lacks {', '.join(missing) or 'constexpr_function'}"
+    api = types.SimpleNamespace(gluon=gluon_module, gl=gl, TensorDescriptor=TensorDescriptor,
+                                **{n: getattr(hopper, n) for n in _HOPPER_NAMES})
+    return api, None
+
+
+@functools.cache
+def gluon() -> bool:
+    """Whether the Gluon GEMM may run (callers ask only on sm_90): Gluon with its Hopper names on the Triton
+    release it was tested on (its API moves between releases, and some unsupported constructs abort the process
+    in the compiler instead of raising), host TMA available, and ``INT8_W8A8_NO_GLUON`` unset."""
+    instead = "the Triton TMA kernel runs every large-M shape"
+    if _switched_off(NO_GLUON):
+        _fallback("Gluon GEMM", f"{NO_GLUON} is set", instead)
+        return False
+    version = _installed_triton() or "none"
+    if not version.startswith(TESTED_TRITON):
+        _fallback("Gluon GEMM", f"Triton {version} is not the {TESTED_TRITON}x it was tested on", instead)
+        return False
+    api, reason = _load_gluon()
+    if api is None:
+        _fallback("Gluon GEMM", reason, instead)
+        return False
+    return host_tma()
+
+
+# ---------------------------------------------------------------------------------------- compiled-kernel launcher
+@functools.cache
+def direct_launch() -> bool:
+    """Whether compiled kernels may be launched through their C entry (and eager plans replayed), with the launcher
+    layout checked per kernel by :func:`direct_launch_entry`: ``INT8_W8A8_NO_DIRECT_LAUNCH`` unset."""
+    if _switched_off(NO_DIRECT_LAUNCH):
+        _fallback("direct kernel launch", f"{NO_DIRECT_LAUNCH} is set",
+                  "kernels launch through Triton's compiled.run and multi-kernel eager plans are not built")
+        return False
+    return True
+
+
+def direct_launch_entry(compiled: object) -> Callable | None:
+    """The C launch entry of a compiled kernel when it needs no scratch memory or cooperative grid (then the Python
+    wrapper around it only passes None/False through, and the PDL flag, which the caller passes itself); else None.
+
+    Only for the launcher layout this call convention was verified on (Triton 3.6: ``launch(grid, stream,
+    function, cooperative, pdl, global_scratch, profile_scratch, metadata, hooks..., *args)``). Triton 3.8's
+    launcher takes its arguments in another order (it has ``arg_annotations``); there, and on any layout not
+    recognized, launches go through ``compiled.run``, whose convention both share."""
+    if not direct_launch():
+        return None
+    runner = compiled.run
+    if hasattr(runner, "arg_annotations") or hasattr(runner, "kernel_signature"):
+        _fallback("direct kernel launch", "this Triton's launcher has another argument layout than 3.6's",
+                  "kernels launch through Triton's compiled.run")
+        return None
+    needs_wrapper = (getattr(runner, "global_scratch_size", 1) or getattr(runner, "profile_scratch_size", 1)
+                     or getattr(runner, "launch_cooperative_grid", True) or not hasattr(runner, "launch_pdl"))
+    launch = getattr(runner, "launch", None)
+    return None if needs_wrapper or launch is None else launch
+
+
+def tensordesc_entry(direct: Callable) -> tuple[Callable, frozenset[int], list]:
+    """(C launch entry, argument positions that are TMA descriptors, their metadata) of a direct launch entry.
+
+    Triton 3.6 wraps the C entry of a kernel with descriptor arguments in a Python function that encodes each
+    descriptor into its tensor map per call (``wrap_handle_tensordesc``); its closure holds the C entry, the
+    positions and the per-descriptor metadata. A kernel without descriptors has the C entry itself. Raises
+    ValueError on another wrapper."""
+    names = getattr(getattr(direct, "__code__", None), "co_freevars", None)
+    if names is None:  # a builtin: the C entry, no descriptor arguments
+        return direct, frozenset(), []
+    cells = dict(zip(names, (c.cell_contents for c in direct.__closure__ or ())))
+    if not {"launcher", "tensordesc_indices", "tensordesc_meta"} <= cells.keys():
+        raise ValueError("PreparedLaunch.replayer: unknown launcher wrapper (not Triton 3.6's descriptor wrapper).")
+    meta = list(cells["tensordesc_meta"])
+    if any(m is None for m in meta):
+        raise ValueError("PreparedLaunch.replayer: descriptors without TMA metadata are not replayable.")
+    return cells["launcher"], frozenset(cells["tensordesc_indices"]), meta
+
+
+def tensordesc_encoders() -> tuple[Callable, dict, Callable]:
+    """``(make_tensordesc_arg, TMA_DTYPE_DEVICE_TO_HOST, fill_tma_descriptor)``: how Triton 3.6's NVIDIA driver
+    expands a descriptor argument and encodes a tensor map, for replays that re-encode one per call. Raises
+    ValueError when this Triton has another layout (the replay is then not built)."""
+    try:
+        import triton
+        from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST, make_tensordesc_arg
+
+        fill = triton.runtime.driver.active.utils.fill_tma_descriptor
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"PreparedLaunch.replayer: this Triton encodes descriptors another way ({exc}).") from exc
+    return make_tensordesc_arg, TMA_DTYPE_DEVICE_TO_HOST, fill
+
+
+def reset() -> None:
+    """Forget every detected fact (tests: after changing the environment or faking a probe)."""
+    for cached in (_installed_triton, host_tma, _gdc_reason, gdc_functions, pdl, gluon_api, _load_gluon, gluon,
+                   direct_launch):
+        cached.cache_clear()
