@@ -58,6 +58,7 @@ NO_GLUON = "INT8_W8A8_NO_GLUON"
 NO_TMA = "INT8_W8A8_NO_TMA"
 NO_PDL = "INT8_W8A8_NO_PDL"
 NO_DIRECT_LAUNCH = "INT8_W8A8_NO_DIRECT_LAUNCH"
+NO_EAGER_PLANS = "INT8_W8A8_NO_EAGER_PLANS"
 ARCH = "INT8_W8A8_ARCH"
 
 
@@ -286,6 +287,16 @@ def direct_launch() -> bool:
     return True
 
 
+@functools.cache
+def eager_plans() -> bool:
+    """Whether eager calls may record their kernel launches and replay them from the layer's ``forward``:
+    ``INT8_W8A8_NO_EAGER_PLANS`` unset (plans also need :func:`direct_launch`, which records the launches)."""
+    if _switched_off(NO_EAGER_PLANS):
+        _fallback("eager launch plans", f"{NO_EAGER_PLANS} is set", "every eager call takes the normal launch path")
+        return False
+    return True
+
+
 def direct_launch_entry(compiled: object) -> Callable | None:
     """The C launch entry of a compiled kernel when it needs no scratch memory or cooperative grid (then the Python
     wrapper around it only passes None/False through, and the PDL flag, which the caller passes itself); else None.
@@ -343,5 +354,5 @@ def tensordesc_encoders() -> tuple[Callable, dict, Callable]:
 def reset() -> None:
     """Forget every detected fact (tests: after changing the environment or faking a probe)."""
     for cached in (_installed_triton, host_tma, _gdc_reason, gdc_functions, pdl, gluon_api, _load_gluon, gluon,
-                   direct_launch):
+                   direct_launch, eager_plans):
         cached.cache_clear()

@@ -20,9 +20,10 @@ import torch
 
 from .backends.base import Backend
 from .backends.registry import resolve_backend
+from .compat import eager_plans
 from .config import Int8Config
-from .kernels.eager_plan import planned_call, plans_apply, replay_key, replayable
-from .kernels.host import is_capturing
+from .launch.eager_plan import planned_call, plans_apply, replay_key, replayable
+from .launch.host import is_capturing
 from .weights import Int8Weights
 
 __all__ = ["BackendChoice", "Int8LayerRuntime"]
@@ -47,7 +48,8 @@ class BackendChoice:
         """Eager calls with at most this many rows may go through a launch plan on ``backend`` (0: never)."""
         rows = self._plan_rows.get(backend.name)
         if rows is None:
-            rows = self._plan_rows[backend.name] = backend.plan_rows(self.config)
+            rows = backend.plan_rows(self.config) if eager_plans() else 0
+            self._plan_rows[backend.name] = rows
         return rows
 
     @property
@@ -142,7 +144,7 @@ class Int8LayerRuntime:
         state = self._state_for(x.device, weight, scale, bias, hadamard_group, smooth)
         w = Int8Weights(weight, scale, bias, hadamard_group, smooth, state.packed)
         if plans_apply(x2, state.plan_rows):
-            y = planned_call(state.plans, x2, state.backend, w, self.config)
+            y = planned_call(state.plans, x2, state.backend.eager_plan, w, self.config)
             if y is not None:
                 plan = replayable(state.plans, x, x2)
                 if plan is not None:

@@ -13,7 +13,7 @@ from comfy_int8_w8a8.int8 import compat, resolve_backend
 from comfy_int8_w8a8.int8.log_once import clear_log_once
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-SWITCHES = (compat.NO_GLUON, compat.NO_TMA, compat.NO_PDL, compat.NO_DIRECT_LAUNCH, compat.ARCH)
+SWITCHES = (compat.NO_GLUON, compat.NO_TMA, compat.NO_PDL, compat.NO_DIRECT_LAUNCH, compat.NO_EAGER_PLANS, compat.ARCH)
 
 
 @pytest.fixture(autouse=True)
@@ -108,6 +108,7 @@ def test_arch_override_decides_int8_availability(monkeypatch):
     (compat.NO_PDL, compat.pdl, "programmatic dependent launch off (INT8_W8A8_NO_PDL is set)"),
     (compat.NO_GLUON, compat.gluon, "Gluon GEMM off (INT8_W8A8_NO_GLUON is set)"),
     (compat.NO_DIRECT_LAUNCH, compat.direct_launch, "direct kernel launch off (INT8_W8A8_NO_DIRECT_LAUNCH is set)"),
+    (compat.NO_EAGER_PLANS, compat.eager_plans, "eager launch plans off (INT8_W8A8_NO_EAGER_PLANS is set)"),
 ])
 def test_env_switch_turns_its_feature_off_and_logs_once(monkeypatch, caplog, fresh_gate, switch, probe, message):
     monkeypatch.setenv(switch, "1")
@@ -234,3 +235,23 @@ def test_gdc_stand_ins_are_jit_functions_when_triton_lacks_them(monkeypatch):
     wait, trigger = compat.gdc_functions()
     assert isinstance(wait, triton.runtime.JITFunction) and isinstance(trigger, triton.runtime.JITFunction)
     assert compat.pdl() is False
+
+
+def test_eager_plans_switch_keeps_every_eager_call_on_the_normal_path(monkeypatch, fresh_gate):
+    from comfy_int8_w8a8.int8 import Int8Config, Int8Linear
+    from comfy_int8_w8a8.int8.backends.reference import ReferenceBackend
+
+    recorded = []
+    monkeypatch.setattr(ReferenceBackend, "plan_rows", lambda self, config: 8)
+    monkeypatch.setattr(ReferenceBackend, "eager_plan",
+                        lambda self, x, w, config: recorded.append(1) or (None, self.linear(x, w, config)))
+    x = torch.randn(4, 64)
+    on = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
+    on(x)
+    assert recorded == [1]  # with plans on, the first eager call records
+    monkeypatch.setenv(compat.NO_EAGER_PLANS, "1")
+    fresh_gate()
+    off = Int8Linear.from_linear(torch.nn.Linear(64, 32), Int8Config(runtime_backend="reference"))
+    y = off(x)
+    assert recorded == [1] and off._runtime.replays == {}
+    assert torch.equal(y, off.backend_for(x.device).linear(x, off.int8_weights(), off.config))
