@@ -51,6 +51,7 @@ log = logging.getLogger("comfy_int8_w8a8")
 # The oldest Triton the kernels are written for: ``triton.autotune(do_bench=...)`` (the sustained-clock tuning of
 # the GEMMs, launch/tuning.py) and ``compiled.run``'s argument order (launch/fast_launch.py) are Triton 3.2's.
 MIN_TRITON = (3, 2)
+TRITON_MIN_CAPABILITY = (8, 0)  # Ampere: below it torch_int_mm (cuBLAS) runs instead
 TMA_TRITON = (3, 4)  # host ``TensorDescriptor`` (triton.tools.tensor_descriptor) and in-kernel descriptor loads
 TESTED_TRITON = "3.6."  # the release the Gluon kernel and the direct-launch layout were written and measured on
 
@@ -127,7 +128,7 @@ def cuda_int8_unavailable_reason(device: torch.device) -> str | None:
 
 def triton_unavailable_reason(device: torch.device) -> str | None:
     """Why the Triton kernels cannot run on ``device``, or None when they can: not a CUDA device, no Triton, a GPU
-    below sm_75, or a Triton older than :data:`MIN_TRITON`."""
+    below :data:`TRITON_MIN_CAPABILITY` (sm_80), or a Triton older than :data:`MIN_TRITON`."""
     if device.type != "cuda":
         return f"Triton kernels run on CUDA GPUs only, the layer is on {device.type}"
     if _installed_triton() is None:
@@ -135,6 +136,12 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     reason = cuda_int8_unavailable_reason(device)
     if reason is not None:
         return reason
+    major, minor = capability(device)
+    if (major, minor) < TRITON_MIN_CAPABILITY:
+        # Triton lowers an int8 dot on Turing to the sm_75 mma path, which these kernels were never verified on and
+        # peer packs report wrong outputs from; cuBLAS's int8 GEMM is the tested path there.
+        return (f"the GPU is sm_{major}{minor}; the pack's Triton kernels need sm_{TRITON_MIN_CAPABILITY[0]}"
+                f"{TRITON_MIN_CAPABILITY[1]} (Ampere) or newer")
     version = triton_version()
     if version is None or version < MIN_TRITON:
         return (f"Triton {_installed_triton()} is older than the {MIN_TRITON[0]}.{MIN_TRITON[1]} these kernels "

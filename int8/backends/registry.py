@@ -71,7 +71,8 @@ def resolve_backend(name: str = "auto", device: torch.device | str = "cpu") -> B
         if reason is None:
             log_once(log, logging.INFO, f"INT8 W8A8: runtime_backend auto chose '{backend.name}' on {device}.")
             if skipped and device.type == "cuda":  # a faster backend could not run here: say why, once
-                log_once(log, logging.INFO, f"INT8 W8A8: runtime_backend auto passed over {'; '.join(skipped)}.")
+                log_once(log, logging.WARNING, f"INT8 W8A8: runtime_backend auto passed over {'; '.join(skipped)}; "
+                         f"using '{backend.name}'.")
             if backend.name == "reference" or device.type != "cuda":
                 log_once(
                     log, logging.WARNING,

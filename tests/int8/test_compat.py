@@ -42,8 +42,8 @@ def _fake_gpu(monkeypatch, capability: tuple[int, int], triton: str | None = "3.
     monkeypatch.setattr(compat, "_installed_triton", lambda: triton)
 
 
-@pytest.mark.parametrize("capability", [(7, 5), (8, 0), (8, 9), (9, 0), (10, 0), (12, 0)])
-def test_triton_unavailable_reason_sm75_and_newer_with_current_triton_is_none(monkeypatch, capability):
+@pytest.mark.parametrize("capability", [(8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)])
+def test_triton_unavailable_reason_sm80_and_newer_with_current_triton_is_none(monkeypatch, capability):
     _fake_gpu(monkeypatch, capability)
     assert compat.triton_unavailable_reason(torch.device("cuda")) is None
 
@@ -57,6 +57,16 @@ def test_triton_unavailable_reason_names_each_missing_piece(monkeypatch):
     _fake_gpu(monkeypatch, (9, 0), triton="3.1.0")
     reason = compat.triton_unavailable_reason(torch.device("cuda"))
     assert "3.1.0" in reason and "3.2" in reason
+
+
+def test_turing_takes_torch_int_mm_with_one_warning_naming_the_gpu(monkeypatch, caplog):
+    _fake_gpu(monkeypatch, (7, 5))
+    assert "sm_75" in compat.triton_unavailable_reason(torch.device("cuda"))
+    with caplog.at_level(logging.INFO, logger="comfy_int8_w8a8"):
+        assert resolve_backend("auto", "cuda").name == "torch_int_mm"
+        assert resolve_backend("auto", "cuda").name == "torch_int_mm"
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "sm_75" in r.message]
+    assert len(warnings) == 1 and "torch_int_mm" in warnings[0].message
 
 
 def test_triton_version_parses_dev_and_local_builds(monkeypatch):
