@@ -46,16 +46,22 @@ def _provide_gdc_stand_ins() -> None:
     ``triton.language.extra.cuda``; the quant and split-K modules import them at module level, behind constexpr
     flags (TRIGGER, PDL) that are False on CPU. Give that module no-op stand-ins so the kernels import.
     TODO: the version gate ``int8/compat.py`` will provide these; then drop this function."""
+    import sys
+
     import triton
-    import triton.language.extra.cuda as tl_cuda
+    import triton.language.extra
 
-    for name in ("gdc_wait", "gdc_launch_dependents"):
-        if not hasattr(tl_cuda, name):
-            @triton.jit
-            def _noop():
-                pass
+    # Triton < 3.4 loads this package twice (triton/language/extra/__init__.py execs it by hand): the object in
+    # sys.modules, which ``from ... import`` reads, is not the package attribute. Patch both.
+    name = "triton.language.extra.cuda"
+    for tl_cuda in {id(m): m for m in (sys.modules[name], triton.language.extra.cuda)}.values():
+        for attr in ("gdc_wait", "gdc_launch_dependents"):
+            if not hasattr(tl_cuda, attr):
+                @triton.jit
+                def _noop():
+                    pass
 
-            setattr(tl_cuda, name, _noop)
+                setattr(tl_cuda, attr, _noop)
 
 
 def _import_without_gpu_driver(module: str) -> object:
@@ -71,8 +77,11 @@ def _import_without_gpu_driver(module: str) -> object:
     from triton.runtime.driver import driver
 
     class _NoGpuDriver:
-        def get_benchmarker(self):  # noqa: ANN202 - never called: the tests launch the jit function, not the tuner
-            raise RuntimeError("no GPU benchmarker under the interpreter")
+        def get_benchmarker(self):  # noqa: ANN202
+            def bench(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - the tests launch the jit function, not the tuner
+                raise RuntimeError("no GPU benchmarker under the interpreter")
+
+            return bench
 
     driver.set_active(_NoGpuDriver())
     try:
@@ -81,12 +90,33 @@ def _import_without_gpu_driver(module: str) -> object:
         driver.reset_active()
 
 
+def _read_string_constexpr_annotations() -> None:
+    """Triton 3.0 and 3.1's interpreter (GridExecutor) takes a parameter as constexpr only when its annotation
+    normalizes to exactly ``"constexpr"``; the kernel modules use ``from __future__ import annotations``, so theirs
+    are the string ``"tl.constexpr"``, and every constexpr would become a runtime scalar (``tl.arange`` then fails).
+    The compiler (GPU) looks for ``"constexpr"`` in the string and is not affected. Normalize such strings the way
+    later interpreters do; a no-op on Triton >= 3.2."""
+    from triton.runtime import jit
+
+    normalize = jit._normalize_ty
+    if getattr(normalize, "_reads_string_constexpr", False):
+        return
+
+    def _normalize_ty(ty):  # noqa: ANN001, ANN202
+        out = normalize(ty)
+        return "constexpr" if isinstance(ty, str) and out.split(".")[-1] == "constexpr" else out
+
+    _normalize_ty._reads_string_constexpr = True
+    jit._normalize_ty = _normalize_ty
+
+
 def kernel(name: str) -> object:
     """The ``@triton.jit`` kernel ``name`` (an autotuned one unwrapped: the tests pick its config). Fails with
     the import error, and the Triton version, when its module does not import on this Triton."""
     import triton
 
     _provide_gdc_stand_ins()
+    _read_string_constexpr_annotations()
     try:
         module = _import_without_gpu_driver(KERNEL_MODULES[name])
     except Exception as e:  # noqa: BLE001 - reported as the failure
