@@ -110,6 +110,27 @@ def _read_string_constexpr_annotations() -> None:
     jit._normalize_ty = _normalize_ty
 
 
+def _bool_store_masks() -> None:
+    """Triton 3.9's interpreter computes ``row_mask[:, None] & (col0 < K)`` (an i1 block and an i1 scalar, in
+    ``_store4`` of the chunked rotation kernel) as an int32 numpy array, and its C++ store then rejects the mask
+    ("mask has unsupported dtype"; 3.8 accepted it). Compiled for sm_90 by the same Triton, the kernel builds
+    (the mask is i1 there). Hand the store a bool mask, as the GPU has; a no-op where masks are bool already."""
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    store = builder.create_masked_store
+    if getattr(store, "_bool_masks", False):
+        return
+
+    def create_masked_store(self, ptrs, value, mask, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if mask.data.dtype != bool:
+            mask = interpreter.TensorHandle(mask.data.astype(bool), mask.dtype)
+        return store(self, ptrs, value, mask, *args, **kwargs)
+
+    create_masked_store._bool_masks = True
+    builder.create_masked_store = create_masked_store
+
+
 def kernel(name: str) -> object:
     """The ``@triton.jit`` kernel ``name`` (an autotuned one unwrapped: the tests pick its config). Fails with
     the import error, and the Triton version, when its module does not import on this Triton."""
@@ -117,6 +138,7 @@ def kernel(name: str) -> object:
 
     _provide_gdc_stand_ins()
     _read_string_constexpr_annotations()
+    _bool_store_masks()
     try:
         module = _import_without_gpu_driver(KERNEL_MODULES[name])
     except Exception as e:  # noqa: BLE001 - reported as the failure
