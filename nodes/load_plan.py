@@ -52,6 +52,8 @@ class Int8LoadPlan:
     on_layer_quantized: progress callback, called once per layer quantized at load.
     on_layer_tensors: called with ``(layer, source weight, quantized tensors)`` after each layer quantized at load
     (the weight cache records the quantized state dict from it).
+    cached_comfy_quant: layer -> its ``comfy_quant`` entry, held back from ComfyUI on a weight-cache hit (the ops
+    Linear puts it back when it loads the layer; whatever is left after the load was not loaded).
     """
 
     file: str
@@ -65,6 +67,7 @@ class Int8LoadPlan:
     quantize_device: torch.device | None = None
     on_layer_quantized: Callable[[], None] | None = None
     on_layer_tensors: Callable[[str, torch.Tensor, dict], None] | None = None
+    cached_comfy_quant: dict[str, torch.Tensor] = field(default_factory=dict)
     report: LoadReport = field(default_factory=LoadReport)
     backends: BackendChoice = field(init=False, repr=False)
 

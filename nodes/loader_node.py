@@ -19,7 +19,16 @@ from ..int8.backends.registry import backend_names
 from ..int8.config import OUTLIER_METHODS, SMALL_BATCH_FALLBACKS, Int8Config
 from .errors import ModelFileNotFoundError, UnsupportedWeightDtypeError
 from .load_plan import Int8LoadPlan
-from .weight_cache import CacheKey, CacheLimits, CacheRecorder, cache_file, make_key, read_cache, write_cache
+from .weight_cache import (
+    CachedWeights,
+    CacheKey,
+    CacheLimits,
+    CacheRecorder,
+    cache_file,
+    make_key,
+    read_cache,
+    write_cache,
+)
 
 __all__ = [
     "NODE_ID", "DISPLAY_NAME", "InputSpec", "LoaderOptions", "loader_inputs", "load_int8_diffusion_model",
@@ -171,7 +180,8 @@ def load_int8_diffusion_model(path: str, options: LoaderOptions, disable_dynamic
     cached = read_cache(cache.file, cache.key) if cache is not None else None
     if cached is not None:
         log.info("INT8 W8A8: '%s': int8 weights read from the weight cache '%s'.", path, cache.file)
-        patcher = load_state_dict_as_int8(*cached, options, source=path, disable_dynamic=disable_dynamic)
+        patcher = load_state_dict_as_int8(cached.state_dict, cached.metadata, options, source=path,
+                                          disable_dynamic=disable_dynamic, cached=cached)
     else:
         sd, metadata = load_state_dict_for_comfy(path)
         recorder = CacheRecorder(sd) if cache is not None else None
@@ -179,7 +189,7 @@ def load_int8_diffusion_model(path: str, options: LoaderOptions, disable_dynamic
                                           recorder=recorder)
         del sd  # the 16-bit weights of quantized layers are freed before the cache is written
         if recorder is not None:
-            _write_weight_cache(cache, recorder, metadata)
+            _write_weight_cache(cache, recorder, metadata, patcher, options)
     patcher.cached_patcher_init = (load_int8_diffusion_model, (path, options))
     return patcher
 
@@ -233,7 +243,9 @@ def _weight_cache_for(path: str, options: LoaderOptions) -> _WeightCache | None:
     return _WeightCache(cache_file(weight_cache_folder(), key), key, limits)
 
 
-def _write_weight_cache(cache: _WeightCache, recorder: CacheRecorder, metadata: dict) -> None:
+def _write_weight_cache(cache: _WeightCache, recorder: CacheRecorder, metadata: dict, patcher,  # noqa: ANN001
+                        options: LoaderOptions) -> None:
+    import comfy.model_management as mm
     import comfy.utils
 
     if recorder.unmatched:
@@ -243,15 +255,28 @@ def _write_weight_cache(cache: _WeightCache, recorder: CacheRecorder, metadata: 
         return
     if recorder.quantized == 0:
         return
+    facts = {"device": mm.get_torch_device().type}
+    if options.weight_dtype == "default":  # the dtype ComfyUI chose from the 16-bit state dict (see _cached_dtype)
+        facts["model_dtype"] = str(patcher.model.get_dtype()).removeprefix("torch.")
     bar = comfy.utils.ProgressBar(100)
-    write_cache(cache.file, cache.key, recorder.state_dict, metadata, cache.limits,
+    write_cache(cache.file, cache.key, recorder.state_dict, metadata, cache.limits, facts=facts,
                 on_bytes=lambda done, total: bar.update_absolute(100 * done // max(total, 1)))
 
 
+def _cached_dtype(cached: CachedWeights, options: LoaderOptions, load_device: torch.device) -> torch.dtype | None:
+    """The model dtype ComfyUI picked when the cache was written: it picks from the state dict's dominant weight
+    dtype, which is int8 in the cache (so a 16-bit fp16 file would come back as a bf16 model without this)."""
+    if options.weight_dtype != "default" or cached.facts.get("device") != load_device.type:
+        return None
+    dtype = getattr(torch, cached.facts.get("model_dtype", ""), None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
 def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOptions, source: str,
-                            disable_dynamic: bool = False, recorder: CacheRecorder | None = None):  # noqa: ANN201
+                            disable_dynamic: bool = False, recorder: CacheRecorder | None = None,
+                            cached: CachedWeights | None = None):  # noqa: ANN201
     """The node's load path for a state dict already in memory (``source`` names it in messages); ``recorder``
-    follows the quantization for the weight cache."""
+    follows the quantization for the weight cache; ``cached``: ``sd`` is a weight-cache hit."""
     import comfy.model_management as mm
     import comfy.sd
 
@@ -259,7 +284,16 @@ def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOpti
 
     load_device = mm.get_torch_device()
     model_options, keep_dtype, fp8_fast = weight_dtype_model_options(options.weight_dtype, load_device)
+    hidden: dict[str, torch.Tensor] = {}
+    if cached is not None:
+        # ComfyUI must see what it saw when the cache was written: comfy_quant keys would make it load the model
+        # as a mixed-precision file (other dtype choices, a manual cast). The ops Linear puts them back per layer.
+        hidden = {k[: -len(".comfy_quant")]: sd.pop(k) for k in [k for k in sd if k.endswith(".comfy_quant")]}
+        dtype = _cached_dtype(cached, options, load_device)
+        if dtype is not None:
+            model_options["dtype"] = dtype
     plan = build_load_plan(source, sd, options, keep_dtype, fp8_fast, load_device)
+    plan.cached_comfy_quant = hidden
     if recorder is not None:
         plan.on_layer_tensors = recorder.record
     # Resolved now, not at the first forward: an explicit backend that cannot run fails here, and compiled code
@@ -271,6 +305,10 @@ def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOpti
     if patcher is None:
         raise RuntimeError(f"Could not detect the model type of '{source}': ComfyUI knows no diffusion model with "
                            "these keys. Check that it is a diffusion model (not a full checkpoint, LoRA or text encoder).")
+    if plan.cached_comfy_quant:
+        raise RuntimeError(f"The weight cache of '{source}' holds int8 layers this ComfyUI did not load as Linear "
+                           f"layers (e.g. '{next(iter(plan.cached_comfy_quant))}'). Delete the cache folder "
+                           f"'{weight_cache_folder()}' or switch prepack_int8_weights off, and report it.")
     summary = plan.report.summary(source)
     if plan.report.quantized_at_load + plan.report.prequantized == 0:
         log.warning(summary + " The model runs in high precision.")

@@ -29,7 +29,7 @@ from ..int8.formats.errors import CheckpointError
 from ..int8.formats.safetensors_io import SafetensorsStreamWriter, TensorSpec, read_header, read_tensor
 from ..int8.formats.writer import META_PREFIX, pack_version
 
-__all__ = ["CACHE_FORMAT_REVISION", "CacheKey", "CacheLimits", "CacheRecorder", "make_key", "cache_file",
+__all__ = ["CACHE_FORMAT_REVISION", "CachedWeights", "CacheKey", "CacheLimits", "CacheRecorder", "make_key", "cache_file",
            "read_cache", "write_cache", "evict", "source_fingerprint", "pack_identity"]
 
 log = logging.getLogger("comfy_int8_w8a8")
@@ -39,6 +39,7 @@ CACHE_FORMAT_REVISION = 1
 CACHE_SUFFIX = ".int8cache.safetensors"
 _CACHE_META = META_PREFIX + "cache."
 _KEY_META = _CACHE_META + "key"
+_FACT_META = _CACHE_META + "fact."
 _FINGERPRINT_BYTES = 1 << 20
 # Kept free beyond the file itself, so a cache never fills the disk a user's outputs go to.
 FREE_SPACE_MARGIN = 2 << 30
@@ -148,9 +149,19 @@ def cache_file(folder: str | Path, key: CacheKey) -> Path:
     return Path(folder) / f"{stem}.{key.slot()}{CACHE_SUFFIX}"
 
 
-def read_cache(path: Path, key: CacheKey) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
-    """The cached ``(state_dict, source metadata)`` for ``key``, or None on a miss. A file that is there but cannot
-    serve (corrupt, truncated, foreign, stale) is logged in one line and left for :func:`write_cache` to replace."""
+@dataclass
+class CachedWeights:
+    """A hit: the state dict as the loader handed it to ComfyUI, the source's metadata, and the facts the writer
+    recorded about that load (``facts``, e.g. the model dtype ComfyUI chose)."""
+
+    state_dict: dict[str, torch.Tensor]
+    metadata: dict[str, str]
+    facts: dict[str, str]
+
+
+def read_cache(path: Path, key: CacheKey) -> CachedWeights | None:
+    """The cached weights for ``key``, or None on a miss. A file that is there but cannot serve (corrupt,
+    truncated, foreign, stale) is logged in one line and left for :func:`write_cache` to replace."""
     if not path.exists():
         return None
     try:
@@ -166,11 +177,12 @@ def read_cache(path: Path, key: CacheKey) -> tuple[dict[str, torch.Tensor], dict
         log.warning("INT8 W8A8: ignoring the weight cache '%s': %s; it will be rebuilt.", path, reason)
         return None
     meta = {k: v for k, v in header.metadata.items() if not k.startswith(_CACHE_META)}
+    facts = {k[len(_FACT_META):]: v for k, v in header.metadata.items() if k.startswith(_FACT_META)}
     try:
         os.utime(path)  # the LRU clock: a hit makes this file the newest
     except OSError as exc:  # a read-only cache still serves; it only ages
         log.info("INT8 W8A8: could not touch the weight cache '%s' (%s).", path, exc.strerror)
-    return sd, meta
+    return CachedWeights(sd, meta, facts)
 
 
 class CacheRecorder:
@@ -229,14 +241,16 @@ def _unlink(path: Path, why: str) -> None:
 
 
 def write_cache(path: Path, key: CacheKey, sd: dict[str, torch.Tensor], source_metadata: dict[str, str],
-                limits: CacheLimits, on_bytes: Callable[[int, int], None] | None = None) -> bool:
+                limits: CacheLimits, on_bytes: Callable[[int, int], None] | None = None,
+                facts: dict[str, str] | None = None) -> bool:
     """Write ``sd`` as the cache file ``path`` for ``key``; True when written. Never raises for a problem of the
     cache folder (full disk, no permission): it logs one line and returns False, leaving no partial file.
-    ``on_bytes(done, total)`` reports progress after each tensor."""
+    ``on_bytes(done, total)`` reports progress after each tensor; ``facts`` come back in :class:`CachedWeights`."""
     specs = [TensorSpec(name, t.dtype, tuple(t.shape)) for name, t in sd.items()]
     total = sum(s.nbytes for s in specs)
     meta = {k: v for k, v in source_metadata.items() if not k.startswith(_CACHE_META)}
     meta.update({_KEY_META: key.to_json(), _CACHE_META + "source": Path(key.source).name})
+    meta.update({_FACT_META + k: v for k, v in (facts or {}).items()})
     start = time.perf_counter()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -69,12 +69,27 @@ def test_first_load_writes_cache_and_second_reads_it_bit_identically(loader, flu
         assert any(k.endswith("input_smooth") for k in cached)
 
 
-def test_hit_has_the_same_state_dict_values_as_quantizing_again(loader, flux) -> None:
+def test_hit_loads_the_same_model_as_quantizing_again(loader, flux) -> None:
     opts = loader.LoaderOptions(prepack_int8_weights=True)
-    first = loader.load_int8_diffusion_model(str(flux), opts).model.diffusion_model.state_dict()
-    second = loader.load_int8_diffusion_model(str(flux), opts).model.diffusion_model.state_dict()
+    miss = loader.load_int8_diffusion_model(str(flux), opts).model
+    hit = loader.load_int8_diffusion_model(str(flux), opts).model
+    # ComfyUI treats the hit like the 16-bit load (not as a mixed-precision int8 file): same dtypes, no manual cast
+    assert (hit.get_dtype(), hit.manual_cast_dtype) == (miss.get_dtype(), miss.manual_cast_dtype)
+    first, second = miss.diffusion_model.state_dict(), hit.diffusion_model.state_dict()
     assert set(first) == set(second)
-    assert all(torch.equal(first[k].float(), second[k].float()) for k in first)
+    assert all(torch.equal(first[k].float(), second[k].float()) and first[k].dtype == second[k].dtype for k in first)
+
+
+def test_recorded_model_dtype_is_applied_on_the_same_device_type_only(loader, flux, monkeypatch) -> None:
+    opts = loader.LoaderOptions(prepack_int8_weights=True)
+    loader.load_int8_diffusion_model(str(flux), opts)
+    cache = loader._weight_cache_for(str(flux), opts)
+    cached = loader.read_cache(cache.file, cache.key)
+    assert cached.facts == {"device": "cpu", "model_dtype": "float32"}
+    cached.facts["model_dtype"] = "float16"
+    assert loader._cached_dtype(cached, opts, torch.device("cpu")) == torch.float16
+    assert loader._cached_dtype(cached, opts, torch.device("cuda")) is None
+    assert loader._cached_dtype(cached, loader.LoaderOptions(weight_dtype="fp8_e4m3fn"), torch.device("cpu")) is None
 
 
 def test_changed_source_rebuilds_in_the_same_slot(loader, flux, tmp_path, caplog) -> None:

@@ -52,10 +52,10 @@ def test_write_then_read_gives_the_same_tensors_and_source_metadata(tmp_path, so
     sd = _quantized_sd()
     key = make_key(source, OPTIONS)
     path = cache_file(tmp_path / "cache", key)
-    assert write_cache(path, key, sd, {"config": "x"}, BIG)
+    assert write_cache(path, key, sd, {"config": "x"}, BIG, facts={"model_dtype": "bfloat16"})
     got = read_cache(path, make_key(source, OPTIONS))
-    assert got is not None
-    tensors, meta = got
+    assert got is not None and got.facts == {"model_dtype": "bfloat16"}
+    tensors, meta = got.state_dict, got.metadata
     assert list(tensors) == list(sd)
     assert all(torch.equal(tensors[k], sd[k]) and tensors[k].dtype == sd[k].dtype for k in sd)
     assert meta == {"config": "x"}  # the cache's own keys are not handed to ComfyUI
