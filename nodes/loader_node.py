@@ -72,8 +72,9 @@ class LoaderOptions:
     prepack_int8_weights: bool = False
 
     def int8_config(self) -> Int8Config:
-        return Int8Config(runtime_backend=self.runtime_backend, small_batch_fallback=self.small_batch_fallback,
-                          prepack_int8_weights=self.prepack_int8_weights)
+        # prepack_int8_weights is the loader's weight cache, not the engine's Backend.prepack (a no-op on every
+        # backend): a future backend layout must not switch on, and cost memory, because a user wanted the cache.
+        return Int8Config(runtime_backend=self.runtime_backend, small_batch_fallback=self.small_batch_fallback)
 
 
 def _diffusion_model_files() -> list[str]:
