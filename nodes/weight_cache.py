@@ -26,7 +26,13 @@ from pathlib import Path
 import torch
 
 from ..int8.formats.errors import CheckpointError
-from ..int8.formats.safetensors_io import SafetensorsStreamWriter, TensorSpec, read_header, read_tensor
+from ..int8.formats.safetensors_io import (
+    MAX_HEADER_BYTES,
+    SafetensorsStreamWriter,
+    TensorSpec,
+    read_header,
+    read_tensor,
+)
 from ..int8.formats.writer import META_PREFIX, pack_version
 
 __all__ = ["CACHE_FORMAT_REVISION", "CachedWeights", "CacheKey", "CacheLimits", "CacheRecorder", "make_key", "cache_file",
@@ -127,7 +133,7 @@ def source_fingerprint(path: str | Path) -> str:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         head = f.read(8)
-        header_len = int.from_bytes(head, "little") if len(head) == 8 else 0
+        header_len = min(int.from_bytes(head, "little"), MAX_HEADER_BYTES) if len(head) == 8 else 0
         f.seek(0)
         h.update(f.read(min(size, 8 + header_len + _FINGERPRINT_BYTES)))  # header + first MiB of tensor data
         f.seek(max(0, size - _FINGERPRINT_BYTES))
@@ -259,7 +265,7 @@ def write_cache(path: Path, key: CacheKey, sd: dict[str, torch.Tensor], source_m
                         "(INT8_W8A8_CACHE_MAX_GB).", key.source, total / 2**30, limits.max_bytes / 2**30)
             return False
         evict(path.parent, total, path, limits)
-        free = shutil.disk_usage(path.parent).free + (path.stat().st_size if path.exists() else 0)
+        free = shutil.disk_usage(path.parent).free  # a stale file it replaces is only freed after the rename
         if free < total + FREE_SPACE_MARGIN:
             log.warning("INT8 W8A8: not caching '%s': %.2f GiB needed plus %.0f GiB kept free, %.2f GiB free in "
                         "'%s' (set INT8_W8A8_CACHE_DIR to a larger disk).", key.source, total / 2**30,
