@@ -123,3 +123,12 @@ def test_int8_file_and_quantization_off_write_no_cache(loader, flux, tmp_path) -
     loader.load_int8_diffusion_model(str(flux), loader.LoaderOptions(prepack_int8_weights=True,
                                                                       on_the_fly_quantization=False))
     assert _entries(tmp_path) == []
+
+
+def test_default_folder_is_in_comfyuis_user_directory(loader, monkeypatch) -> None:
+    import folder_paths
+
+    monkeypatch.delenv("INT8_W8A8_CACHE_DIR", raising=False)
+    assert loader.weight_cache_folder() == Path(folder_paths.get_user_directory()) / "int8_w8a8_cache"
+    monkeypatch.setenv("INT8_W8A8_CACHE_DIR", "~/elsewhere")
+    assert loader.weight_cache_folder() == Path.home() / "elsewhere"
