@@ -63,6 +63,9 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
             def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):  # noqa: ANN001
                 layer = prefix[:-1]
                 weight = state_dict.get(prefix + "weight")
+                quant = plan.cached_comfy_quant.pop(layer, None)
+                if quant is not None:  # a weight-cache hit (see load_state_dict_as_int8)
+                    state_dict[prefix + "comfy_quant"] = quant
                 if prefix + "comfy_quant" in state_dict:
                     plan.report.prequantized += 1
                 elif _is_float_weight(weight):  # (else: a missing weight or an unusual dtype, ComfyUI's handling)

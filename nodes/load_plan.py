@@ -50,6 +50,10 @@ class Int8LoadPlan:
     fp8_fast: high-precision fp8 Linears use fp8 matrix multiply (``fp8_e4m3fn_fast``).
     outlier_method: for error messages. quantize_device: where on-the-fly quantization computes (the GPU if any).
     on_layer_quantized: progress callback, called once per layer quantized at load.
+    on_layer_tensors: called with ``(layer, source weight, quantized tensors)`` after each layer quantized at load
+    (the weight cache records the quantized state dict from it).
+    cached_comfy_quant: layer -> its ``comfy_quant`` entry, held back from ComfyUI on a weight-cache hit (the ops
+    Linear puts it back when it loads the layer; whatever is left after the load was not loaded).
     """
 
     file: str
@@ -62,6 +66,8 @@ class Int8LoadPlan:
     outlier_method: str = "none"
     quantize_device: torch.device | None = None
     on_layer_quantized: Callable[[], None] | None = None
+    on_layer_tensors: Callable[[str, torch.Tensor, dict], None] | None = None
+    cached_comfy_quant: dict[str, torch.Tensor] = field(default_factory=dict)
     report: LoadReport = field(default_factory=LoadReport)
     backends: BackendChoice = field(init=False, repr=False)
 
@@ -83,4 +89,7 @@ class Int8LoadPlan:
             self.on_layer_quantized()
         # The comfy_quant metadata stays on the CPU: ComfyUI parses it with .numpy() (a state dict on the GPU
         # would otherwise fail in ComfyUI's loader).
-        return {k: v if k == "comfy_quant" else v.to(weight.device) for k, v in tensors.items()}
+        tensors = {k: v if k == "comfy_quant" else v.to(weight.device) for k, v in tensors.items()}
+        if self.on_layer_tensors is not None:
+            self.on_layer_tensors(layer, weight, tensors)
+        return tensors

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -17,6 +19,16 @@ from ..int8.backends.registry import backend_names
 from ..int8.config import OUTLIER_METHODS, SMALL_BATCH_FALLBACKS, Int8Config
 from .errors import ModelFileNotFoundError, UnsupportedWeightDtypeError
 from .load_plan import Int8LoadPlan
+from .weight_cache import (
+    CachedWeights,
+    CacheKey,
+    CacheLimits,
+    CacheRecorder,
+    cache_file,
+    make_key,
+    read_cache,
+    write_cache,
+)
 
 __all__ = [
     "NODE_ID", "DISPLAY_NAME", "InputSpec", "LoaderOptions", "loader_inputs", "load_int8_diffusion_model",
@@ -60,8 +72,9 @@ class LoaderOptions:
     prepack_int8_weights: bool = False
 
     def int8_config(self) -> Int8Config:
-        return Int8Config(runtime_backend=self.runtime_backend, small_batch_fallback=self.small_batch_fallback,
-                          prepack_int8_weights=self.prepack_int8_weights)
+        # prepack_int8_weights is the loader's weight cache, not the engine's Backend.prepack (a no-op on every
+        # backend): a future backend layout must not switch on, and cost memory, because a user wanted the cache.
+        return Int8Config(runtime_backend=self.runtime_backend, small_batch_fallback=self.small_batch_fallback)
 
 
 def _diffusion_model_files() -> list[str]:
@@ -101,8 +114,11 @@ def loader_inputs() -> list[InputSpec]:
         InputSpec("runtime_backend", "COMBO", "The int8 kernels: auto picks the fastest that runs on this device "
                   "(and warns once if there are no int8 tensor cores); a named backend that cannot run is an error.",
                   tuple(backend_names()), cfg.runtime_backend, advanced=True),
-        InputSpec("prepack_int8_weights", "BOOLEAN", "Let the backend build its preferred weight layout at load "
-                  "(may cost extra memory; see the README for when it helps).", (), cfg.prepack_int8_weights,
+        InputSpec("prepack_int8_weights", "BOOLEAN", "Cache the quantized weights on disk: the first load of a 16-bit "
+                  "or fp8 file writes them (about the size of an int8 file) to user/int8_w8a8_cache (or "
+                  "INT8_W8A8_CACHE_DIR), later loads read them instead of quantizing again. Rebuilt when the file, "
+                  "outlier_method, model_type or pack version changes; the oldest are evicted (4 files / 64 GiB, "
+                  "INT8_W8A8_CACHE_MAX_FILES / _MAX_GB). No effect on int8 files.", (), cfg.prepack_int8_weights,
                   advanced=True),
     ]
 
@@ -161,15 +177,107 @@ def load_int8_diffusion_model(path: str, options: LoaderOptions, disable_dynamic
     """
     from ..int8.formats import load_state_dict_for_comfy
 
-    sd, metadata = load_state_dict_for_comfy(path)
-    patcher = load_state_dict_as_int8(sd, metadata, options, source=path, disable_dynamic=disable_dynamic)
+    cache = _weight_cache_for(path, options) if options.prepack_int8_weights else None
+    cached = read_cache(cache.file, cache.key) if cache is not None else None
+    if cached is not None:
+        log.info("INT8 W8A8: '%s': int8 weights read from the weight cache '%s'.", path, cache.file)
+        patcher = load_state_dict_as_int8(cached.state_dict, cached.metadata, options, source=path,
+                                          disable_dynamic=disable_dynamic, cached=cached)
+    else:
+        sd, metadata = load_state_dict_for_comfy(path)
+        recorder = CacheRecorder(sd) if cache is not None else None
+        patcher = load_state_dict_as_int8(sd, metadata, options, source=path, disable_dynamic=disable_dynamic,
+                                          recorder=recorder)
+        del sd  # the 16-bit weights of quantized layers are freed before the cache is written
+        if recorder is not None:
+            _write_weight_cache(cache, recorder, metadata, patcher, options)
     patcher.cached_patcher_init = (load_int8_diffusion_model, (path, options))
     return patcher
 
 
+@dataclass(frozen=True)
+class _WeightCache:
+    file: Path
+    key: CacheKey
+    limits: CacheLimits
+
+
+def weight_cache_folder() -> Path:
+    """``INT8_W8A8_CACHE_DIR``, else ``<ComfyUI user directory>/int8_w8a8_cache`` (kept across restarts, unlike
+    ComfyUI's temp folder, and always writable by ComfyUI, unlike a shared or read-only models folder)."""
+    env = os.environ.get("INT8_W8A8_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import folder_paths
+
+    return Path(folder_paths.get_user_directory()) / "int8_w8a8_cache"
+
+
+def cache_options(options: LoaderOptions, preset_name: str) -> dict[str, object]:
+    """The options that change the quantized numbers (the cache key's part besides the file and the pack)."""
+    from ..int8.quantize_model import QuantizeConfig
+
+    q = QuantizeConfig(outlier_method=options.outlier_method)
+    return {"preset": preset_name, "outlier_method": q.outlier_method, "hadamard_group": q.hadamard_group,
+            "smooth_alpha": q.smooth_alpha, "min_weight_elements": q.min_weight_elements}
+
+
+def _weight_cache_for(path: str, options: LoaderOptions) -> _WeightCache | None:
+    """The cache slot of this load, or None when there is nothing to cache (no quantization at load)."""
+    from ..int8.formats import CheckpointError, open_checkpoint
+    from ..presets.detect import resolve_preset
+
+    if not options.on_the_fly_quantization:
+        log.info("INT8 W8A8: prepack_int8_weights has nothing to cache with on_the_fly_quantization off.")
+        return None
+    limits = CacheLimits.from_env()
+    try:
+        with open_checkpoint(path) as ckpt:
+            fmt, keys = ckpt.format, ckpt.keys()
+        preset, _ = resolve_preset(options.model_type, keys)
+        key = make_key(path, cache_options(options, preset.name))
+    except (CheckpointError, OSError):
+        return None  # the load itself reports what is wrong with the file
+    if fmt in ("comfy_int8", "int8_fast"):
+        log.info("INT8 W8A8: '%s' is already int8; prepack_int8_weights has nothing to cache.", path)
+        return None
+    return _WeightCache(cache_file(weight_cache_folder(), key), key, limits)
+
+
+def _write_weight_cache(cache: _WeightCache, recorder: CacheRecorder, metadata: dict, patcher,  # noqa: ANN001
+                        options: LoaderOptions) -> None:
+    import comfy.model_management as mm
+    import comfy.utils
+
+    if recorder.unmatched:
+        log.info("INT8 W8A8: weight cache not written: ComfyUI renamed or converted %d layers (e.g. '%s') before "
+                 "they were quantized, so the quantized state dict cannot be recorded.", len(recorder.unmatched),
+                 recorder.unmatched[0])
+        return
+    if recorder.quantized == 0:
+        return
+    facts = {"device": mm.get_torch_device().type}
+    if options.weight_dtype == "default":  # the dtype ComfyUI chose from the 16-bit state dict (see _cached_dtype)
+        facts["model_dtype"] = str(patcher.model.get_dtype()).removeprefix("torch.")
+    bar = comfy.utils.ProgressBar(100)
+    write_cache(cache.file, cache.key, recorder.state_dict, metadata, cache.limits, facts=facts,
+                on_bytes=lambda done, total: bar.update_absolute(100 * done // max(total, 1)))
+
+
+def _cached_dtype(cached: CachedWeights, options: LoaderOptions, load_device: torch.device) -> torch.dtype | None:
+    """The model dtype ComfyUI picked when the cache was written: it picks from the state dict's dominant weight
+    dtype, which is int8 in the cache (so a 16-bit fp16 file would come back as a bf16 model without this)."""
+    if options.weight_dtype != "default" or cached.facts.get("device") != load_device.type:
+        return None
+    dtype = getattr(torch, cached.facts.get("model_dtype", ""), None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
 def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOptions, source: str,
-                            disable_dynamic: bool = False):  # noqa: ANN201
-    """The node's load path for a state dict already in memory (``source`` names it in messages)."""
+                            disable_dynamic: bool = False, recorder: CacheRecorder | None = None,
+                            cached: CachedWeights | None = None):  # noqa: ANN201
+    """The node's load path for a state dict already in memory (``source`` names it in messages); ``recorder``
+    follows the quantization for the weight cache; ``cached``: ``sd`` is a weight-cache hit."""
     import comfy.model_management as mm
     import comfy.sd
 
@@ -177,7 +285,18 @@ def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOpti
 
     load_device = mm.get_torch_device()
     model_options, keep_dtype, fp8_fast = weight_dtype_model_options(options.weight_dtype, load_device)
+    hidden: dict[str, torch.Tensor] = {}
+    if cached is not None:
+        # ComfyUI must see what it saw when the cache was written: comfy_quant keys would make it load the model
+        # as a mixed-precision file (other dtype choices, a manual cast). The ops Linear puts them back per layer.
+        hidden = {k[: -len(".comfy_quant")]: sd.pop(k) for k in [k for k in sd if k.endswith(".comfy_quant")]}
+        dtype = _cached_dtype(cached, options, load_device)
+        if dtype is not None:
+            model_options["dtype"] = dtype
     plan = build_load_plan(source, sd, options, keep_dtype, fp8_fast, load_device)
+    plan.cached_comfy_quant = hidden
+    if recorder is not None:
+        plan.on_layer_tensors = recorder.record
     # Resolved now, not at the first forward: an explicit backend that cannot run fails here, and compiled code
     # only looks the backend up.
     plan.backend_for(load_device)
@@ -187,6 +306,10 @@ def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOpti
     if patcher is None:
         raise RuntimeError(f"Could not detect the model type of '{source}': ComfyUI knows no diffusion model with "
                            "these keys. Check that it is a diffusion model (not a full checkpoint, LoRA or text encoder).")
+    if plan.cached_comfy_quant:
+        raise RuntimeError(f"The weight cache of '{source}' holds int8 layers this ComfyUI did not load as Linear "
+                           f"layers (e.g. '{next(iter(plan.cached_comfy_quant))}'). Delete the cache folder "
+                           f"'{weight_cache_folder()}' or switch prepack_int8_weights off, and report it.")
     summary = plan.report.summary(source)
     if plan.report.quantized_at_load + plan.report.prequantized == 0:
         log.warning(summary + " The model runs in high precision.")

@@ -56,6 +56,13 @@ def test_loader_options_accept_the_widget_values_and_build_the_runtime_config() 
     assert hash(options) == hash(loader_node.LoaderOptions(**widgets))  # replayable by cached_patcher_init
 
 
+def test_prepack_widget_is_the_weight_cache_not_the_engine_prepack() -> None:
+    options = loader_node.LoaderOptions(prepack_int8_weights=True)
+    assert options.int8_config().prepack_int8_weights is False
+    tooltip = next(s.tooltip for s in loader_node.loader_inputs() if s.name == "prepack_int8_weights")
+    assert "INT8_W8A8_CACHE_DIR" in tooltip
+
+
 def test_model_file_not_found_names_the_file_and_folders() -> None:
     err = ModelFileNotFoundError("flux.safetensors", ["/models/diffusion_models", "/extra/unet"])
     text = str(err)
