@@ -20,7 +20,6 @@ class Int8Config:
         weight elements (``only_small_layers``), or never.
     small_batch_rows: the row threshold of that fallback (rows = tokens x batch of the call).
     small_layer_elements: N*K at or below which a layer counts as small.
-    prepack_int8_weights: let the backend build its preferred weight layout at load.
     """
 
     runtime_backend: str = "auto"
@@ -29,7 +28,6 @@ class Int8Config:
     # path up to 32 rows on 3072->12288 / 3072->18432 layers (at 48 rows W8A8 wins) and up to 128 rows on 3072->3072.
     small_batch_rows: int = 32
     small_layer_elements: int = 3072 * 3072
-    prepack_int8_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.small_batch_fallback not in SMALL_BATCH_FALLBACKS:

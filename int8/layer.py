@@ -2,8 +2,7 @@
 
 It owns what a layer decides per call and caches between calls:
 - the backend per device (:class:`BackendChoice`, shared by all layers of one load, so ``auto`` resolves once);
-- the per-device state of the layer's current tensors: the prepacked layout (if the backend has one), the eager
-  launch plans, and the persistent per-device buffers the backend fills once (``prepare_device_state``);
+- the per-device state of the layer's current tensors: the eager launch plans, and the persistent per-device buffers the backend fills once (``prepare_device_state``);
 - replays straight from ``forward``: an eager call whose input layout (``replay_key``) was seen before runs its
   recorded plan with almost no Python (at 1-64 rows the layer's cost is CPU time, and so is bf16 ``F.linear``'s).
 
@@ -74,7 +73,6 @@ class _DeviceState:
     hadamard_group: int
     backend: Backend
     plan_rows: int
-    packed: object | None
     plans: dict = field(default_factory=dict)  # plan_key -> eager plan (see eager_plan.planned_call)
 
     def matches(self, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
@@ -142,7 +140,7 @@ class Int8LayerRuntime:
     def _eager(self, x: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor,
                bias: torch.Tensor | None, hadamard_group: int, smooth: torch.Tensor | None) -> torch.Tensor:
         state = self._state_for(x.device, weight, scale, bias, hadamard_group, smooth)
-        w = Int8Weights(weight, scale, bias, hadamard_group, smooth, state.packed)
+        w = Int8Weights(weight, scale, bias, hadamard_group, smooth)
         if plans_apply(x2, state.plan_rows):
             y = planned_call(state.plans, x2, state.backend.eager_plan, w, self.config)
             if y is not None:
@@ -159,10 +157,9 @@ class Int8LayerRuntime:
             return state
         self.replays.clear()
         backend = self.choice.backend_for(device)
-        packed = backend.prepack(weight) if self.config.prepack_int8_weights else None
         state = _DeviceState((weakref.ref(weight), weakref.ref(scale), _ref(bias), _ref(smooth)), hadamard_group,
-                             backend, self.choice.plan_rows(backend), packed)
-        backend.prepare_device_state(Int8Weights(weight, scale, bias, hadamard_group, smooth, packed), self.config)
+                             backend, self.choice.plan_rows(backend))
+        backend.prepare_device_state(Int8Weights(weight, scale, bias, hadamard_group, smooth), self.config)
         self._state[device] = state
         return state
 

@@ -108,7 +108,7 @@ class Int8Linear(nn.Module):
         raise TypeError(f"Int8Linear takes float16/bfloat16/float32 input, got {x.dtype}.")
 
     def _apply(self, fn, recurse=True):  # noqa: ANN001 - nn.Module signature
-        # Per-device state (prepacked layout, plans, replays) belongs to the old tensors: rebuilt on next forward.
+        # Per-device state (plans, replays) belongs to the old tensors: rebuilt on next forward.
         self._runtime.reset()
         # module.to(bfloat16) must not round the fp32 scales: keep them, move them to the new device.
         keep = {k: getattr(self, k) for k in ("weight_scale", "input_smooth") if getattr(self, k) is not None}

@@ -27,8 +27,7 @@ class Int8Weights:
     bias: ``[N]`` in any float dtype, or None;
     hadamard_group: 0, or the block size of the online Walsh-Hadamard rotation of the input;
     smooth: fp32 ``[K]`` multiplier applied to the input before rotation/quantization (saved as ``input_smooth``),
-    or None; packed: whatever ``Backend.prepack`` returned for this weight, or None;
-    exact: False when a reader had to re-quantize the file's numbers (a foreign rotation), for its warning.
+    or None; exact: False when a reader had to re-quantize the file's numbers (a foreign rotation), for its warning.
     """
 
     weight: torch.Tensor
@@ -36,7 +35,6 @@ class Int8Weights:
     bias: torch.Tensor | None = None
     hadamard_group: int = 0
     smooth: torch.Tensor | None = None
-    packed: object | None = None
     exact: bool = True
 
     @property

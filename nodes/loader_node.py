@@ -72,8 +72,7 @@ class LoaderOptions:
     prepack_int8_weights: bool = False
 
     def int8_config(self) -> Int8Config:
-        # prepack_int8_weights is the loader's weight cache, not the engine's Backend.prepack (a no-op on every
-        # backend): a future backend layout must not switch on, and cost memory, because a user wanted the cache.
+        # prepack_int8_weights is the loader's on-disk weight cache (nodes/weight_cache.py), not a runtime setting.
         return Int8Config(runtime_backend=self.runtime_backend, small_batch_fallback=self.small_batch_fallback)
 
 
@@ -118,7 +117,7 @@ def loader_inputs() -> list[InputSpec]:
                   "or fp8 file writes them (about the size of an int8 file) to user/int8_w8a8_cache (or "
                   "INT8_W8A8_CACHE_DIR), later loads read them instead of quantizing again. Rebuilt when the file, "
                   "outlier_method, model_type or pack version changes; the oldest are evicted (4 files / 64 GiB, "
-                  "INT8_W8A8_CACHE_MAX_FILES / _MAX_GB). No effect on int8 files.", (), cfg.prepack_int8_weights,
+                  "INT8_W8A8_CACHE_MAX_FILES / _MAX_GB). No effect on int8 files.", (), False,
                   advanced=True),
     ]
 

@@ -43,10 +43,6 @@ class Backend:
         """Whether ``auto`` may pick this backend on ``device`` (it can run there and is worth running)."""
         return True
 
-    def prepack(self, weight: torch.Tensor) -> object | None:
-        """Build at load the weight layout this backend reads fastest (default: none needed)."""
-        return None
-
     def prepare_device_state(self, w: Int8Weights, config: Int8Config) -> None:
         """Allocate now the persistent per-device buffers this layer's calls will use (default: none).
 

@@ -28,9 +28,6 @@ class TorchIntMMBackend(Backend):
         # so `auto` runs the exact fp32-chunked reference there; the int8 kernel stays available by name.
         return device.type == "cuda"
 
-    def prepack(self, weight: torch.Tensor) -> object | None:
-        return None  # cuBLAS reads the row-major [N, K] weight as the column-major B it wants, no copy.
-
     def w8a8_linear(self, x: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         x = prepare_activation(x, w)
         xq, xs = quantize_per_token(x)

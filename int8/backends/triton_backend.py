@@ -22,11 +22,6 @@ class TritonBackend(Backend):
         # Not CUDA, no Triton, a GPU below sm_75, or a Triton below compat.MIN_TRITON (auto then takes torch_int_mm).
         return triton_unavailable_reason(device)
 
-    def prepack(self, weight: torch.Tensor) -> object | None:
-        from . import triton_dispatch
-
-        return triton_dispatch.prepack_weight(weight)
-
     def prepare_device_state(self, w: Int8Weights, config: Int8Config) -> None:
         from . import triton_dispatch
 

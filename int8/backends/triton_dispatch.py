@@ -22,7 +22,7 @@ from ..quantize import dequantize
 from ..weights import Int8Weights
 from .base import prepare_activation
 
-__all__ = ["w8a8_linear", "weight_only_linear", "prepack_weight", "prepare_device_state"]
+__all__ = ["w8a8_linear", "weight_only_linear", "prepare_device_state"]
 
 def _bias_arg(bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     if bias is None:
@@ -65,12 +65,6 @@ def weight_only_linear(x2d: torch.Tensor, w: Int8Weights) -> torch.Tensor:
         return y + w.bias.float() if w.bias is not None else y
     x = x if x.stride(-1) == 1 else x.contiguous()
     return w8a16_linear(x, w.weight, w.weight_scale, _bias_arg(w.bias, x.device))
-
-
-def prepack_weight(weight: torch.Tensor) -> object | None:
-    """No prepacked layout: both kernels read the row-major ``[N, K]`` int8 weight directly (K-major tiles via
-    TMA on Hopper); see docs/results/kernels_h100.md for the measurement behind this choice."""
-    return None
 
 
 def prepare_device_state(w: Int8Weights, config: Int8Config) -> None:

@@ -52,13 +52,14 @@ def test_loader_options_accept_the_widget_values_and_build_the_runtime_config() 
                loader_node.OTUNetLoaderW8A8.INPUT_TYPES()["required"].items() if name != "unet_name"}
     options = loader_node.LoaderOptions(**widgets)
     cfg = options.int8_config()
-    assert (cfg.runtime_backend, cfg.small_batch_fallback, cfg.prepack_int8_weights) == ("auto", "always", False)
+    assert (cfg.runtime_backend, cfg.small_batch_fallback) == ("auto", "always")
+    assert options.prepack_int8_weights is False
     assert hash(options) == hash(loader_node.LoaderOptions(**widgets))  # replayable by cached_patcher_init
 
 
 def test_prepack_widget_is_the_weight_cache_not_the_engine_prepack() -> None:
     options = loader_node.LoaderOptions(prepack_int8_weights=True)
-    assert options.int8_config().prepack_int8_weights is False
+    assert options.int8_config() == loader_node.LoaderOptions().int8_config()  # a load-time cache, not a runtime knob
     tooltip = next(s.tooltip for s in loader_node.loader_inputs() if s.name == "prepack_int8_weights")
     assert "INT8_W8A8_CACHE_DIR" in tooltip
 
