@@ -76,9 +76,11 @@ def output_mode(out_path: str | Path) -> int:
         return 0o666 & ~_umask()
 
 
-def replace_with_retry(src: str, dst: str | Path, delays: tuple[float, ...] = REPLACE_DELAYS_S) -> None:
-    """``os.replace(src, dst)``, retried after each of ``delays`` while it raises ``PermissionError`` (on Windows:
-    another process has ``dst`` open). Raises :class:`CheckpointError` naming ``dst`` when it never succeeds."""
+def replace_with_retry(src: str, dst: str | Path, delays: tuple[float, ...] | None = None) -> None:
+    """``os.replace(src, dst)``, retried after each of ``delays`` (default :data:`REPLACE_DELAYS_S`) while it raises
+    ``PermissionError`` (on Windows: another process has ``dst`` open). Raises :class:`CheckpointError` naming
+    ``dst`` when it never succeeds; ``src`` is left for the caller to remove."""
+    delays = REPLACE_DELAYS_S if delays is None else delays
     for attempt in range(len(delays) + 1):
         try:
             os.replace(src, dst)
