@@ -41,11 +41,11 @@ def check_regular(path: str | Path, mode: int, what: str = "checkpoint") -> None
 
 def open_regular(path: str | Path) -> BinaryIO:
     """Open ``path`` for binary reading, refusing anything but a regular file without blocking on it."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)  # O_BINARY: Windows only
-    fd = os.open(path, flags)
+    nonblock = getattr(os, "O_NONBLOCK", 0)  # POSIX only; Windows has no FIFOs that could block the open
+    fd = os.open(path, os.O_RDONLY | nonblock | getattr(os, "O_BINARY", 0))  # O_BINARY: Windows only
     try:
         check_regular(path, os.fstat(fd).st_mode)
-        if hasattr(os, "set_blocking"):
+        if nonblock:
             os.set_blocking(fd, True)  # a regular file: plain blocking reads from here on
         return os.fdopen(fd, "rb")
     except BaseException:

@@ -83,3 +83,12 @@ def test_hostile_file_gives_clean_error_or_correct_read(case, tmp_path, capsys):
     if case.expect == "error":
         assert rc == 1
     assert not Path("/tmp/comfy_int8_pwned").exists()  # nothing was ever unpickled
+
+
+@pytest.mark.parametrize("raw", [b'{"format": ["int8_tensorwise"]}', b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                 b"[" * 5000 + b"]" * 5000, b"\xff", b'"int8_tensorwise"'])
+def test_parse_comfy_quant_hostile_payload_is_value_error(raw):
+    from comfy_int8_w8a8.int8.weights import parse_comfy_quant
+
+    with pytest.raises(ValueError, match="blk.lin"):
+        parse_comfy_quant(torch.tensor(list(raw), dtype=torch.uint8), "blk.lin")
