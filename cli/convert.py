@@ -1,6 +1,7 @@
 """`comfy-int8 convert IN OUT`: write a ComfyUI-native int8 file (streams tensor by tensor; never touches IN).
 
-Exit codes: 0 written; 1 the conversion failed (message on stderr, nothing left at OUT); 2 bad command line.
+Exit codes: 0 written; 1 the conversion failed (one line on stderr, nothing left at OUT; ``--debug`` for the
+traceback); 2 bad command line; 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (partial file removed).
 """
 
 from __future__ import annotations
