@@ -179,7 +179,7 @@ def _write_finite(writer: SafetensorsStreamWriter, name: str, tensor: torch.Tens
     # The last gate before the disk: a NaN/Inf scale, bias or 16-bit weight makes a layer output NaN in ComfyUI.
     if tensor.is_floating_point() and not torch.isfinite(tensor).all():
         raise CheckpointError(source, f"tensor '{name}' holds NaN or Inf; it is not written (the layer would output "
-                              "NaN).", "The file is corrupt: re-download it, or keep that layer out with a preset.")
+                              "NaN).", "The file is corrupt: re-download it, or re-export it from the tool that made it.")
     writer.write(name, tensor)
 
 
