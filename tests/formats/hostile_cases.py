@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 
 DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int8: "I8",
@@ -206,12 +207,17 @@ def _special(name: str, build: Callable[[Path], None]) -> Case:
 
 def _socket(path: Path) -> None:
     s = socket.socket(socket.AF_UNIX)
-    s.bind(str(path))  # left bound: the file stays a socket until the folder is removed
+    try:
+        s.bind(str(path))  # left bound: the file stays a socket until the folder is removed
+    except OSError as exc:  # AF_UNIX paths are limited to ~104 bytes (long macOS temp folders)
+        pytest.skip(f"cannot bind a unix socket at {path}: {exc}")
 
 
 def special_file_cases() -> list[Case]:
-    cases = [_special("directory", lambda p: p.mkdir()),
-             _special("dangling_symlink", lambda p: p.symlink_to(p.with_name("nowhere")))]
+    cases = [_special("directory", lambda p: p.mkdir())]
+    if os.name != "posix":
+        return cases  # symlinks need admin rights on Windows, which has no FIFOs or unix sockets in a folder
+    cases.append(_special("dangling_symlink", lambda p: p.symlink_to(p.with_name("nowhere"))))
     if hasattr(os, "mkfifo"):
         cases += [_special("fifo", lambda p: os.mkfifo(p)),
                   _special("symlink_to_fifo", lambda p: (os.mkfifo(p.with_name("f")), p.symlink_to(p.with_name("f"))))]
