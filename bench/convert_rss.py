@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -99,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the files")
     ap.add_argument("--out", type=Path, default=None, help="also write the numbers as JSON to this file")
     args = ap.parse_args(argv)
+    try:
+        import resource  # POSIX only; imported here so flux_specs/write_synthetic (used by tests) import anywhere
+    except ImportError:
+        print("error: bench convert_rss needs the POSIX 'resource' module (Linux or macOS) to read the child's "
+              "peak RSS.", file=sys.stderr)
+        return 1
     depth = depth_for(args.gib, args.hidden)
     specs = flux_specs(args.hidden, depth, depth_single=1)
     largest = max(s.nbytes for s in specs)

@@ -20,6 +20,7 @@ import math
 import platform
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -321,7 +322,13 @@ def run(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    models.import_comfy()
+    try:
+        models.import_comfy()
+    except ImportError as exc:
+        print(f"comfy-int8 bench e2e needs ComfyUI's model code, which cannot be imported ({exc}). Put a ComfyUI "
+              "checkout on PYTHONPATH (PYTHONPATH=/path/to/ComfyUI comfy-int8 bench e2e ...) with its requirements "
+              "installed; --tiny runs on a CPU, the full-size model needs a CUDA GPU.", file=sys.stderr)
+        return 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     config = models.TINY_FLUX if args.tiny else models.FLUX_DEV
     size, txt = (128, 16) if args.tiny else (1024, 512)

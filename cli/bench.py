@@ -10,12 +10,29 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 
 BENCHES: dict[str, str] = {
     "kernels": "Whole-linear speed and error of bf16, fp8, torch_int_mm, triton and ComfyUI native int8 (GPU).",
     "e2e": "End-to-end step time, VRAM and fidelity of a Flux-dev-sized model (GPU).",
     "fidelity": "Per-layer SQNR of none / hadamard / smooth on Gaussian and outlier activations (CPU or GPU).",
 }
+
+
+# What a missing module means for a benchmark, and how to get it.
+_INSTALL_HINTS = {
+    "comfy": "ComfyUI's code: put a ComfyUI checkout on PYTHONPATH",
+    "comfy_api": "ComfyUI's code: put a ComfyUI checkout on PYTHONPATH",
+    "triton": "Triton (ships with PyTorch's CUDA wheels on Linux): pip install triton",
+    "matplotlib": "matplotlib, for the chart: pip install matplotlib",
+}
+
+
+def _missing_module(name: str, exc: ModuleNotFoundError) -> int:
+    top = (exc.name or "").split(".")[0]
+    hint = _INSTALL_HINTS.get(top, f"the Python package '{top}': install it")
+    print(f"comfy-int8 bench {name} needs {hint} (No module named '{exc.name}').", file=sys.stderr)
+    return 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,9 +51,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         module = importlib.import_module(f"..bench.{name}", __package__)
-    except ImportError as exc:
-        print(f"comfy-int8 bench {name}: its module could not be imported ({type(exc).__name__}: {exc}).")
-        return 1
-    parser = argparse.ArgumentParser(prog=f"comfy-int8 bench {name}", description=BENCHES[name])
-    module.add_arguments(parser)
-    return int(module.run(parser.parse_args(args.bench_args)) or 0)
+        parser = argparse.ArgumentParser(prog=f"comfy-int8 bench {name}", description=BENCHES[name])
+        module.add_arguments(parser)
+        return int(module.run(parser.parse_args(args.bench_args)) or 0)
+    except ModuleNotFoundError as exc:  # an optional dependency a benchmark imports when it needs it
+        return _missing_module(name, exc)

@@ -1,6 +1,7 @@
 """`comfy-int8 convert IN OUT`: write a ComfyUI-native int8 file (streams tensor by tensor; never touches IN).
 
-Exit codes: 0 written; 1 the conversion failed (message on stderr, nothing left at OUT); 2 bad command line.
+Exit codes: 0 written; 1 the conversion failed (one line on stderr, nothing left at OUT; ``--debug`` for the
+traceback); 2 bad command line; 130 / 143 / 129 interrupted by SIGINT / SIGTERM / SIGHUP (partial file removed).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from ..int8.config import OUTLIER_METHODS
 from ..int8.formats import CheckpointError, open_checkpoint
 from ..int8.formats.converter import ConvertReport, convert_checkpoint
 from ..int8.formats.writer import STOCK_INCOMPATIBLE_METHODS
+from ..int8.quantize import NonFiniteWeightError
 from ..int8.quantize_model import QuantizeConfig
 from ..presets import AUTO, detect_family, preset_names, resolve_preset
+from .failures import one_line, print_error
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -81,14 +84,14 @@ def run(args: argparse.Namespace) -> int:
             keys = ckpt.keys()
         problem = _check_preset_matches(args.input, args.preset, keys)
         if problem:
-            print(problem, file=sys.stderr)
+            print(one_line(problem), file=sys.stderr)
             return EXIT_FAILED
         preset, message = resolve_preset(args.preset, keys)
         config = QuantizeConfig(outlier_method=args.outlier_method)
         report = convert_checkpoint(args.input, args.output, preset, config, device=args.device, force=args.force,
                                     progress=not args.quiet)
-    except (CheckpointError, ValueError) as exc:  # CheckpointError and quantizer errors name the file/layer
-        print(f"error: {exc}", file=sys.stderr)
+    except (CheckpointError, NonFiniteWeightError) as exc:  # they name the file/layer and the fix
+        print_error(str(exc))
         return EXIT_FAILED
     print_summary(report, message)
     return EXIT_OK

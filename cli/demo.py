@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 METHODS = ("none", "hadamard", "smooth")
 
@@ -127,7 +128,8 @@ def run_demo(device: torch.device, steps: int, methods: list[str], size: int) ->
 
     preset = load_preset("flux")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="comfy_int8_demo_") as tmp_name, \
+    # logging_redirect_tqdm: the backend's log lines go through tqdm.write, above the bar, not into it.
+    with tempfile.TemporaryDirectory(prefix="comfy_int8_demo_") as tmp_name, logging_redirect_tqdm(), \
             tqdm(total=1 + len(methods), desc="demo", unit="model") as bar:
         tmp = Path(tmp_name)
         model16 = build().to(device, dtype)

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 
 from ..int8.formats import FORMATS, Checkpoint, CheckpointError, open_checkpoint
 from ..presets import resolve_preset
+from .failures import one_line, print_error
 
 _QUANTIZED_DTYPES = ("torch.int8", "torch.float8_e4m3fn", "torch.float8_e5m2")
 _MAX_VALUE_CHARS = 160
@@ -54,6 +54,7 @@ def summarize(ckpt: Checkpoint) -> dict:
 
 
 def _short(value: str) -> str:
+    value = one_line(value)  # a header's strings could carry terminal escape sequences
     return value if len(value) <= _MAX_VALUE_CHARS else value[:_MAX_VALUE_CHARS] + f"... ({len(value)} chars)"
 
 
@@ -72,7 +73,7 @@ def print_summary(s: dict) -> None:
           f"{s['quantized_weight_bytes_share']:.0%} of weight bytes)")
     print("  metadata      " + ("(none)" if not s["metadata"] else ""))
     for k, v in sorted(s["metadata"].items()):
-        print(f"    {k}: {_short(v)}")
+        print(f"    {_short(k)}: {_short(v)}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         with open_checkpoint(args.file) as ckpt:
             summary = summarize(ckpt)
     except CheckpointError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print_error(str(exc))
         return 1
     if args.json:
         print(json.dumps(summary, indent=2))

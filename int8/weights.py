@@ -93,9 +93,12 @@ def comfy_quant_bytes(hadamard_group: int) -> torch.Tensor:
 def parse_comfy_quant(tensor: torch.Tensor, layer: str) -> dict:
     """Decode a ``comfy_quant`` tensor; raise ``ValueError`` naming ``layer`` if it is not int8 JSON we know."""
     try:
-        meta = json.loads(bytes(tensor.to(torch.uint8).tolist()).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"Layer '{layer}': its comfy_quant entry is not valid UTF-8 JSON ({exc}).") from exc
-    if not isinstance(meta, dict) or meta.get("format") != INT8_FORMAT:
-        raise ValueError(f"Layer '{layer}': comfy_quant format {meta!r} is not {INT8_FORMAT}.")
+        meta = json.loads(bytes(tensor.to(torch.uint8).reshape(-1).tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(f"Layer '{layer}': its comfy_quant entry is not valid UTF-8 JSON ({type(exc).__name__}).") from exc
+    fmt = meta.get("format") if isinstance(meta, dict) else None
+    if fmt != INT8_FORMAT:
+        # Name the type, not the value: a hostile value can be huge or nested too deep for repr.
+        shown = repr(fmt)[:60] if isinstance(fmt, str | None) else f"a JSON {type(fmt).__name__}"
+        raise ValueError(f"Layer '{layer}': comfy_quant format {shown} is not {INT8_FORMAT}.")
     return meta

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import BinaryIO
@@ -11,7 +10,9 @@ import torch
 
 from .detect import detect_format
 from .errors import CheckpointError
+from .fileops import open_regular
 from .keys import QUANT_SUFFIXES, diffusion_model_prefix, key_layout, layer_of, strip_prefix
+from .quant_config import check_quant_config, loads_json
 from .safetensors_io import TensorInfo, read_header, read_tensor
 
 __all__ = ["Checkpoint", "open_checkpoint"]
@@ -76,7 +77,7 @@ class Checkpoint:
         info = self.info(key)
         if self._file is None:
             try:
-                self._file = open(self.path, "rb")  # noqa: SIM115 - kept open across calls, closed by close()
+                self._file = open_regular(self.path)  # kept open across calls, closed by close()
             except OSError as exc:
                 raise CheckpointError(self.path, f"cannot be opened ({exc.strerror}).", "Check the path.") from exc
         return read_tensor(self._file, info, self.path)
@@ -111,39 +112,24 @@ class Checkpoint:
             if info.dtype != torch.uint8 or len(info.shape) != 1 or info.nbytes > _MAX_COMFY_QUANT_BYTES:
                 raise CheckpointError(self.path, f"layer '{layer}': comfy_quant must be a small uint8 vector of JSON, "
                                       f"got {info.dtype}{list(info.shape)}.", "The file is corrupt: re-download it.")
-            configs[layer] = _parse_json_config(self.path, layer, bytes(self.tensor(key).tolist()))
+            raw = bytes(self.tensor(key).tolist())
+            conf = loads_json(self.path, f"layer '{layer}': its comfy_quant entry", raw)
+            configs[layer] = check_quant_config(self.path, layer, conf)
         return configs
 
     def _configs_from_header(self, raw: str) -> dict[str, dict]:
-        try:
-            meta = json.loads(raw)
-            layers = meta["layers"]
-            if not isinstance(layers, dict):
-                raise TypeError("layers is not an object")
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(self.path, f"its _quantization_metadata header entry is malformed ({exc}).",
-                                  "The file is corrupt: re-download it.") from exc
+        meta = loads_json(self.path, "its _quantization_metadata header entry", raw)
+        layers = meta.get("layers") if isinstance(meta, dict) else None
+        if not isinstance(layers, dict):
+            raise CheckpointError(self.path, "its _quantization_metadata header entry has no 'layers' object.",
+                                  "The file is corrupt: re-download it.")
         out = {}
         for name, conf in layers.items():
-            if not isinstance(conf, dict):
-                raise CheckpointError(self.path, f"_quantization_metadata: layer '{name}' config is not an object.",
-                                      "The file is corrupt: re-download it.")
+            conf = check_quant_config(self.path, name, conf, "_quantization_metadata config")
             if self.prefix and not name.startswith(self.prefix):
                 continue  # outside the diffusion model (text encoder, VAE of an all-in-one file)
             out[name[len(self.prefix):]] = conf
         return out
-
-
-def _parse_json_config(path: str, layer: str, raw: bytes) -> dict:
-    try:
-        conf = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(path, f"layer '{layer}': its comfy_quant entry is not UTF-8 JSON.",
-                              "The file is corrupt: re-download it.") from exc
-    if not isinstance(conf, dict):
-        raise CheckpointError(path, f"layer '{layer}': its comfy_quant entry is not a JSON object.",
-                              "The file is corrupt: re-download it.")
-    return conf
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:

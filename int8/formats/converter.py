@@ -17,14 +17,17 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from ...presets import Preset
+from ..quantize import NonFiniteWeightError
 from ..quantize_model import QuantizeConfig, quantize_linear_weight, should_quantize
 from ..weights import INT8_FORMAT
 from . import read_layer
 from .checkpoint import Checkpoint, open_checkpoint
 from .detect import FP8_DTYPES, FP8_FORMATS
 from .errors import CheckpointError
+from .fileops import open_regular
 from .readers import FP8_DEQUANT_DTYPE, regular_hadamard_group
 from .safetensors_io import SafetensorsStreamWriter, TensorSpec
 from .writer import (
@@ -41,6 +44,8 @@ _DROPPED_KEYS = ("scaled_fp8",)
 # float64 working set of one quantization call (see quantize_rows): keeps peak RSS near the largest tensor.
 QUANT_CHUNK_BYTES = 64 << 20
 _DROPPED_SUFFIXES = ("scale_input", "input_scale", "comfy_quant", "scale_weight", "weight_scale")
+# Copied tensors checked for NaN/Inf: weights and biases only; other buffers (masks, tables) may hold inf by design.
+_CHECKED_SUFFIXES = ("weight", "bias")
 
 
 @dataclass
@@ -104,7 +109,12 @@ def plan_conversion(ckpt: Checkpoint, preset: Preset, config: QuantizeConfig) ->
         order = ckpt.info(parts["weight"]).begin
         kind = _layer_kind(ckpt, layer, parts)
         if kind == "int8":
-            n, k = ckpt.info(parts["weight"]).shape
+            shape = ckpt.info(parts["weight"]).shape
+            if len(shape) != 2:
+                raise CheckpointError(ckpt.path, f"layer '{layer}' is marked int8 but its weight has shape {list(shape)}"
+                                      "; an int8 Linear weight is 2-D [out_features, in_features].",
+                                      "The file is corrupt: re-download it, or convert the 16-bit original.")
+            n, k = shape
             bias = ckpt.info(parts["bias"]) if "bias" in parts else None
             step_kind = "copy_int8" if _int8_stock_exact(ckpt, parts) else "requantize"
             step = Step(step_kind, layer, parts, int8_layer_specs(layer, n, k, (bias.dtype, bias.shape) if bias else None))
@@ -157,28 +167,40 @@ class _FileHasher(threading.Thread):
     def run(self) -> None:
         h = hashlib.sha256()
         try:
-            with open(self.path, "rb") as f:
+            with open_regular(self.path) as f:
                 while chunk := f.read(16 << 20):
                     h.update(chunk)
             self.hexdigest = h.hexdigest()
-        except OSError as exc:  # reported by the main thread, which owns the error handling
+        except (OSError, CheckpointError) as exc:  # reported by the main thread, which owns the error handling
             self.error = exc
 
 
+def _write_finite(writer: SafetensorsStreamWriter, name: str, tensor: torch.Tensor, source: str) -> None:
+    # The last gate before the disk: a NaN/Inf scale, bias or 16-bit weight makes a layer output NaN in ComfyUI.
+    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        raise CheckpointError(source, f"tensor '{name}' holds NaN or Inf; it is not written (the layer would output "
+                              "NaN).", "The file is corrupt: re-download it, or re-export it from the tool that made it.")
+    writer.write(name, tensor)
+
+
 def _write_int8(writer: SafetensorsStreamWriter, layer: str, q: dict[str, torch.Tensor], specs: list[TensorSpec],
-                source_bias: torch.Tensor | None) -> None:
+                source_bias: torch.Tensor | None, source: str) -> None:
     writer.write(f"{layer}.weight", q["weight"])
-    writer.write(f"{layer}.weight_scale", q["weight_scale"].float().reshape(-1, 1))
+    _write_finite(writer, f"{layer}.weight_scale", q["weight_scale"].float().reshape(-1, 1), source)
     writer.write(f"{layer}.comfy_quant", padded_comfy_quant(q["comfy_quant"], layer))
     if len(specs) > 3:
         bias = q.get("bias", source_bias)
-        writer.write(f"{layer}.bias", bias.to(specs[3].dtype))
+        _write_finite(writer, f"{layer}.bias", bias.to(specs[3].dtype), source)
 
 
 def _run_step(ckpt: Checkpoint, step: Step, writer: SafetensorsStreamWriter, config: QuantizeConfig,
               device: str) -> None:
     if step.kind == "copy":
-        writer.write(step.name, ckpt.tensor(step.parts["tensor"]))
+        tensor = ckpt.tensor(step.parts["tensor"])
+        if step.name.rpartition(".")[2] in _CHECKED_SUFFIXES:
+            _write_finite(writer, step.name, tensor, ckpt.path)
+        else:
+            writer.write(step.name, tensor)
         return
     if step.kind == "keep":
         return
@@ -187,7 +209,7 @@ def _run_step(ckpt: Checkpoint, step: Step, writer: SafetensorsStreamWriter, con
         _, layer = read_layer(ckpt, step.name, step.parts)
         q = {"weight": layer.weight, "weight_scale": layer.weight_scale,
              "comfy_quant": layer.state_dict()["comfy_quant"]}
-        _write_int8(writer, step.name, q, step.specs, layer.bias)
+        _write_int8(writer, step.name, q, step.specs, layer.bias, ckpt.path)
         return
     kind, value = read_layer(ckpt, step.name, step.parts)
     if kind == "int8":
@@ -197,15 +219,18 @@ def _run_step(ckpt: Checkpoint, step: Step, writer: SafetensorsStreamWriter, con
     else:
         weight = ckpt.tensor(step.parts["weight"])
     if step.kind == "dequantize":
-        writer.write(f"{step.name}.weight", weight.to(FP8_DEQUANT_DTYPE))
+        _write_finite(writer, f"{step.name}.weight", weight.to(FP8_DEQUANT_DTYPE), ckpt.path)
         if bias is not None:
-            writer.write(f"{step.name}.bias", bias)
+            _write_finite(writer, f"{step.name}.bias", bias, ckpt.path)
         return
-    q = quantize_rows(step.name, weight, config, device)
+    try:
+        q = quantize_rows(step.name, weight, config, device)
+    except NonFiniteWeightError as exc:  # it names the layer; the file and the way out are added here
+        raise CheckpointError(ckpt.path, str(exc)) from exc
     if "input_smooth" in q:
         raise CheckpointError(writer.out_path, f"layer '{step.name}' was quantized with an input_smooth multiplier, "
                               "which stock ComfyUI cannot apply.", "Use --outlier-method hadamard or none.")
-    _write_int8(writer, step.name, {k: v.cpu() for k, v in q.items()}, step.specs, bias)
+    _write_int8(writer, step.name, {k: v.cpu() for k, v in q.items()}, step.specs, bias, ckpt.path)
 
 
 def quantize_rows(name: str, weight: torch.Tensor, config: QuantizeConfig, device: str,
@@ -260,7 +285,9 @@ def convert_checkpoint(source: str | Path, output: str | Path, preset: Preset, c
         specs = [spec for s in steps for spec in s.specs]
         with SafetensorsStreamWriter(output, specs, meta, force=force) as writer:
             total = sum(spec.nbytes for spec in specs)
-            with torch.no_grad(), tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar:
+            # Log lines (a warning about a layer) go through tqdm.write, above the bar instead of into it.
+            with torch.no_grad(), logging_redirect_tqdm(), \
+                    tqdm(total=total, unit="B", unit_scale=True, desc="convert", disable=not progress) as bar:
                 for s in steps:
                     _run_step(ckpt, s, writer, config, device)
                     bar.update(sum(spec.nbytes for spec in s.specs))

@@ -24,7 +24,7 @@ import torch
 
 from ..hadamard import HADAMARD_GROUP_SIZES, build_hadamard, check_group_size
 from ..log_once import log_once
-from ..quantize import quantize_rotated_per_channel
+from ..quantize import NonFiniteWeightError, quantize_rotated_per_channel
 from ..weights import INT8_FORMAT, Int8Weights, per_channel_scale
 from .detect import FP8_DTYPES, FP8_FORMATS
 from .errors import CheckpointError
@@ -61,16 +61,28 @@ def _per_row_scale(path: str, layer: str, scale: torch.Tensor | None, n: int) ->
         raise CheckpointError(path, f"layer '{layer}': weight_scale has dtype {scale.dtype}, expected a float.",
                               "The file is corrupt: re-download it.")
     if scale.numel() == 1 or (scale.numel() == n and (scale.dim() == 1 or tuple(scale.shape) == (n, 1))):
+        _check_finite_scale(path, layer, scale, "weight_scale")
         return per_channel_scale(scale, n)
     raise CheckpointError(path, f"layer '{layer}': weight_scale shape {tuple(scale.shape)} is neither a scalar nor "
                           f"one per output row ({n}).", "Block-wise int8 files are not supported; use a 16-bit file.")
 
 
+def _check_finite_scale(path: str, layer: str, scale: torch.Tensor, name: str) -> None:
+    # A NaN/Inf scale turns the whole layer's output into NaN at run time; refuse it here, never copy it.
+    if not torch.isfinite(scale).all():
+        raise CheckpointError(path, f"layer '{layer}': {name} holds NaN or Inf, so the layer would output NaN.",
+                              "The file is corrupt: re-download it, or convert the 16-bit original.")
+
+
 def _convrot_group(path: str, layer: str, conf: dict | None, k: int) -> int:
-    if not conf or not conf.get("convrot", (conf.get("params") or {}).get("convrot", False)):
+    # conf was type-checked by quant_config.check_quant_config; the isinstance guards cover direct callers.
+    params = conf.get("params") if conf and isinstance(conf.get("params"), dict) else {}
+    if not conf or not conf.get("convrot", params.get("convrot", False)):
         return 0
-    params = conf.get("params") if isinstance(conf.get("params"), dict) else {}
     group = conf.get("convrot_groupsize", params.get("convrot_groupsize", 256))
+    if type(group) is not int:
+        raise CheckpointError(path, f"layer '{layer}': convrot_groupsize of type {type(group).__name__} is not an "
+                              "integer.", "The file is corrupt or from an unknown tool: re-export it.")
     try:
         check_group_size(int(group), k)
     except (TypeError, ValueError) as exc:
@@ -91,6 +103,9 @@ def read_int8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tensor], 
     n, k = w.shape
     scale = _per_row_scale(path, layer, tensors.get("weight_scale"), n)
     bias = tensors.get("bias")
+    if bias is not None and (not bias.is_floating_point() or bias.numel() != n or not torch.isfinite(bias).all()):
+        raise CheckpointError(path, f"layer '{layer}': bias {bias.dtype}{list(bias.shape)} is not {n} finite floats.",
+                              "The file is corrupt: re-download it.")
     sigma, h = tensors.get("hadanorm_sigma"), tensors.get("quarot_hadamard")
     smooth = None
     if sigma is not None:
@@ -112,9 +127,9 @@ def read_int8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tensor], 
 
 def regular_hadamard_group(h: torch.Tensor) -> int:
     """The size of ``h`` if it is the engine's regular Hadamard matrix (64/256/1024), else 0."""
-    g = h.shape[-1]
-    if h.dim() != 2 or h.shape[0] != g or g not in HADAMARD_GROUP_SIZES:
-        return 0
+    if h.dim() != 2 or h.shape[0] != h.shape[1] or h.shape[1] not in HADAMARD_GROUP_SIZES:
+        return 0  # (a 0-D or 1-D h has no shape[-1] to compare)
+    g = h.shape[1]
     # Entries are +-1/sqrt(g), so any other matrix differs by 2/sqrt(g) somewhere: half that is a safe tolerance.
     same = torch.allclose(h.double(), build_hadamard(g, dtype=torch.float64), atol=0.5 / math.sqrt(g), rtol=0.0)
     return g if same else 0
@@ -130,7 +145,10 @@ def _requantize_rotation(path: str, layer: str, w: torch.Tensor, scale: torch.Te
     log_once(log, logging.WARNING, f"'{path}': its Hadamard matrices (size {g}) are not the regular Hadamard the int8 kernels "
                      f"use; those layers are re-quantized with group {new_group or 'none'} at load (a second "
                      "rounding, slightly less accurate). Convert the 16-bit original for the best result.")
-    q, s = quantize_rotated_per_channel(w_basis, new_group, layer)
+    try:
+        q, s = quantize_rotated_per_channel(w_basis, new_group, layer)
+    except NonFiniteWeightError as exc:  # a NaN/Inf entry of h: name the file as every reader error does
+        raise CheckpointError(path, str(exc)) from exc
     return Int8Weights(q, s, bias, new_group, smooth, exact=False)
 
 
@@ -145,8 +163,8 @@ def dequantize_fp8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tens
     fp8_dtype = FP8_FORMATS.get((conf or {}).get("format"), scaled_fp8_dtype or w.dtype)
     if w.dtype == torch.uint8:
         w = w.view(fp8_dtype)
-    if w.dtype not in FP8_DTYPES:
-        raise CheckpointError(path, f"layer '{layer}' is marked fp8 but its weight is {w.dtype}.",
+    if w.dtype not in FP8_DTYPES or w.dim() == 0:
+        raise CheckpointError(path, f"layer '{layer}' is marked fp8 but its weight is {w.dtype}{list(w.shape)}.",
                               "The file is corrupt: re-download it.")
     scale = tensors.get("weight_scale", tensors.get("scale_weight"))
     wf = w.float()
@@ -154,5 +172,10 @@ def dequantize_fp8_layer(path: str, layer: str, tensors: Mapping[str, torch.Tens
         if scale.numel() != 1 and scale.numel() != w.shape[0]:
             raise CheckpointError(path, f"layer '{layer}': fp8 scale shape {tuple(scale.shape)} is not supported.",
                                   "Use a 16-bit checkpoint, or one with per-tensor fp8 scales.")
+        _check_finite_scale(path, layer, scale, "fp8 scale")
         wf = wf * (scale.float().reshape(()) if scale.numel() == 1 else scale.float().reshape(-1, 1))
-    return wf.to(FP8_DEQUANT_DTYPE)
+    wf = wf.to(FP8_DEQUANT_DTYPE)
+    if not torch.isfinite(wf).all():  # fp8 e4m3fn has NaN codes; a huge finite scale can overflow bf16
+        raise CheckpointError(path, f"layer '{layer}': its fp8 weight times its scale holds NaN or Inf.",
+                              "The file is corrupt: re-download it, or use the 16-bit original.")
+    return wf

@@ -15,6 +15,7 @@ import errno
 import json
 import math
 import os
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import BinaryIO
 import torch
 
 from .errors import PICKLE_SUFFIXES, CheckpointError, pickle_refusal
+from .fileops import check_regular, open_regular, output_mode, replace_with_retry
 
 __all__ = [
     "DTYPE_BY_NAME",
@@ -104,11 +106,9 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     path = Path(path)
     if not path.exists():
         raise CheckpointError(path, "does not exist.", "Check the path (and that the download finished).")
-    if path.is_dir():
-        raise CheckpointError(path, "is a folder, not a checkpoint file.", "Pass the .safetensors file inside it.")
     try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             head = f.read(9)
             _refuse_non_safetensors(path, head)
             head = head[:8]
@@ -119,8 +119,9 @@ def read_header(path: str | Path) -> SafetensorsHeader:
                 raise _bad(path, f"header length {n} does not fit the file size {size}")
             f.seek(8)
             raw = f.read(n)
-    except PermissionError as exc:
-        raise CheckpointError(path, f"cannot be read ({exc.strerror}).", "Check the file's permissions.") from exc
+    except OSError as exc:  # permissions, a socket (ENXIO), an I/O error of the disk
+        raise CheckpointError(path, f"cannot be read ({exc.strerror or exc}).", "Check the file and its "
+                              "permissions.") from exc
     try:
         header = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
@@ -149,19 +150,27 @@ def _parse_entry(path: Path, name: str, entry: object, data_start: int) -> Tenso
     if not isinstance(entry, dict):
         raise _bad(path, f"entry '{name}' is not an object")
     dtype_name, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype_name not in DTYPE_BY_NAME:
-        raise _bad(path, f"tensor '{name}' has unknown dtype {dtype_name!r}")
-    if not isinstance(shape, list) or not all(type(d) is int and 0 <= d < 2**48 for d in shape) or len(shape) > 8:
-        raise _bad(path, f"tensor '{name}' has an invalid shape {shape!r}")
+    if not isinstance(dtype_name, str) or dtype_name not in DTYPE_BY_NAME:  # a list or object is unhashable
+        shown = dtype_name if isinstance(dtype_name, str | int | float | None) else f"a JSON {type(dtype_name).__name__}"
+        raise _bad(path, f"tensor '{name}' has unknown dtype {str(shown)[:40]!r}")
+    if not isinstance(shape, list) or len(shape) > 8 or not all(type(d) is int and 0 <= d < 2**48 for d in shape):
+        raise _bad(path, f"tensor '{name}' has an invalid shape {_short_json(shape)}")
     if (not isinstance(offsets, list) or len(offsets) != 2 or not all(type(o) is int for o in offsets)
             or not 0 <= offsets[0] <= offsets[1] < 2**62):
-        raise _bad(path, f"tensor '{name}' has invalid data_offsets {offsets!r}")
+        raise _bad(path, f"tensor '{name}' has invalid data_offsets {_short_json(offsets)}")
     dtype = DTYPE_BY_NAME[dtype_name]
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
     if offsets[1] - offsets[0] != nbytes:
         raise _bad(path, f"tensor '{name}' {dtype_name}{shape} needs {nbytes} bytes but its offsets span "
                          f"{offsets[1] - offsets[0]}")
     return TensorInfo(name, dtype, tuple(shape), data_start + offsets[0], data_start + offsets[1])
+
+
+def _short_json(value: object) -> str:
+    # Only flat values are shown whole: repr of a hostile nested value can be huge or exhaust the stack.
+    if isinstance(value, list) and len(value) <= 8 and all(isinstance(v, int | float | str | None) for v in value):
+        return repr(value)[:80]
+    return f"(a JSON {type(value).__name__})"
 
 
 def read_tensor(f: BinaryIO, info: TensorInfo, path: str = "") -> torch.Tensor:
@@ -175,6 +184,29 @@ def read_tensor(f: BinaryIO, info: TensorInfo, path: str = "") -> torch.Tensor:
         raise CheckpointError(path, f"ended while reading tensor '{info.name}' (the file changed or is truncated).",
                               "Download it again.")
     return torch.frombuffer(buf, dtype=info.dtype).reshape(info.shape)
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.2f} {unit}"
+    return f"{n} bytes"
+
+
+def _free_space(path: Path) -> str:
+    try:
+        return f", {_size(shutil.disk_usage(path.parent if str(path.parent) else '.').free)} free"
+    except OSError:
+        return ""  # the size is still worth reporting without the free space
+
+
+def _chmod(path: str, mode: int) -> None:
+    # mkstemp made the file 0600: give it the mode a plain open() would (see fileops.output_mode).
+    try:
+        os.chmod(path, mode)
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot be given mode {oct(mode)} ({exc.strerror}).",
+                              "Check the output folder's filesystem and permissions.") from exc
 
 
 @dataclass(frozen=True)
@@ -206,8 +238,11 @@ class SafetensorsStreamWriter:
         self.force = force
         self._specs = list(specs)
         self._next = 0
-        if self.out_path.exists() and not force:
-            raise CheckpointError(self.out_path, "already exists.", "Pass --force to overwrite it, or choose another name.")
+        if self.out_path.exists():
+            check_regular(self.out_path, self.out_path.stat().st_mode, "output")
+            if not force:
+                raise CheckpointError(self.out_path, "already exists.", "Pass --force to overwrite it, or choose another "
+                                      "name.")
         header: dict[str, object] = {"__metadata__": dict(metadata)}
         offset = 0
         for s in self._specs:
@@ -234,13 +269,21 @@ class SafetensorsStreamWriter:
         except OSError as exc:
             raise CheckpointError(self.out_path, f"cannot be written: the folder '{folder}' is not writable "
                                   f"({exc.strerror}).", "Choose a folder you can write to.") from exc
-        self._f = os.fdopen(fd, "wb")
+        # From here until the `with` block owns the writer, any exception (a full disk, or a signal turned into an
+        # exception while posix_fallocate runs) must remove the file itself.
         try:
+            self._mode = output_mode(self.out_path)
+            self._f = os.fdopen(fd, "wb")
             self._reserve(fd)
             self._f.write(struct.pack("<Q", len(self._header)))
             self._f.write(self._header)
         except OSError as exc:
             self._fail(exc)
+        except BaseException:
+            if self._f is None:
+                os.close(fd)
+            self.abort()
+            raise
 
     def _reserve(self, fd: int) -> None:
         # Claim the whole size now, so a disk that cannot hold the output fails before any work is done.
@@ -256,8 +299,9 @@ class SafetensorsStreamWriter:
     def _fail(self, exc: OSError) -> None:
         self.abort()
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise CheckpointError(self.out_path, f"cannot be written: the disk is full (needs {self.total_bytes / 2**30:.2f}"
-                                  " GiB).", "Free space or choose another folder; the partial file was removed.") from exc
+            raise CheckpointError(self.out_path, f"cannot be written: the disk is full (the file needs "
+                                  f"{_size(self.total_bytes)}{_free_space(self.out_path)}).",
+                                  "Free space or choose another folder; the partial file was removed.") from exc
         raise CheckpointError(self.out_path, f"cannot be written ({exc.strerror or exc}).",
                               "The partial file was removed; check the folder and try again.") from exc
 
@@ -305,7 +349,8 @@ class SafetensorsStreamWriter:
             self._f = None
             if self.out_path.exists() and not self.force:
                 raise CheckpointError(self.out_path, "appeared while converting.", "Pass --force to overwrite it.")
-            os.replace(self._tmp, self.out_path)
+            _chmod(self._tmp, self._mode)
+            replace_with_retry(self._tmp, self.out_path)
             self._tmp = None
         except OSError as exc:
             self._fail(exc)
