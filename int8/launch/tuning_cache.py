@@ -22,7 +22,9 @@ stored value that is not among the current candidates is ignored::
                   "triton": "3.6.0", "pack": "0.1.0"},
      "candidates": {"tma_config": "3f2a...", "gemm_choice": "9b1c..."},
      "entries": [["tma_config", [4096, 3072, 12288, "torch.bfloat16", "torch.bfloat16", true, true],
-                  {"BLOCK_K": 128, "BLOCK_M": 128, ..., "num_stages": 4, "num_warps": 8}], ...]}
+                  {"BLOCK_K": 128, "BLOCK_M": 128, ..., "num_ctas": 1, "num_stages": 4, "num_warps": 8}],
+                 ["gemm_choice", [4096, 3072, 12288, "torch.bfloat16", "torch.bfloat16", true],
+                  [128, 256, 128, 4, 8, 2]], ...]}
 
 Entries are in the order they were added; past :data:`MAX_ENTRIES` the oldest go. A save re-reads the file and
 merges (another process's decisions are kept; for one key the last writer wins) and replaces it atomically. A
