@@ -67,7 +67,6 @@ _OFF = ("0", "off", "false", "no", "none")
 _REPLACE_WAITS_S = (0.01, 0.02, 0.05, 0.1, 0.2)  # Windows: os.replace fails while another process has the file open
 
 
-
 class _Miss:
     def __repr__(self) -> str:
         return "MISS"
