@@ -42,9 +42,9 @@ import torch
 from .log_once import log_once
 
 __all__ = ["MIN_TRITON", "TESTED_TRITON", "TMA_TRITON", "NO_GLUON", "NO_TMA", "NO_PDL", "NO_DIRECT_LAUNCH", "ARCH",
-           "triton_version", "triton_unavailable_reason", "cuda_int8_unavailable_reason", "capability",
-           "arch_override", "host_tma", "tensor_descriptor_class", "pdl", "gdc_functions", "gluon", "gluon_api", "direct_launch",
-           "direct_launch_entry", "tensordesc_entry", "tensordesc_encoders", "reset"]
+           "triton_version", "triton_release", "triton_unavailable_reason", "cuda_int8_unavailable_reason",
+           "capability", "arch_override", "host_tma", "tensor_descriptor_class", "pdl", "gdc_functions", "gluon",
+           "gluon_api", "direct_launch", "direct_launch_entry", "tensordesc_entry", "tensordesc_encoders", "reset"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
@@ -95,6 +95,12 @@ def triton_version() -> tuple[int, int] | None:
     """(major, minor) of the installed Triton, or None without one."""
     text = _installed_triton()
     return _parse_version(text) if text is not None else None
+
+
+def triton_release() -> str | None:
+    """The installed Triton's full version string (``"3.6.0"``), or None without one: part of what a tuned kernel
+    choice was measured on (launch/tuning_cache.py)."""
+    return _installed_triton()
 
 
 def arch_override() -> tuple[int, int] | None:

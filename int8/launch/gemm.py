@@ -4,7 +4,9 @@ kernel per call.
 
 Both kernels are autotuned per (M bucket, N, K), timing each config at the clocks it sustains under load
 (:mod:`tuning`): M is bucketed to a power of two so a sampler's changing token count does not re-tune on every
-call. The TMA kernel and the Gluon one run only on sm_90 (Hopper's wgmma; Blackwell takes the pointer kernel).
+call. Each pick is kept on disk (:mod:`tuning_cache`: ``tma_config``, ``pointer_config``), so a new process launches
+a known shape without tuning it again. The TMA kernel and the Gluon one run only on sm_90 (Hopper's wgmma;
+Blackwell takes the pointer kernel).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import triton
 from .. import compat
 from ..kernels import triton_gemm as kernels
 from ..kernels.triton_gemm import POINTER_CONFIGS_AMPERE, POINTER_CONFIGS_HOPPER, TMA_CONFIGS
-from . import gemm_choice
+from . import gemm_choice, tuning_cache
 from .fast_launch import CompiledLauncher
 from .host import alignment_bits, capability, cdiv, descriptor, device_index, next_power_of_2, sm_count
 from .tuning import sustained_bench
@@ -48,7 +50,11 @@ _int8_gemm_tma_kernel = triton.autotune(
     configs=TMA_CONFIGS, key=["M_BUCKET", "N", "K"], prune_configs_by={"early_config_prune": _prune_by_m},
     do_bench=sustained_bench)(kernels._int8_gemm_tma_kernel)  # configs ranked at the clocks they sustain
 _tma_launch = CompiledLauncher(kernels._int8_gemm_tma_kernel)
+_pointer_launch = kernels._int8_gemm_kernel  # launched with the autotuner's pick, past its per-call bookkeeping
 _tuned: dict[tuple, triton.Config] = {}  # autotuner's pick per (M bucket, N, K, dtypes, bias, TMA store)
+_pointer_tuned: dict[tuple, triton.Config] = {}  # the pointer autotuner's pick per its own key (see _launch_pointer)
+_tma_on_disk = tuning_cache.Table("tma_config", TMA_CONFIGS)
+_pointer_on_disk = tuning_cache.Table("pointer_config", _int8_gemm_kernel.configs)
 _split_workspace = SplitKWorkspace(torch.int32)  # int32 partial tiles of the split tail
 _LARGEST_TILE = max(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] for c in TMA_CONFIGS)  # elements
 
@@ -76,9 +82,9 @@ def _grid_size(tiles: int, num_sms: int, kw: dict) -> int:
 
 def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor,
                 bias_arg: torch.Tensor, has_bias: bool, config: triton.Config | None = None) -> None:
-    """First call per shape key: the autotuner picks the config. Later calls: descriptors built for that config
-    and a direct launch of the compiled kernel (the autotuner and JIT binding cost ~100 us of CPU per call).
-    ``config`` (tests, benchmarks) skips the autotuner."""
+    """First call per shape key: the config an earlier process picked (:mod:`tuning_cache`), else the autotuner's
+    pick (then stored). Later calls: descriptors built for that config and a direct launch of the compiled kernel
+    (the autotuner and JIT binding cost ~100 us of CPU per call). ``config`` (tests, benchmarks) skips both."""
     m, k = a.shape
     n = b.shape[0]
     dev = device_index(a.device)
@@ -89,6 +95,10 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
     tune_key = (bucket, n, k, c.dtype, bias_arg.dtype, has_bias, tma_store)
     cfg = config or _tuned.get(tune_key)
     if cfg is None:
+        cfg = _tma_on_disk.get(tune_key, dev)
+        if cfg is not tuning_cache.MISS:
+            _tuned[tune_key] = cfg
+    if cfg is tuning_cache.MISS:
         TensorDescriptor = compat.tensor_descriptor_class()  # noqa: N806 - the class itself
 
         # block shapes are set per config by _set_block_shapes; these placeholders only build the descriptors
@@ -102,6 +112,7 @@ def _launch_tma(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Ten
         _int8_gemm_tma_kernel[grid](a_desc, b_desc, c_desc, c, xs, ws, bias_arg, part, count, m, n, k, c.stride(0),
                                     bucket, HAS_BIAS=has_bias, CAN_TMA_STORE=tma_store, NUM_SMS=num_sms)
         _tuned[tune_key] = _int8_gemm_tma_kernel.best_config
+        _tma_on_disk.put(tune_key, _int8_gemm_tma_kernel.best_config, dev)
         return
     kw = cfg.kwargs
     bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
@@ -160,9 +171,33 @@ def int8_gemm_dequant(
                                      lambda: _launch_tma(a, b, c, xs, ws, bias_arg, bias is not None))
         return c
 
-    def grid_ptr(meta: dict) -> tuple[int]:
-        return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
-
-    _int8_gemm_kernel[grid_ptr](a, b, c, xs, ws, bias_arg, m, n, k, a.stride(0), b.stride(0), c.stride(0),
-                                m_bucket(m), HAS_BIAS=bias is not None)
+    _launch_pointer(a, b, c, xs, ws, bias_arg, bias is not None)
     return c
+
+
+def _launch_pointer(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor,
+                    bias_arg: torch.Tensor, has_bias: bool) -> None:
+    """The pointer kernel with the config picked for the call's key: an earlier process's (:mod:`tuning_cache`),
+    else its autotuner's, on the first call (then stored). The key is the autotuner's own (its key arguments, then
+    every tensor argument's dtype; not HAS_BIAS), so the same calls share a pick as when the autotuner ran each one."""
+    m, k = a.shape
+    n = b.shape[0]
+    bucket = m_bucket(m)
+    args = (a, b, c, xs, ws, bias_arg, m, n, k, a.stride(0), b.stride(0), c.stride(0), bucket)
+    tune_key = (bucket, n, k, a.dtype, b.dtype, c.dtype, xs.dtype, ws.dtype, bias_arg.dtype)
+    cfg = _pointer_tuned.get(tune_key)
+    if cfg is None:
+        dev = device_index(a.device)
+        cfg = _pointer_on_disk.get(tune_key, dev)
+        if cfg is tuning_cache.MISS:
+            def grid_ptr(meta: dict) -> tuple[int]:
+                return (cdiv(m, meta["BLOCK_M"]) * cdiv(n, meta["BLOCK_N"]),)
+
+            _int8_gemm_kernel[grid_ptr](*args, HAS_BIAS=has_bias)
+            _pointer_tuned[tune_key] = _int8_gemm_kernel.best_config
+            _pointer_on_disk.put(tune_key, _int8_gemm_kernel.best_config, dev)
+            return
+        _pointer_tuned[tune_key] = cfg
+    kw = cfg.kwargs
+    # what the autotuner passes for its pick (the pointer configs have no pre-hook)
+    _pointer_launch[(cdiv(m, kw["BLOCK_M"]) * cdiv(n, kw["BLOCK_N"]),)](*args, HAS_BIAS=has_bias, **cfg.all_kwargs())

@@ -7,6 +7,7 @@ Flux shape by 14-19% on an H100, but a shape with fewer output tiles than SMs ca
 tiles, and timing settles it without a threshold to maintain.
 
 A Gluon config that fails to compile is logged once and never tried again in this process; the TMA kernel then runs.
+Each decision is kept on disk (:mod:`tuning_cache`, ``gemm_choice``): a new process reads it instead of timing.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from collections.abc import Callable, Hashable
 import torch
 
 from .. import compat
+from . import tuning_cache
 from .fast_launch import recording_paused
-from .host import is_capturing
+from .host import device_index, is_capturing
 from .tuning import sustained_bench
 
 log = logging.getLogger(__name__)
@@ -33,12 +35,18 @@ if compat.gluon_api() is not None:
 else:  # a Triton without (this shape of) Gluon's Hopper API: the TMA kernel only (compat.gluon() says why, once)
     gluon_gemm = None
 
+
+def _gluon_json(cfg: object) -> list | None:
+    return None if cfg is None else list(cfg)  # a GluonConfig's fields; None: the TMA kernel
+
 __all__ = ["choose", "launch_large"]
 
 _UNDECIDED = object()
 
 _choices: dict[Hashable, object | None] = {}  # shape key -> the Gluon config to run, or None for the TMA kernel
 _broken: set[object] = set()  # Gluon configs that failed to compile
+_on_disk = (tuning_cache.Table("gemm_choice", (None, *gluon_gemm.CONFIGS), encode=_gluon_json)
+            if gluon_gemm is not None else None)
 
 
 def launch_large(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Tensor, ws: torch.Tensor,
@@ -50,9 +58,16 @@ def launch_large(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, xs: torch.Te
         if gluon_gemm is None or not gluon_gemm.supported(a, c):
             _choices[key] = cfg = None
         else:
-            cfg = choose(key, launch_tma,
-                         lambda g: gluon_gemm.gluon_gemm_dequant(a, xs, b, ws, bias_arg, has_bias, c, g),
-                         gluon_gemm.CONFIGS)
+            dev = device_index(a.device)
+            cfg = _on_disk.get(key, dev)
+            if cfg is not tuning_cache.MISS:
+                _choices[key] = cfg
+            else:
+                cfg = choose(key, launch_tma,
+                             lambda g: gluon_gemm.gluon_gemm_dequant(a, xs, b, ws, bias_arg, has_bias, c, g),
+                             gluon_gemm.CONFIGS)
+                if key in _choices:  # decided (not inside a capture)
+                    _on_disk.put(key, cfg, dev)
     if cfg is None:
         launch_tma()
     else:

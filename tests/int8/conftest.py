@@ -1,6 +1,7 @@
 """Shared checks of the int8 kernel tests."""
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import pytest
 
@@ -19,3 +20,22 @@ def assert_workspace_kept() -> Callable:
             assert now[0] is reserved[0] and now[1] is reserved[1], f"workspace grew at {label}"
 
     return check
+
+
+@pytest.fixture
+def tuning_folder(tmp_path, monkeypatch) -> Path:
+    """The tuning cache on, in a temporary folder (returned), for a stand-in H100 (no GPU needed: the identity is
+    fixed); in-memory choices and once-only logs start fresh."""
+    from comfy_int8_w8a8.int8 import log_once
+    from comfy_int8_w8a8.int8.launch import tuning_cache
+
+    path = tmp_path / "cache"
+    monkeypatch.setenv(tuning_cache.ENV, str(path))
+    identity = {"gpu": "NVIDIA H100 80GB HBM3", "capability": [9, 0], "sm_count": 132, "torch": "2.8.0",
+                "triton": "3.6.0", "pack": "0.1.0"}
+    monkeypatch.setattr(tuning_cache, "_device_identity", lambda index: dict(identity))
+    tuning_cache.forget()
+    log_once.clear_log_once()
+    yield path
+    tuning_cache.forget()
+    tuning_cache.set_directory(None)

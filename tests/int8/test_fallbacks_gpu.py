@@ -140,7 +140,8 @@ def _run(config: str, inputs: tuple[str, dict], tmp_path_factory) -> tuple[dict,
     if config not in _runs:
         out = tmp_path_factory.mktemp(config) / "outputs.pt"
         env = {k: v for k, v in os.environ.items() if not k.startswith("INT8_W8A8_")}
-        env.update(CONFIGS[config], PYTHONPATH=os.pathsep.join(sys.path))
+        # tuned here, not read from (nor written to) the user's tuning cache
+        env.update(CONFIGS[config], INT8_W8A8_TUNING_CACHE="off", PYTHONPATH=os.pathsep.join(sys.path))
         proc = subprocess.run([sys.executable, "-c", _PROBE, inputs[0], str(out)], capture_output=True, text=True,
                               env=env, timeout=1800)
         assert proc.returncode == 0, f"{config}: probe failed\n{proc.stderr[-4000:]}"
