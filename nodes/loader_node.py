@@ -212,6 +212,16 @@ def weight_cache_folder() -> Path:
     return Path(folder_paths.get_user_directory()) / "int8_w8a8_cache"
 
 
+def use_comfy_tuning_folder() -> None:
+    """Keep the kernels' tuned choices (int8/launch/tuning_cache.py) in ``<ComfyUI user directory>/int8_w8a8_tuning``,
+    so a restarted ComfyUI does not tune again; ``INT8_W8A8_TUNING_CACHE`` still takes precedence."""
+    import folder_paths
+
+    from ..int8.launch import tuning_cache
+
+    tuning_cache.set_directory(Path(folder_paths.get_user_directory()) / "int8_w8a8_tuning")
+
+
 def cache_options(options: LoaderOptions, preset_name: str) -> dict[str, object]:
     """The options that change the quantized numbers (the cache key's part besides the file and the pack)."""
     from ..int8.quantize_model import QuantizeConfig
@@ -282,6 +292,7 @@ def load_state_dict_as_int8(sd: dict, metadata: dict | None, options: LoaderOpti
 
     from .comfy_ops import make_int8_ops
 
+    use_comfy_tuning_folder()
     load_device = mm.get_torch_device()
     model_options, keep_dtype, fp8_fast = weight_dtype_model_options(options.weight_dtype, load_device)
     hidden: dict[str, torch.Tensor] = {}

@@ -132,3 +132,17 @@ def test_default_folder_is_in_comfyuis_user_directory(loader, monkeypatch) -> No
     assert loader.weight_cache_folder() == Path(folder_paths.get_user_directory()) / "int8_w8a8_cache"
     monkeypatch.setenv("INT8_W8A8_CACHE_DIR", "~/elsewhere")
     assert loader.weight_cache_folder() == Path.home() / "elsewhere"
+
+
+def test_a_load_keeps_tuned_kernel_choices_in_comfyuis_user_directory(loader, flux, monkeypatch) -> None:
+    import folder_paths
+
+    from comfy_int8_w8a8.int8.launch import tuning_cache
+
+    monkeypatch.delenv(tuning_cache.ENV, raising=False)
+    monkeypatch.setattr(tuning_cache, "_app_directory", None)
+    assert tuning_cache.directory() == tuning_cache.default_directory()
+    loader.load_int8_diffusion_model(str(flux), loader.LoaderOptions())
+    assert tuning_cache.directory() == Path(folder_paths.get_user_directory()) / "int8_w8a8_tuning"
+    monkeypatch.setenv(tuning_cache.ENV, "off")
+    assert tuning_cache.directory() is None  # the environment still wins
