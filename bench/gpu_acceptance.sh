@@ -40,13 +40,13 @@ case "${1:-}" in
         BASE_PATH="$(pkg_path "$(cd "$base" && pwd)" pk_base)"
         for side in base new; do
             path=$([ "$side" = base ] && echo "$BASE_PATH" || echo "$NEW_PATH")
-            PYTHONPATH="$path" python3 -m comfy_int8_w8a8.cli.main bench kernels --no-sweep --out "$OUT_DIR/kernels_$side" \
+            PYTHONPATH="$path" python3 -m comfy_int8_w8a8.cli.main bench kernels --quick --out "$OUT_DIR/kernels_$side" \
                 2>&1 | tail -40 > "$OUT_DIR/kernels_$side.txt"
         done
         for side in base new; do
             path=$([ "$side" = base ] && echo "$BASE_PATH" || echo "$NEW_PATH")
             PYTHONPATH="$path" python3 -m comfy_int8_w8a8.cli.main bench e2e --no-profile --out "$OUT_DIR/e2e_$side.json" \
-                --variants bf16 bf16+stock_compile comfy_int8 ours ours+node_compile loader_ops+node_compile \
+                --variants bf16 bf16+stock_compile comfy_int8 ours loader_ops+node_compile \
                 2>&1 | tail -30 > "$OUT_DIR/e2e_$side.txt"
         done
         tail -n 25 "$OUT_DIR"/kernels_*.txt "$OUT_DIR"/e2e_*.txt
