@@ -22,6 +22,9 @@ Facts and the fallback of each:
 - ``INT8_W8A8_ARCH=sm_80|sm_86|sm_89|sm_90|sm_100|sm_120``: the capability this pack believes the GPU has
   (:func:`capability`): routing and config tables pick as on that arch; Triton still compiles for the real chip.
   For forced-path tests of the non-Hopper paths on a Hopper GPU.
+- fp8 e4m3 tensor-core dots for the attention's ``P . V`` (sm_89+, ``tl.float8e4nv``, ``torch.float8_e4m3fn``;
+  :func:`fp8_attention_unavailable_reason`): else ``P . V`` runs in 16 bits. Off with
+  ``INT8_W8A8_NO_FP8_ATTENTION=1``.
 
 Each fallback logs one line, once, saying what it fell back from and why. Tests change the environment or fake a
 probe, then call :func:`reset`.
@@ -44,7 +47,7 @@ from .log_once import log_once
 __all__ = ["MIN_TRITON", "TESTED_TRITON", "TMA_TRITON", "NO_GLUON", "NO_TMA", "NO_PDL", "NO_DIRECT_LAUNCH", "ARCH",
            "triton_version", "triton_release", "triton_unavailable_reason", "cuda_int8_unavailable_reason",
            "capability", "arch_override", "host_tma", "tensor_descriptor_class", "pdl", "gdc_functions", "gluon",
-           "gluon_api", "direct_launch", "direct_launch_entry", "tensordesc_entry", "tensordesc_encoders", "reset"]
+           "gluon_api", "fp8_attention_unavailable_reason", "direct_launch", "direct_launch_entry", "tensordesc_entry", "tensordesc_encoders", "reset"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
@@ -60,6 +63,8 @@ NO_TMA = "INT8_W8A8_NO_TMA"
 NO_PDL = "INT8_W8A8_NO_PDL"
 NO_DIRECT_LAUNCH = "INT8_W8A8_NO_DIRECT_LAUNCH"
 NO_EAGER_PLANS = "INT8_W8A8_NO_EAGER_PLANS"
+NO_FP8_ATTENTION = "INT8_W8A8_NO_FP8_ATTENTION"
+FP8_MIN_CAPABILITY = (8, 9)  # Ada: the first GPUs with fp8 tensor cores
 ARCH = "INT8_W8A8_ARCH"
 
 
@@ -288,6 +293,38 @@ def gluon() -> bool:
     return host_tma()
 
 
+@functools.cache
+def _triton_fp8_reason() -> str | None:
+    """Why this Triton cannot build an e4m3 dot, or None when it can."""
+    if _installed_triton() is None:
+        return "the 'triton' package is not installed"
+    import triton.language as tl
+
+    if not hasattr(tl, "float8e4nv"):
+        return f"Triton {_installed_triton()} has no float8e4nv"
+    return None
+
+
+def fp8_attention_unavailable_reason(device: torch.device) -> str | None:
+    """Why the attention kernel cannot run ``P . V`` in float8 e4m3 on the CUDA ``device``, or None when it can:
+    ``INT8_W8A8_NO_FP8_ATTENTION`` set, torch or Triton without e4m3, or a GPU below sm_89 (no fp8 tensor cores;
+    Triton refuses the dot there). The caller logs the reason once and runs ``P . V`` in 16 bits."""
+    if _switched_off(NO_FP8_ATTENTION):
+        return f"{NO_FP8_ATTENTION} is set"
+    if not hasattr(torch, "float8_e4m3fn"):
+        return f"torch {torch.__version__} has no float8_e4m3fn"
+    reason = _triton_fp8_reason()
+    if reason is not None:
+        return reason
+    if device.type != "cuda":
+        return f"fp8 tensor cores are a CUDA feature, the tensors are on {device.type}"
+    major, minor = capability(device)
+    if (major, minor) < FP8_MIN_CAPABILITY:
+        return (f"the GPU is sm_{major}{minor}; fp8 tensor cores need sm_{FP8_MIN_CAPABILITY[0]}"
+                f"{FP8_MIN_CAPABILITY[1]} (Ada) or newer")
+    return None
+
+
 # ---------------------------------------------------------------------------------------- compiled-kernel launcher
 @functools.cache
 def direct_launch() -> bool:
@@ -366,6 +403,7 @@ def tensordesc_encoders() -> tuple[Callable, dict, Callable]:
 
 def reset() -> None:
     """Forget every detected fact (tests: after changing the environment or faking a probe)."""
-    for cached in (_installed_triton, host_tma, _gdc_reason, gdc_functions, pdl, gluon_api, _load_gluon, gluon,
+    for cached in (_installed_triton, _triton_fp8_reason, host_tma, _gdc_reason, gdc_functions, pdl, gluon_api,
+                   _load_gluon, gluon,
                    direct_launch, eager_plans):
         cached.cache_clear()

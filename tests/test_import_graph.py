@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("launch", ("int8.launch",)),
     ("kernels", ("int8.kernels",)),
     ("core", ("int8.config", "int8.version", "int8.quantize", "int8.hadamard", "int8.smooth", "int8.log_once",
+              "int8.attention_reference",
               "int8.weights", "int8.compat", "presets")),
 ]
 # Modules the engine and everything below it must never import: ComfyUI's own.

@@ -1,0 +1,104 @@
+"""Generic Triton int8 attention (Ampere, Ada, and Hopper until a wgmma version exists): the Q/K quant pre-pass and a
+FlashAttention-style kernel with an int8 ``Q . K^T`` and a 16-bit or fp8 ``P . V``. The scheme and its float64
+reference are :mod:`int8.attention_reference`; the launcher is :mod:`int8.launch.attention`.
+
+Layouts: the pre-pass reads ``x (B, H, L, D)`` through (batch, head, row) strides with a contiguous last dim and
+writes contiguous int8 ``(B*H, L, D)`` plus one fp32 scale per row ``(B*H, L)`` (per-block scales are repeated on
+each row of the block, so one attention kernel serves both granularities: a scale vector per tile costs a
+``BLOCK`` load where a scalar would cost one, next to the ``BLOCK * D`` bytes of the tile).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_quant_common import quantize_rn
+
+__all__ = ["_attn_quant_kernel", "_int8_attention_kernel"]
+
+
+@triton.jit
+def _attn_quant_kernel(x_ptr, mean_ptr, q_ptr, scale_ptr, L, H, stride_xb, stride_xh, stride_xl, mult,
+                       BLOCK: tl.constexpr, D: tl.constexpr, PER_TOKEN: tl.constexpr, HAS_MEAN: tl.constexpr,
+                       INTERPRETED: tl.constexpr):
+    """Quantize BLOCK rows of one (batch, head): ``x - mean`` (fp32; the K mean-smoothing) to int8 with one scale
+    per block (or per row, PER_TOKEN), ``absmax * (1/127)`` floored at 1e-12. The stored scale is multiplied by
+    ``mult`` (the attention kernel's ``softmax_scale * log2(e)`` for Q, 1 for K), which the int8 values do not see.
+    Grid: (cdiv(L, BLOCK), B * H)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    cols = tl.arange(0, D)
+    row_mask = rows < L
+    src = x_ptr + b.to(tl.int64) * stride_xb + h.to(tl.int64) * stride_xh
+    x = tl.load(src + rows.to(tl.int64)[:, None] * stride_xl + cols[None, :], mask=row_mask[:, None],
+                other=0.0).to(tl.float32)
+    if HAS_MEAN:
+        mean = tl.load(mean_ptr + bh.to(tl.int64) * D + cols)
+        x = tl.where(row_mask[:, None], x - mean[None, :], 0.0)
+    amax = tl.max(tl.abs(x), axis=1)
+    if not PER_TOKEN:
+        amax = tl.zeros([BLOCK], dtype=tl.float32) + tl.max(amax, axis=0)
+    scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
+    out = bh.to(tl.int64) * L + rows
+    tl.store(q_ptr + out[:, None] * D + cols[None, :], quantize_rn(x, scale, INTERPRETED), mask=row_mask[:, None])
+    tl.store(scale_ptr + out, scale * mult, mask=row_mask)
+
+
+@triton.jit
+def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, Lq, Lk, H, GROUP,
+                           stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PV_FP8: tl.constexpr):
+    """One BLOCK_M tile of query rows of one (batch, head) against every key of its kv head (``h // GROUP``).
+
+    ``s = (q_int8 . k_int8^T)_int32 * q_scale * k_scale`` is the score in log2 units (``q_scale`` carries
+    ``softmax_scale * log2(e)``); the online softmax keeps the running row max ``m`` and sum ``l`` in fp32 and
+    rescales the fp32 accumulator by ``exp2(m_old - m_new)`` per key block. ``P . V``: P rounded to V's dtype
+    (16-bit), or PV_FP8 (sm_89+): ``P * 448`` in float8 e4m3 against V pre-quantized to e4m3 per channel, scaled
+    back by ``v_scale / 448`` at the end. Keys past Lk score -inf. Grid: (cdiv(Lq, BLOCK_M), B * H)."""
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hkv = H // GROUP
+    bh_kv = b * hkv + h // GROUP
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dcols = tl.arange(0, D)
+    row_mask = rows < Lq
+    q_rows = bh.to(tl.int64) * Lq + rows
+    q = tl.load(q_ptr + q_rows[:, None] * D + dcols[None, :], mask=row_mask[:, None], other=0)
+    qs = tl.load(qs_ptr + q_rows, mask=row_mask, other=0.0)
+    k_base = k_ptr + bh_kv.to(tl.int64) * Lk * D
+    ks_base = ks_ptr + bh_kv.to(tl.int64) * Lk
+    v_base = v_ptr + b.to(tl.int64) * stride_vb + (h // GROUP).to(tl.int64) * stride_vh
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for start in range(0, Lk, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_mask = cols < Lk
+        kt = tl.load(k_base + cols.to(tl.int64)[None, :] * D + dcols[:, None], mask=col_mask[None, :], other=0)
+        ks = tl.load(ks_base + cols, mask=col_mask, other=0.0)
+        s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qs[:, None] * ks[None, :]
+        s = tl.where(col_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.math.exp2(m_i - m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v = tl.load(v_base + cols.to(tl.int64)[:, None] * stride_vl + dcols[None, :], mask=col_mask[:, None],
+                    other=0.0)
+        if PV_FP8:
+            pv = tl.dot((p * 448.0).to(v.dtype), v, out_dtype=tl.float32)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    if PV_FP8:
+        v_scale = tl.load(vs_ptr + bh_kv.to(tl.int64) * D + dcols)
+        acc = acc * (v_scale * (1.0 / 448.0))[None, :]
+    out = acc / l_i[:, None]
+    dst = o_ptr + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    tl.store(dst + rows.to(tl.int64)[:, None] * stride_ol + dcols[None, :], out.to(o_ptr.dtype.element_ty),
+             mask=row_mask[:, None])

@@ -1,0 +1,130 @@
+"""Host side of the generic int8 attention (device code: :mod:`int8.kernels.triton_attention`; the scheme and its
+float64 reference: :mod:`int8.attention_reference`): checks, the K mean, the Q/K quant pre-pass, the fp8 V, the
+output layout and the launches. Which precision runs, and whether this path runs at all, is decided above, in
+:mod:`int8.backends.attention`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..attention_reference import FP8_MAX, PV_PRECISIONS
+from ..kernels.triton_attention import _attn_quant_kernel, _int8_attention_kernel
+from ..kernels.triton_quant_common import INTERPRETED
+from .host import cdiv
+
+__all__ = ["HEAD_DIMS", "GRANULARITIES", "OUT_LAYOUTS", "AttentionTiles", "attention_tiles", "int8_attention_triton"]
+
+HEAD_DIMS = (64, 128)  # tl.arange needs a power of two; the two head sizes of Flux, Wan, SD3, HunyuanVideo, LTX
+GRANULARITIES = ("block", "token")
+OUT_LAYOUTS = ("bhld", "blhd")  # (B, H, Lq, D), or (B, Lq, H, D): ComfyUI's (B, Lq, H*D) without a copy
+_LOG2E = math.log2(math.e)
+
+
+@dataclass(frozen=True)
+class AttentionTiles:
+    """Launch shape: attention tile (query rows x key rows), warps and stages; quant-scale block sizes."""
+
+    block_m: int = 128
+    block_n: int = 64
+    warps: int = 8
+    stages: int = 2
+    quant_block_q: int = 64
+    quant_block_k: int = 64
+
+
+def attention_tiles(head_dim: int, pv: str) -> AttentionTiles:
+    """The tile for a head size on the GPU. A first table, not tuned on hardware (issue #21's benchmark will
+    decide): FlashAttention-2's Triton tutorial shape, smaller key blocks for D=128 to fit the fp32 accumulator."""
+    if INTERPRETED:
+        return AttentionTiles(block_m=16, block_n=16, warps=1, stages=1, quant_block_q=16, quant_block_k=16)
+    if head_dim == 64:
+        return AttentionTiles(block_m=128, block_n=64, warps=4, stages=3)
+    return AttentionTiles(block_m=128, block_n=64 if pv == "16bit" else 128, warps=8, stages=2)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv: str, granularity: str, out_layout: str) -> None:
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
+        raise ValueError(f"int8 attention expects q (B, H, Lq, D) and k, v (B, Hkv, Lk, D): q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    b, h, _, d = q.shape
+    if k.shape[0] != b or k.shape[3] != d or k.shape[1] == 0 or h % k.shape[1]:
+        raise ValueError(f"k, v must have q's batch and head size and a number of heads dividing q's: "
+                         f"q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if d not in HEAD_DIMS:
+        raise ValueError(f"int8 attention supports head sizes {HEAD_DIMS}, got {d}")
+    if k.shape[2] == 0:
+        raise ValueError("int8 attention needs at least one key")
+    if pv not in PV_PRECISIONS or granularity not in GRANULARITIES or out_layout not in OUT_LAYOUTS:
+        raise ValueError(f"pv {pv!r} (one of {PV_PRECISIONS}), granularity {granularity!r} (one of "
+                         f"{GRANULARITIES}), out_layout {out_layout!r} (one of {OUT_LAYOUTS})")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32) or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k, v must share one float dtype (float16, bfloat16, float32): {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _quantize(x: torch.Tensor, mean: torch.Tensor | None, mult: float, block: int,
+              per_token: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """int8 ``(B*H, L, D)`` and fp32 per-row scales ``(B*H, L)`` of ``x (B, H, L, D)`` (see the kernel)."""
+    b, h, length, d = x.shape
+    q = torch.empty(b * h, length, d, dtype=torch.int8, device=x.device)
+    scale = torch.empty(b * h, length, dtype=torch.float32, device=x.device)
+    rows = 16 if per_token and not INTERPRETED else block  # per token: any row count per program
+    _attn_quant_kernel[(cdiv(length, rows), b * h)](
+        x, mean if mean is not None else scale, q, scale, length, h, x.stride(0), x.stride(1), x.stride(2), mult,
+        BLOCK=rows, D=d, PER_TOKEN=per_token, HAS_MEAN=mean is not None, INTERPRETED=INTERPRETED)
+    return q, scale
+
+
+def _fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """V in float8 e4m3 ``(B, Hkv, Lk, D)`` with one fp32 scale per (batch, head, channel), ``absmax / 448``.
+    Plain torch ops for now (one read of V for the absmax, one for the cast); a fused pre-pass is future work."""
+    scale = (v.abs().amax(dim=2, keepdim=True).float() / FP8_MAX).clamp_(min=1e-12)
+    return (v.float() / scale).to(torch.float8_e4m3fn), scale.reshape(-1, v.shape[-1]).contiguous()
+
+
+def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
+                          smooth_k: bool = True, pv: str = "16bit", granularity: str = "block",
+                          out_layout: str = "bhld", tiles: AttentionTiles | None = None) -> torch.Tensor:
+    """Attention with int8 ``Q . K^T`` (no mask, not causal), numerics of
+    :func:`int8.attention_reference.int8_attention_reference` with ``block_q``/``block_k`` the tiles' quant blocks
+    (1 with ``granularity="token"``).
+
+    ``q (B, H, Lq, D)``, ``k, v (B, Hkv, Lk, D)`` (any strides with a contiguous last dim; ``H % Hkv == 0``),
+    ``D`` in :data:`HEAD_DIMS`, one float dtype. ``pv="fp8"`` needs a GPU that
+    :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks). Returns the output in ``q``'s
+    dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``, ``(B, Lq, H, D)``. Raises ValueError on bad inputs.
+    """
+    _check(q, k, v, pv, granularity, out_layout)
+    b, h, lq, d = q.shape
+    tiles = tiles or attention_tiles(d, pv)
+    q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
+    softmax_scale = d ** -0.5 if scale is None else float(scale)
+    per_token = granularity == "token"
+    mean = k.float().mean(dim=2).reshape(-1, d).contiguous() if smooth_k else None
+    q8, qs = _quantize(q, None, softmax_scale * _LOG2E, tiles.quant_block_q, per_token)
+    k8, ks = _quantize(k, mean, 1.0, tiles.quant_block_k, per_token)
+    if pv == "fp8":
+        v, vs = _fp8_values(v)
+    else:
+        vs = qs  # unused pointer
+    if out_layout == "bhld":
+        out = torch.empty(b, h, lq, d, dtype=q.dtype, device=q.device)
+        ob, oh, ol = out.stride(0), out.stride(1), out.stride(2)
+    else:
+        out = torch.empty(b, lq, h, d, dtype=q.dtype, device=q.device)
+        ob, oh, ol = out.stride(0), out.stride(2), out.stride(1)
+    _int8_attention_kernel[(cdiv(lq, tiles.block_m), b * h)](
+        q8, qs, k8, ks, v, vs, out, lq, k.shape[2], h, h // k.shape[1],
+        v.stride(0), v.stride(1), v.stride(2), ob, oh, ol,
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d, PV_FP8=pv == "fp8",
+        num_warps=tiles.warps, num_stages=tiles.stages)
+    return out
+
