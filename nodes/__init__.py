@@ -6,6 +6,8 @@ The node modules import ComfyUI inside their functions, so this package imports 
 import importlib.util
 import logging
 
+from .attention_node import NODE_CLASS_MAPPINGS as _ATTENTION_NODES
+from .attention_node import NODE_DISPLAY_NAME_MAPPINGS as _ATTENTION_NAMES
 from .compile_node import NODE_CLASS_MAPPINGS as _COMPILE_NODES
 from .compile_node import NODE_DISPLAY_NAME_MAPPINGS as _COMPILE_NAMES
 from .loader_node import DISPLAY_NAME, NODE_ID, OTUNetLoaderW8A8
@@ -25,5 +27,6 @@ def _loader_node_class() -> type:
     return build_v3_node()
 
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: _loader_node_class(), **_COMPILE_NODES}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME, **_COMPILE_NAMES}
+NODE_CLASS_MAPPINGS: dict[str, type] = {NODE_ID: _loader_node_class(), **_COMPILE_NODES,
+                                          **_ATTENTION_NODES}
+NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {NODE_ID: DISPLAY_NAME, **_COMPILE_NAMES, **_ATTENTION_NAMES}
