@@ -2,8 +2,8 @@
 # The generic Triton kernels on the CPU, once per Triton minor version: for each version below, install that Triton
 # (no deps: Triton does not depend on torch) into its own directory laid over the CI venv (CPU torch 2.13.0, the
 # package and its test extras, as .ci/run builds it), import the package and resolve its backends on the CPU, then
-# run tests/int8/test_interpreted_kernels.py under Triton's interpreter (TRITON_INTERPRET=1). Prints a summary
-# table; exits non-zero if any version failed (install, import, or a test).
+# run tests/int8/test_interpreted_kernels.py and test_interpreted_attention.py under Triton's interpreter
+# (TRITON_INTERPRET=1). Prints a summary table; exits non-zero if any version failed (install, import, or a test).
 #
 #   bash .ci/triton_matrix.sh                      # every version below, with the venv at $VENV (default .venv)
 #   TRITON_VERSIONS="3.6.0 3.9.0" bash .ci/triton_matrix.sh
@@ -86,7 +86,8 @@ for name in backend_names():
     # collection of the repo root's __init__.py fails in a checkout whose folder is no Python identifier.
     log="$(mktemp)"
     PYTHONPATH="$overlay" TRITON_INTERPRET=1 "$PY" -m pytest -c pyproject.toml --rootdir tests -p no:cacheprovider \
-        -q -W ignore::DeprecationWarning tests/int8/test_interpreted_kernels.py 2>&1 | tee "$log"
+        -q -W ignore::DeprecationWarning tests/int8/test_interpreted_kernels.py \
+        tests/int8/test_interpreted_attention.py 2>&1 | tee "$log"
     rc=${PIPESTATUS[0]}
     last="$(grep -E '(passed|failed|skipped|error)' "$log" | tail -n 1)"
     count() { echo "$last" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0; }

@@ -105,11 +105,15 @@ def _attention_fake(q, k, v, scale, smooth_k, pv_precision, granularity, out_lay
     return q.new_empty((b, h, lq, d) if out_layout == "bhld" else (b, lq, h, d))
 
 
+def _attention_op_impl(*args):  # noqa: ANN002, ANN202 - looks _attention_impl up per call (tests replace it)
+    return _attention_impl(*args)
+
+
 _attention_op = _define(
     "int8_attention",
     "(Tensor q, Tensor k, Tensor v, float? scale, bool smooth_k, str pv_precision, str granularity, "
     "str out_layout) -> Tensor",
-    _attention_impl, _attention_fake)
+    _attention_op_impl, _attention_fake)
 
 
 def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: AttentionOptions,

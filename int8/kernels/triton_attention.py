@@ -8,8 +8,9 @@ each row of the block, so one attention kernel serves both granularities: a scal
 ``BLOCK`` load where a scalar would cost one, next to the ``BLOCK * D`` bytes of the tile).
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations`` here: Triton 3.0/3.1's interpreter takes a kernel parameter as constexpr
+# only when its annotation is the object, not the string "tl.constexpr" (tests/int8/test_interpreted_kernels.py
+# patches that for the other kernel modules; this one needs no patch).
 import triton
 import triton.language as tl
 

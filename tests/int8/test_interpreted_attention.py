@@ -1,0 +1,108 @@
+"""The generic Triton int8 attention (quant pre-pass + attention kernel, through its launcher) under Triton's CPU
+interpreter against the float64 reference. Run by ``.ci/triton_matrix.sh`` once per Triton minor version; skipped
+unless ``TRITON_INTERPRET=1`` and Triton is importable.
+
+float16 only: the interpreter multiplies bfloat16 ``tl.dot`` operands as their uint16 bit patterns (see
+tests/int8/test_interpreted_kernels.py ``BF16_DOT``), so the bf16 P.V is the GPU tests' (test_attention_gpu.py);
+fp8 P.V too (the interpreter has no e4m3 dot). Tiny tiles (16 x 16) so that short sequences still cover several
+query and key blocks, a ragged last block of each, and the -inf masking of missing keys.
+
+Bounds: the kernel differs from the reference by where P is rounded (against the running row max, not the final
+one), fp32 accumulation, and an int8 value one step away where fp32 and float64 round a tie differently: measured
+1.3e-4 to 2.6e-4 relative, bound 1.5e-3; the int8 scheme itself is ~1% from exact, so a broken scale, smoothing or
+GQA mapping lands far outside.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+from comfy_int8_w8a8.int8.attention_reference import (
+    int8_attention_reference,
+    quantize_attention_blocks,
+    relative_error,
+    sdpa_reference,
+)
+
+pytestmark = pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") != "1" or importlib.util.find_spec("triton") is None,
+    reason="runs the Triton kernels under Triton's CPU interpreter: needs TRITON_INTERPRET=1 and triton installed "
+           "(.ci/triton_matrix.sh runs it once per Triton version)",
+)
+
+BLOCK = 16
+
+
+def _launcher():  # noqa: ANN202 - imports Triton, so only inside the tests
+    from comfy_int8_w8a8.int8.launch import attention
+
+    tiles = attention.AttentionTiles(block_m=BLOCK, block_n=BLOCK, warps=1, stages=1, quant_block_q=BLOCK,
+                                     quant_block_k=BLOCK)
+    return attention, tiles
+
+
+def _qkv(b, h, hkv, lq, lk, d, offset=3.0):  # noqa: ANN001, ANN202
+    q = torch.randn(b, h, lq, d).half()
+    k = (torch.randn(b, hkv, lk, d) + offset * torch.randn(1, 1, 1, d)).half()
+    v = torch.randn(b, hkv, lk, d).half()
+    return q, k, v
+
+
+@pytest.mark.parametrize("b,h,hkv,lq,lk,d,granularity,smooth", [
+    (1, 2, 2, 37, 29, 64, "block", True),    # ragged query and key blocks
+    (2, 2, 1, 20, 77, 128, "block", True),   # cross-attention to 77 keys, GQA 2:1, batch 2
+    (1, 4, 2, 33, 40, 64, "token", True),    # per-token scales, GQA
+    (1, 1, 1, 17, 18, 128, "block", False),  # no smoothing
+])
+def test_int8_attention_kernel_matches_reference(b, h, hkv, lq, lk, d, granularity, smooth):
+    attention, tiles = _launcher()
+    q, k, v = _qkv(b, h, hkv, lq, lk, d)
+    out = attention.int8_attention_triton(q, k, v, smooth_k=smooth, granularity=granularity, tiles=tiles)
+    block = 1 if granularity == "token" else BLOCK
+    ref = int8_attention_reference(q, k, v, smooth_k=smooth, block_q=block, block_k=block)
+    assert out.shape == (b, h, lq, d) and out.dtype == torch.float16
+    assert relative_error(out, ref) < 1.5e-3
+    assert relative_error(out, sdpa_reference(q, k, v)) < 0.03
+
+
+def test_int8_attention_kernel_strided_input_and_blhd_output_with_scale():
+    # ComfyUI's (B, L, H*D) layout: q/k/v as transposed views, the output written as (B, Lq, H, D) directly.
+    attention, tiles = _launcher()
+    b, lq, lk, h, d = 1, 21, 35, 2, 64
+    flat = [torch.randn(b, n, h * d).half() for n in (lq, lk, lk)]
+    q, k, v = (t.unflatten(-1, (h, d)).transpose(1, 2) for t in flat)
+    assert not q.is_contiguous()
+    out = attention.int8_attention_triton(q, k, v, scale=0.2, out_layout="blhd", tiles=tiles)
+    ref = int8_attention_reference(q, k, v, scale=0.2, block_q=BLOCK, block_k=BLOCK)
+    assert out.shape == (b, lq, h, d)
+    assert relative_error(out.transpose(1, 2), ref) < 1.5e-3
+
+
+@pytest.mark.parametrize("per_token,mean", [(False, False), (True, False), (False, True)])
+def test_attention_quant_kernel_matches_reference_quantization(per_token, mean):
+    from comfy_int8_w8a8.int8.kernels.triton_attention import _attn_quant_kernel
+
+    from comfy_int8_w8a8.int8.kernels.triton_quant_common import INTERPRETED
+
+    x = torch.randn(2, 3, 37, 64).half()
+    m = x.float().mean(dim=2) if mean else None
+    q = torch.empty(6, 37, 64, dtype=torch.int8)
+    s = torch.empty(6, 37, dtype=torch.float32)
+    _attn_quant_kernel[(3, 6)](x, m.reshape(-1, 64).contiguous() if mean else s, q, s, 37, 3, x.stride(0),
+                               x.stride(1), x.stride(2), 2.0, BLOCK=16, D=64, PER_TOKEN=per_token,
+                               HAS_MEAN=mean, INTERPRETED=INTERPRETED)
+    q_ref, s_ref = quantize_attention_blocks(x, 1 if per_token else 16, m[:, :, None] if mean else None)
+    # fp32 in the kernel, float64 in the reference: the scale within a few fp32 ulps, a value within one step.
+    torch.testing.assert_close(s.double().reshape(2, 3, 37) / 2.0, s_ref, rtol=1e-6, atol=0)
+    assert (q.reshape(2, 3, 37, 64).int() - q_ref.int()).abs().max() <= 1
+
+
+def test_int8_attention_launcher_rejects_unsupported_head_size():
+    attention, tiles = _launcher()
+    q = torch.randn(1, 1, 8, 96).half()
+    with pytest.raises(ValueError, match="head sizes"):
+        attention.int8_attention_triton(q, q, q, tiles=tiles)
