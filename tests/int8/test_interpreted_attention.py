@@ -85,7 +85,6 @@ def test_int8_attention_kernel_strided_input_and_blhd_output_with_scale():
 @pytest.mark.parametrize("per_token,mean", [(False, False), (True, False), (False, True)])
 def test_attention_quant_kernel_matches_reference_quantization(per_token, mean):
     from comfy_int8_w8a8.int8.kernels.triton_attention import _attn_quant_kernel
-
     from comfy_int8_w8a8.int8.kernels.triton_quant_common import INTERPRETED
 
     x = torch.randn(2, 3, 37, 64).half()
