@@ -1,0 +1,164 @@
+"""Attention speed and error on one GPU: bf16 SDPA, peer int8 attentions where installed, and ours.
+
+Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² and 2048², Wan 2.x 14B at 480p and
+720p with 81 frames, all ``(B, H, L, D)`` self-attention in bf16. Methods:
+
+- ``sdpa_bf16``: ``torch.nn.functional.scaled_dot_product_attention`` (FlashAttention / cuDNN as torch picks);
+- ``comfy_kitchen_int8``: comfy-kitchen's int8 attention, if the installed comfy-kitchen has one this file knows;
+- ``sageattention_1.0.6``: ``sageattention.sageattn`` when sageattention 1.0.6 is installed;
+- ``ours``: :func:`int8.backends.attention.int8_attention` with ``pv_precision=auto`` (fp8 P.V on sm_89+);
+- ``ours_generic``: the same Triton kernel with 16-bit P.V.
+
+Time: median of CUDA-event-timed back-to-back calls (bench/timing.py). ``rel_err``: ``||out - ref|| / ||ref||`` on
+the first ``--check-rows`` query rows against fp32 SDPA of those rows over all keys (a float64 reference of the
+whole call does not fit). TFLOPS count ``4 * B * H * L^2 * D``. Rows go to ``<out>/attention_<gpu>.json``.
+
+Run: ``comfy-int8 bench attention [--shapes flux_1024 ...] [--methods ours sdpa_bf16 ...] [--out docs/results]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "flux_1024": (1, 24, 4608, 128),
+    "flux_2048": (1, 24, 16896, 128),
+    "wan_480p_81f": (1, 40, 32760, 128),
+    "wan_720p_81f": (1, 40, 75600, 128),
+}
+METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_generic")
+# comfy-kitchen's int8 attention entry points this benchmark knows, by module attribute (none is documented yet).
+_KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("docs/results"), help="folder for attention_<gpu>.json")
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), help="shapes to time")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to time")
+    parser.add_argument("--check-rows", type=int, default=1024, help="query rows compared with fp32 SDPA")
+    parser.add_argument("--target-ms", type=float, default=200.0, help="time per timing repeat")
+
+
+def flops(b: int, h: int, lq: int, lk: int, d: int) -> float:
+    """``Q . K^T`` and ``P . V`` multiply-adds, 2 flops each."""
+    return 4.0 * b * h * lq * lk * d
+
+
+def _ours(pv_precision: str) -> Attention:
+    from ..int8.backends.attention import AttentionOptions, int8_attention
+
+    options = AttentionOptions(pv_precision=pv_precision, min_seq_len=0)
+    return lambda q, k, v: int8_attention(q, k, v, options)
+
+
+def _sage() -> Attention | str:
+    if importlib.util.find_spec("sageattention") is None:
+        return "sageattention is not installed"
+    version = importlib.metadata.version("sageattention")
+    if version != "1.0.6":
+        return f"sageattention {version} is installed, not 1.0.6"
+    from sageattention import sageattn
+
+    return lambda q, k, v: sageattn(q, k, v, tensor_layout="HND", is_causal=False)
+
+
+def _kitchen() -> Attention | str:
+    if importlib.util.find_spec("comfy_kitchen") is None:
+        return "comfy_kitchen is not installed"
+    module = importlib.import_module("comfy_kitchen")
+    for name in _KITCHEN_NAMES:
+        fn = getattr(module, name, None)
+        if callable(fn):
+            return lambda q, k, v: fn(q, k, v)
+    return f"comfy_kitchen {getattr(module, '__version__', '?')} has none of {_KITCHEN_NAMES}"
+
+
+def available_methods(names: list[str]) -> dict[str, Attention | str]:
+    """Each method name -> its ``fn(q, k, v) -> (B, H, L, D)``, or the reason it cannot run here."""
+    builders: dict[str, Callable[[], Attention | str]] = {
+        "sdpa_bf16": lambda: lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+        "comfy_kitchen_int8": _kitchen,
+        "sageattention_1.0.6": _sage,
+        "ours": lambda: _ours("auto"),
+        "ours_generic": lambda: _ours("16bit"),
+    }
+    return {name: builders[name]() for name in names}
+
+
+def rel_err(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: int) -> float:
+    """Relative Frobenius error of ``out``'s first ``rows`` query rows against fp32 SDPA of those rows."""
+    ref = F.scaled_dot_product_attention(q[:, :, :rows].float(), k.float(), v.float())
+    diff = out[:, :, :rows].float() - ref
+    return float(diff.norm() / ref.norm())
+
+
+def measure(shape_name: str, shape: tuple[int, int, int, int], methods: dict[str, Attention | str],
+            timer: Callable[[list[Callable[[], object]]], float], device: str = "cuda",
+            check_rows: int = 1024, dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+    """One row per runnable method: ``{"shape", "B,H,L,D", "method", "ms", "tflops", "rel_err"}``; methods that
+    cannot run are printed with their reason and left out. ``timer(fns) -> ms per call``."""
+    b, h, length, d = shape
+    gen = torch.Generator(device=device).manual_seed(0)
+    q, k, v = (torch.randn(b, h, length, d, device=device, generator=gen, dtype=torch.float32) for _ in range(3))
+    k = k + 3 * torch.randn(1, 1, 1, d, device=device, generator=gen)  # diffusion keys share an offset
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    rows = []
+    for name, fn in methods.items():
+        if isinstance(fn, str):
+            print(f"{shape_name:14s} {name:20s} skipped: {fn}")
+            continue
+        err = rel_err(fn(q, k, v), q, k, v, min(check_rows, length))
+        ms = timer([lambda fn=fn: fn(q, k, v)])
+        row = {"shape": shape_name, "B,H,L,D": ",".join(map(str, shape)), "method": name, "ms": round(ms, 4),
+               "tflops": round(flops(b, h, length, length, d) / (ms * 1e-3) / 1e12, 1), "rel_err": round(err, 5)}
+        print(f"{shape_name:14s} {name:20s} {row['ms']:9.3f} ms {row['tflops']:7.1f} TFLOPS rel_err {err:.4f}")
+        rows.append(row)
+    return rows
+
+
+def gpu_slug(name: str) -> str:
+    """``"NVIDIA H100 80GB HBM3"`` -> ``"nvidia_h100_80gb_hbm3"`` (the results file's suffix)."""
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_") or "unknown_gpu"
+
+
+def write_results(rows: list[dict], out_dir: Path, gpu_name: str) -> Path:
+    """``<out_dir>/attention_<gpu>.json`` with the rows and what they were measured on."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"attention_{gpu_slug(gpu_name)}.json"
+    triton_version = importlib.metadata.version("triton") if importlib.util.find_spec("triton") else None
+    meta = {"gpu": gpu_name, "torch": torch.__version__, "triton": triton_version, "python": platform.python_version()}
+    path.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    return path
+
+
+def run(args: argparse.Namespace, timer: Callable[[list[Callable[[], object]]], float] | None = None,
+        device: str = "cuda") -> int:
+    if device == "cuda" and not torch.cuda.is_available():
+        print("comfy-int8 bench attention needs a CUDA GPU.")
+        return 1
+    if timer is None:
+        from .timing import eager_time_ms
+
+        timer = lambda fns: eager_time_ms(fns, target_ms=args.target_ms)  # noqa: E731
+    methods = available_methods(args.methods)
+    rows = []
+    for name in args.shapes:
+        rows += measure(name, SHAPES[name], methods, timer, device, args.check_rows)
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    print(f"wrote {write_results(rows, args.out, gpu)}")
+    return 0
