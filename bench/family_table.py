@@ -39,8 +39,6 @@ class Family:
     extra: dict = field(default_factory=dict)
     outlier_layers: tuple[str, ...] = ()
     tiny_needs_sizes: tuple[str, ...] = ()
-    # the published bf16 weights exceed this many GiB: the bench compares against fp8 instead of bf16
-    bf16_gib: float = 0.0
 
     def unet_config(self, tiny: bool) -> dict:
         return {**self.config, **self.tiny} if tiny else dict(self.config)
@@ -81,7 +79,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            {"image_model": "qwen_image", "in_channels": 64, "num_layers": 60},
            {"num_layers": 1, "num_attention_heads": 1, "joint_attention_dim": 64},
            (1, 16, 1, 166, 166), (1, 16, 1, 16, 16), (256, 3584), (8, 64), outlier_layers=("img_in", "txt_in"),
-           tiny_needs_sizes=("num_attention_heads", "joint_attention_dim"), bf16_gib=38.1),
+           tiny_needs_sizes=("num_attention_heads", "joint_attention_dim")),
     Family("wan21_14b_t2v", "wan", "WAN21_T2V", "832x480x81",
            {**_WAN, "dim": 5120, "out_dim": 16, "num_heads": 40, "ffn_dim": 13824, "num_layers": 40, "in_dim": 16},
            _WAN_TINY, (1, 16, 21, 60, 104), (1, 16, 2, 8, 8), (512, 4096), (8, 4096),
@@ -125,7 +123,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
            (1, 16, 128, 128), (1, 16, 16, 16), (128, 4096), (8, 64), pooled=2048, tiny_pooled=64,
            extra={"llama_tokens": 128}, outlier_layers=("x_embedder.proj",),
            tiny_needs_sizes=("num_attention_heads", "num_layers", "num_single_layers", "caption_channels",
-                             "text_emb_dim", "llama_layers"), bf16_gib=31.7),
+                             "text_emb_dim", "llama_layers")),
     Family("lumina2", "lumina2", "Lumina2", "1024x1024",
            {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 2304, "cap_feat_dim": 2304,
             "n_layers": 26, "qk_norm": True, "n_heads": 24, "n_kv_heads": 8, "axes_dims": [32, 32, 32],
