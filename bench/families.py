@@ -128,12 +128,20 @@ def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: 
     latent, step_times = fs.sample_timed(patcher, inputs["noise"], inputs["positive"], args.steps)
     result = {"load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
               "step_ms": round(statistics.median(step_times[1:] or step_times), 2),
-              "int8_layers": sum(1 for m in patcher.model.diffusion_model.modules() if getattr(m, "is_int8", False))}
+              "int8_layers": _int8_layers(patcher.model.diffusion_model)}
     if cuda:
         result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del patcher
     _free()
     return {**result, "_prediction": prediction, "_latent": latent}
+
+
+def _int8_layers(model: torch.nn.Module) -> int:
+    """Layers holding an int8 ComfyUI ``QuantizedTensor`` weight: ours and stock native int8 alike."""
+    from comfy.quant_ops import QuantizedTensor
+
+    return sum(1 for m in model.modules() if isinstance(getattr(m, "weight", None), QuantizedTensor)
+               and m.weight.dtype != torch.float8_e4m3fn and getattr(m.weight, "_qdata", m.weight).dtype == torch.int8)
 
 
 def _write_files(family: Family, folder: Path, tiny: bool, device: torch.device) -> dict:

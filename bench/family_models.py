@@ -69,7 +69,9 @@ def fill_random(model: nn.Module, family: Family, seed: int) -> None:
     def randn(shape: torch.Size) -> torch.Tensor:
         return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
 
-    for name, p in model.named_parameters():
+    # Buffers too: SD3's pos_embed is one, and disable_weight_init leaves every tensor uninitialised (NaN at times).
+    tensors = [*model.named_parameters(), *((n, b) for n, b in model.named_buffers() if b.is_floating_point())]
+    for name, p in tensors:
         if any(t in name for t in _SMALL_TABLES) and not name.endswith(".weight"):
             p.copy_(0.02 * randn(p.shape))
         elif p.dim() >= 2:

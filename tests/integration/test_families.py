@@ -15,6 +15,9 @@ than rounded (a dropped bias, a mis-laid weight, an ignored attention mask: cosi
 
 from __future__ import annotations
 
+import argparse
+import json
+
 import pytest
 import torch
 
@@ -93,3 +96,25 @@ def test_family_tiny_file_loads_int8_through_the_loader_and_matches_stock(comfy,
     out, ref = model_output(ours, noise, positive), model_output(stock, noise, positive)
     assert out.shape == noise.shape and torch.isfinite(out).all()
     assert cosine(out, ref) >= COSINE_MIN
+
+
+def test_bench_families_tiny_run_writes_the_issue_json_shape(comfy, tmp_path) -> None:
+    from comfy_int8_w8a8.bench import families
+
+    parser = argparse.ArgumentParser()
+    families.add_arguments(parser)
+    out = tmp_path / "families.json"
+    args = parser.parse_args(["--tiny", "--families", "wan21_14b_t2v", "--steps", "2", "--out", str(out),
+                              "--variants", "bf16", "ours_eager", "native_int8_stock_compile"])
+    assert families.run(args) == 0
+
+    result = json.loads(out.read_text())
+    assert result["gpu"] == "cpu"
+    wan = result["families"]["wan21_14b_t2v"]
+    assert wan["resolution"] == "tiny" and wan["reference"] == "bf16"
+    assert set(wan["step_ms"]) == {"bf16", "ours_eager", "native_int8_stock_compile"}
+    int8 = {v: wan["variants"][v]["int8_layers"] for v in wan["step_ms"]}
+    assert int8["bf16"] == 0 and int8["ours_eager"] == int8["native_int8_stock_compile"] > 0
+    assert wan["variants"]["bf16"]["cos"] == 1.0 and wan["cos"] >= COSINE_MIN
+    assert wan["variants"]["native_int8_stock_compile"]["cos"] >= COSINE_MIN
+    assert not list(tmp_path.glob("*.safetensors"))  # the model files are deleted per family
