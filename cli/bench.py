@@ -1,4 +1,4 @@
-"""``comfy-int8 bench {kernels,e2e,attention,fidelity} [options]``: each benchmark is ``bench/<name>.py`` with
+"""``comfy-int8 bench {kernels,e2e,attention,families,fidelity} [options]``: each benchmark is ``bench/<name>.py`` with
 ``add_arguments(parser)`` and ``run(args) -> int``.
 
 A benchmark module is imported only when its subcommand runs (``e2e`` pulls in ComfyUI model code, ``kernels``
@@ -16,6 +16,7 @@ BENCHES: dict[str, str] = {
     "kernels": "Whole-linear speed and error of bf16, fp8, torch_int_mm, triton and ComfyUI native int8 (GPU).",
     "e2e": "End-to-end step time, VRAM and fidelity of a Flux-dev-sized model (GPU).",
     "attention": "Attention speed and error: bf16 SDPA, sageattention, comfy-kitchen and the int8 kernel (GPU).",
+    "families": "Per model family at real size: step time, load, VRAM, fidelity of ours vs stock bf16 / int8 (GPU; --tiny on CPU).",
     "fidelity": "Per-layer SQNR of none / hadamard / smooth on Gaussian and outlier activations (CPU or GPU).",
 }
 

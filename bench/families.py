@@ -1,0 +1,290 @@
+"""``comfy-int8 bench families``: per model family, what this pack's loader does to a workflow at the family's real
+size and usual resolution, beside stock ComfyUI.
+
+For each family of ``bench/family_table.py`` it builds ComfyUI's own model class at the published configuration
+(random weights with salient outlier channels), writes a bf16 safetensors file with ComfyUI's key names and runs,
+one after another on the same file and noise, through ``comfy.sample.sample`` (KSampler's path, Euler, cfg 1):
+
+- ``bf16``: the stock loader (``comfy.sd.load_diffusion_model``, UNETLoader's default), eager;
+- ``bf16_stock_compile``: the same plus the stock TorchCompileModel node;
+- ``ours_defaults``: the loader node's own function with default options plus the INT8 Lazy Torch Compile node
+  with its defaults;
+- ``native_int8_stock_compile``: a ComfyUI-native int8 file written by ``comfy-int8 convert``'s converter
+  (defaults), through the stock loader and TorchCompileModel;
+- ``fp8_e4m3fn_fast`` (the reference instead of bf16 where the bf16 weights do not fit the card) and
+  ``ours_eager`` (only when named in ``--variants``).
+
+Per variant: load seconds, the first call's seconds (one forward at sigma 0.5, compiling included), the median
+step milliseconds of ``--steps`` steps, peak VRAM (``torch.cuda.max_memory_allocated`` from the load on), the
+cosine of that forward's prediction against the reference's, and the cosine of the final latent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .family_table import DEFAULT_FAMILIES, FAMILIES, Family
+
+__all__ = ["add_arguments", "run", "VARIANTS"]
+
+log = logging.getLogger("comfy_int8_w8a8")
+
+VARIANTS = ("bf16", "bf16_stock_compile", "ours_defaults", "native_int8_stock_compile", "fp8_e4m3fn_fast",
+            "ours_eager")
+DEFAULT_VARIANTS = ("bf16", "bf16_stock_compile", "ours_defaults", "native_int8_stock_compile")
+FIT_SHARE = 0.8  # bf16 weights above this share of the card's memory: "does not fit", fp8 is the reference
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(DEFAULT_FAMILIES),
+                        metavar="NAME", help=f"families to run (default: all): {', '.join(FAMILIES)}")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
+                        help="what to run per family (default: %(default)s; fp8_e4m3fn_fast is added where bf16 "
+                             "does not fit)")
+    parser.add_argument("--steps", type=int, default=8, help="sampling steps timed per variant")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results (default: docs/results/families_<gpu>.json, families_cpu_tiny.json for --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs of the same classes, tiny latents (CPU)")
+    parser.add_argument("--backend", default=None, help="torch.compile backend of both compile nodes (default "
+                        "inductor; eager with --tiny, where inductor would spend minutes per model in the C++ compiler)")
+    parser.add_argument("--workdir", type=Path, default=None, help="where the model files go (deleted per family; "
+                        "default: a temp folder). Needs bf16 + int8 size of the largest family free")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _free() -> None:
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    gc.collect()
+    mm.soft_empty_cache()
+    torch._dynamo.reset()
+
+
+def _gpu_name() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name().lower().replace("nvidia ", "").split()[0]
+
+
+def _stock_compile(patcher, backend: str):  # noqa: ANN001, ANN202 - the stock TorchCompileModel node
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    return TorchCompileModel.execute(patcher, backend).result[0]
+
+
+def _node_compile(patcher, backend: str):  # noqa: ANN001, ANN202 - INT8 Lazy Torch Compile, its defaults
+    from ..nodes.compile_node import INT8LazyTorchCompile
+
+    return INT8LazyTorchCompile().compile(patcher, backend=backend, fullgraph=False, mode="default", dynamic="true",
+                                          compile_transformer_blocks_only=False, dynamo_cache_size_limit=640,
+                                          use_guard_filter=True, disable_dynamic_vram=True, log_compile=False)[0]
+
+
+def _load(variant: str, files: dict[str, Path], backend: str):  # noqa: ANN202 - a ModelPatcher
+    import comfy.sd
+
+    from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
+
+    if variant.startswith("ours"):
+        patcher = load_int8_diffusion_model(str(files["bf16"]), LoaderOptions())
+        return _node_compile(patcher, backend) if variant == "ours_defaults" else patcher
+    if variant == "fp8_e4m3fn_fast":
+        return comfy.sd.load_diffusion_model(str(files["bf16"]), {"dtype": torch.float8_e4m3fn,
+                                                                  "fp8_optimizations": True})
+    patcher = comfy.sd.load_diffusion_model(str(files["native_int8" if variant.startswith("native") else "bf16"]))
+    return _stock_compile(patcher, backend) if variant.endswith("stock_compile") else patcher
+
+
+def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: argparse.Namespace) -> dict:
+    from . import family_sampling as fs
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    patcher = _load(variant, files, args.backend)
+    load_s = time.perf_counter() - start
+    _sync()
+    start = time.perf_counter()
+    prediction = fs.model_output(patcher, inputs["noise"], inputs["positive"])  # ComfyUI moves it to the GPU here
+    _sync()
+    first_call_s = time.perf_counter() - start
+    latent, step_times = fs.sample_timed(patcher, inputs["noise"], inputs["positive"], args.steps)
+    result = {"load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
+              "step_ms": round(statistics.median(step_times[1:] or step_times), 2),
+              "int8_layers": _int8_layers(patcher.model.diffusion_model)}
+    if cuda:
+        result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    del patcher
+    _free()
+    return {**result, "_prediction": prediction, "_latent": latent}
+
+
+def _int8_layers(model: torch.nn.Module) -> int:
+    """Layers holding an int8 ComfyUI ``QuantizedTensor`` weight: ours and stock native int8 alike."""
+    from comfy.quant_ops import QuantizedTensor
+
+    return sum(1 for m in model.modules() if isinstance(getattr(m, "weight", None), QuantizedTensor)
+               and m.weight.dtype != torch.float8_e4m3fn and getattr(m.weight, "_qdata", m.weight).dtype == torch.int8)
+
+
+def _write_files(family: Family, folder: Path, tiny: bool, device: torch.device) -> dict:
+    from . import family_models as fm
+
+    start = time.perf_counter()
+    model = fm.build_model(family, tiny, device)
+    params = sum(p.numel() for p in model.parameters())
+    files = {"bf16": folder / f"{family.name}_bf16.safetensors", "params": params}
+    fm.save_bf16(model, files["bf16"])
+    del model
+    _free()
+    files["write_s"] = round(time.perf_counter() - start, 1)
+    return files
+
+
+def _native_int8(files: dict) -> None:
+    from ..int8.formats import open_checkpoint
+    from ..int8.formats.converter import convert_checkpoint
+    from ..int8.quantize_model import QuantizeConfig
+    from ..presets import resolve_preset
+
+    with open_checkpoint(str(files["bf16"])) as ckpt:
+        preset, _ = resolve_preset("auto", ckpt.keys())
+    files["native_int8"] = files["bf16"].with_name(files["bf16"].name.replace("_bf16", "_int8"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    start = time.perf_counter()
+    convert_checkpoint(files["bf16"], files["native_int8"], preset, QuantizeConfig(), device=device, force=True,
+                       progress=False)
+    files["convert_s"] = round(time.perf_counter() - start, 1)
+
+
+def _variants_for(params: int, args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """The variants to run and, where the bf16 weights do not fit the card, why bf16 is left out."""
+    variants = list(args.variants)
+    if not torch.cuda.is_available():
+        return variants, None
+    total = torch.cuda.get_device_properties(0).total_memory
+    if params * 2 <= FIT_SHARE * total:
+        return variants, None
+    note = (f"bf16 weights ({params * 2 / 2**30:.1f} GiB) exceed {FIT_SHARE:.0%} of the card's {total / 2**30:.0f} "
+            "GiB: bf16 left out, fp8_e4m3fn_fast is the reference")
+    variants = [v for v in variants if not v.startswith("bf16")]
+    return ["fp8_e4m3fn_fast", *[v for v in variants if v != "fp8_e4m3fn_fast"]], note
+
+
+def run_family(family: Family, args: argparse.Namespace, folder: Path) -> dict:
+    from . import family_models as fm
+    from . import family_sampling as fs
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    files = _write_files(family, folder, args.tiny, device)
+    variants, note = _variants_for(files["params"], args)
+    latent = family.tiny_latent if args.tiny else family.latent
+    inputs = {"noise": torch.randn(latent, generator=torch.Generator().manual_seed(1)),
+              "positive": fm.conditioning(family, args.tiny, seed=2)}
+    out: dict = {"resolution": "tiny" if args.tiny else family.resolution, "latent": list(latent),
+                 "text_tokens": (family.tiny_context if args.tiny else family.context)[0],
+                 "params_b": round(files["params"] / 1e9, 3), "model_class": family.model_class,
+                 "preset": family.preset, "reference": variants[0], "write_s": files["write_s"], "variants": {}}
+    if note:
+        out["notes"] = [note]
+    reference = None
+    for variant in variants:
+        try:
+            if variant.startswith("native") and "native_int8" not in files:
+                _native_int8(files)
+                out["convert_s"] = files["convert_s"]
+            with fm.tiny_sizes(family) if args.tiny else _nothing():
+                result = _run_variant(variant, family, files, inputs, args)
+        # A benchmark of many families records a variant's failure (OOM, a shape a kernel refuses, ...) and goes
+        # on: the failure is the finding. The message is kept in the JSON and logged.
+        except Exception as exc:  # noqa: BLE001
+            log.exception("families: %s / %s failed", family.name, variant)
+            out["variants"][variant] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            _free()
+            continue
+        tensors = (result.pop("_prediction"), result.pop("_latent"))
+        reference = reference or tensors  # the first variant that ran (bf16, or fp8 where bf16 does not fit)
+        result["cos"] = round(fs.cosine(tensors[0], reference[0]), 6)
+        result["final_latent_cos"] = round(fs.cosine(tensors[1], reference[1]), 6)
+        out["variants"][variant] = result
+        log.info("families: %s / %s: %s", family.name, variant, json.dumps(result))
+    for path in (files.get("bf16"), files.get("native_int8")):
+        if path is not None:
+            path.unlink(missing_ok=True)
+    return _summarise(out)
+
+
+class _nothing:  # noqa: N801 - a null context manager that yields nothing
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _summarise(out: dict) -> dict:
+    """The issue's per-family table from the per-variant results: step_ms per variant, peak VRAM of the reference
+    and ours, cos = our default setup's prediction cosine against the reference."""
+    ok = {k: v for k, v in out["variants"].items() if "error" not in v}
+    out["step_ms"] = {k: v["step_ms"] for k, v in ok.items()}
+    out["first_call_s"] = {k: v["first_call_s"] for k, v in ok.items()}
+    out["load_s"] = {k: v["load_s"] for k, v in ok.items()}
+    out["peak_vram_gib"] = {k: v["peak_vram_gib"] for k, v in ok.items() if "peak_vram_gib" in v}
+    ours = ok.get("ours_defaults") or ok.get("ours_eager")
+    out["cos"] = ours["cos"] if ours else None
+    out["final_latent_cos"] = ours["final_latent_cos"] if ours else None
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args.backend = args.backend or ("eager" if args.tiny else "inductor")
+    try:
+        from .e2e_models import import_comfy
+
+        import_comfy()
+        import comfy.sd  # noqa: F401
+        import comfy_extras.nodes_torch_compile  # noqa: F401
+    except ImportError as exc:
+        print(f"comfy-int8 bench families needs ComfyUI's code, which cannot be imported ({exc}). Put a ComfyUI "
+              "checkout on PYTHONPATH with its requirements installed; --tiny runs on a CPU.", file=sys.stderr)
+        return 1
+    gpu = _gpu_name()
+    out_path = args.out or Path(f"docs/results/families_{gpu}{'_tiny' if args.tiny else ''}.json")
+    results: dict = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tiny": args.tiny,
+                     "steps": args.steps, "compile_backend": args.backend, "torch": torch.__version__, "families": {}}
+    folder = args.workdir or Path(tempfile.mkdtemp(prefix="int8_families_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    torch._dynamo.config.cache_size_limit = 640
+    try:
+        for name in args.families:
+            log.info("families: %s ...", name)
+            results["families"][name] = run_family(FAMILIES[name], args, folder)
+            results["elapsed_s"] = round(time.perf_counter() - started, 1)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            out_path.write_text(json.dumps(results, indent=1, default=str))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    for name, fam in results["families"].items():
+        print(f"{name:16s} {fam['resolution']:>12s}  step_ms {fam['step_ms']}  cos {fam['cos']}")
+    print(f"wrote {out_path} in {results.get('elapsed_s', 0)} s")
+    return 0

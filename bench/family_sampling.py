@@ -1,0 +1,67 @@
+"""Sampling through ComfyUI's own ``comfy.sample.sample`` (what KSampler runs) for the family benchmark and tests:
+one forward at a chosen sigma (the model's raw prediction, recovered from the sampler's callback), and a timed
+Euler run. Every family here is a flow-matching model (``x = sigma * noise + (1 - sigma) * x0``, ComfyUI's CONST
+sampling), so the prediction is ``v = (x - denoised) / sigma`` exactly."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+__all__ = ["zero_negative", "model_output", "sample_timed", "cosine", "MID_SIGMA"]
+
+MID_SIGMA = 0.5
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def zero_negative(positive: list) -> list:
+    """What ConditioningZeroOut makes of ``positive`` (cfg 1.0 never evaluates it: ComfyUI's cfg1 optimisation)."""
+    return [[torch.zeros_like(c), {k: torch.zeros_like(v) if isinstance(v, torch.Tensor) else v
+                                   for k, v in extra.items()}] for c, extra in positive]
+
+
+def model_output(patcher, noise: torch.Tensor, positive: list, sigma: float = MID_SIGMA) -> torch.Tensor:  # noqa: ANN001
+    """The diffusion model's prediction (float32, CPU) for ``sigma * noise`` at ``sigma``: one Euler step of
+    ``comfy.sample.sample`` from ``sigma`` to 0, cfg 1, through every wrapper the patcher carries (compile ones too)."""
+    import comfy.sample
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def callback(step: int, denoised: torch.Tensor, x: torch.Tensor, total: int) -> None:
+        seen["v"] = ((x.float() - denoised.float()) / sigma).cpu()
+
+    latent = torch.zeros_like(noise)
+    sigmas = torch.tensor([sigma, 0.0])
+    comfy.sample.sample(patcher, noise, 1, 1.0, "euler", "simple", positive, zero_negative(positive), latent,
+                        sigmas=sigmas, callback=callback, disable_pbar=True, seed=0)
+    return seen["v"]
+
+
+def sample_timed(patcher, noise: torch.Tensor, positive: list, steps: int) -> tuple[torch.Tensor, list[float]]:  # noqa: ANN001
+    """``steps`` Euler steps (scheduler simple, cfg 1) from pure noise; returns the final latent (float32, CPU)
+    and the wall milliseconds of each step (the first includes the call's setup: loading, compiling)."""
+    import comfy.sample
+
+    stamps: list[float] = []
+
+    def callback(step: int, denoised: torch.Tensor, x: torch.Tensor, total: int) -> None:
+        _sync()
+        stamps.append(time.perf_counter())
+
+    latent = torch.zeros_like(noise)
+    _sync()
+    start = time.perf_counter()
+    out = comfy.sample.sample(patcher, noise, steps, 1.0, "euler", "simple", positive, zero_negative(positive),
+                              latent, callback=callback, disable_pbar=True, seed=0)
+    times = [(b - a) * 1e3 for a, b in zip([start, *stamps[:-1]], stamps)]
+    return out.float().cpu(), times
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine similarity of two tensors, flattened, in float64."""
+    return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
