@@ -20,8 +20,11 @@ where :func:`launch.host.supports_pdl` sets them (sm_90+), for bf16 and fp16 act
   them is tested in test_compat.py (``test_hopper_tma_kernel_only_on_sm90_exactly``,
   ``test_gluon_kernel_only_on_sm90_exactly``).
 
-Trimmed for time: where the activation dtype only changes the epilogue's cast (the int8 GEMMs), fp16 compiles one
-config and bf16 all of them. Slow (about a minute per Triton version on 2 cores), so it runs only with
+Trimmed for time: where the activation dtype only changes loads and the epilogue's cast (the int8 GEMMs, the fused
+kernel, the GEMV), fp16 compiles one variant and bf16 all of them; where it reaches ``tl.dot`` (rotations, W8A16
+split-K) both compile every variant. Split-K compiles the configs of two row counts (tile shapes 16x128 split 4
+and 64xN unsplit), the rotations both kernels (one-pass with two group blocks; chunked: one quant and one absmax
+pass). Slow (about a minute per Triton version on 2 cores), so it runs only with
 ``INT8_W8A8_COMPILE_MATRIX=1``; ``.ci/triton_matrix.sh`` sets it once per Triton version.
 """
 
@@ -261,7 +264,8 @@ SMS = 132  # H100's SM count: it only sets how far K is split, and the rows belo
 def split_k_w8a8_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
     from comfy_int8_w8a8.int8.launch.splitk import w8a8_config
 
-    rows = (1, 16, 33, 64) if dtype == torch.bfloat16 else (1,)
+    # m=1: 16x128 tiles, K split in 4; m=33: 64x32 tiles, unsplit (fp16: the first only, see the module doc)
+    rows = (1, 33) if dtype == torch.bfloat16 else (1,)
     # The two-kernel W8A8 path launches it with PDL after the quant kernel where supports_pdl (sm_90+).
     return [_split_k_spec("split-k w8a8", True, dtype, m, 3072, 3072, w8a8_config(m, 3072, 3072, SMS), _pdl(arch))
             for m in rows]
@@ -271,7 +275,7 @@ def split_k_w8a16_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
     from comfy_int8_w8a8.int8.launch.w8a16 import w8a16_config
 
     return [_split_k_spec("split-k w8a16", False, dtype, m, 3072, 3072, w8a16_config(m, 3072, 3072, SMS), False)
-            for m in (1, 16, 64)]
+            for m in (1, 64)]  # 16x128 tiles split in 4; 64x64 tiles (the x dtype reaches tl.dot: both dtypes)
 
 
 def gemv_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
@@ -281,7 +285,7 @@ def gemv_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
     n, k = 18432, 3072
     return [Spec(f"gemv rows={rows}", _gemv_kernel, (dtype, torch.int8, dtype, torch.float32, dtype, n, k, k, k, n),
                  dict(HAS_BIAS=True, ROWS=rows, BLOCK_N=gemv._BLOCK_N, BLOCK_K=gemv._BLOCK_K, STAGES=gemv._STAGES),
-                 gemv._WARPS, 3, None) for rows in (1, 2)]
+                 gemv._WARPS, 3, None) for rows in ((1, 2) if dtype == torch.bfloat16 else (2,))]
 
 
 def fused_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
@@ -291,7 +295,8 @@ def fused_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
     from comfy_int8_w8a8.int8.launch.splitk import w8a8_config
 
     specs = []
-    for m, k, smooth in ((1, 3072, False), (64, 12288, True)):
+    cases = ((1, 3072, False), (64, 12288, True)) if dtype == torch.bfloat16 else ((1, 3072, False),)
+    for m, k, smooth in cases:
         n = 3072
         block_m, block_n, block_k, split, warps, stages = config = w8a8_config(m, n, k, SMS)
         chunk = min(next_power_of_2(k), _CHUNK)
