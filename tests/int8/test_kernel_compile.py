@@ -164,6 +164,17 @@ def asm_problems(spec: Spec, arch: int, compiled: object) -> list[str]:
     return problems
 
 
+def _error_line(exc: BaseException) -> str:
+    """``Type: message`` of the exception and its causes, first line of each (a CompilationError's message is the
+    kernel source: its cause says what went wrong)."""
+    parts = []
+    while exc is not None and len(parts) < 3:
+        text = str(exc).strip()
+        parts.append(f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
 def check_all(specs: list[Spec], arch: int, over_shared_ok: bool = False) -> list[str]:
     """Compile each spec for ``arch``; fail listing every spec that does not compile or has :func:`asm_problems`.
     ``over_shared_ok``: an autotuned table, whose configs that do not fit are skipped at run time
@@ -175,8 +186,7 @@ def check_all(specs: list[Spec], arch: int, over_shared_ok: bool = False) -> lis
         try:
             compiled = compile_spec(spec, arch)
         except Exception as exc:  # noqa: BLE001 - every failure is reported below, with the config
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-            failures.append(f"{spec.label}: {type(exc).__name__}: {first}")
+            failures.append(f"{spec.label}: {_error_line(exc)}")
             continue
         problems = asm_problems(spec, arch, compiled)
         if over_shared_ok and problems and all(p.startswith("shared memory") for p in problems):
