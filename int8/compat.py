@@ -215,6 +215,21 @@ def _gdc_reason() -> str | None:
         return f"triton.language.extra.cuda does not import: {exc}"
     if not (hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")):
         return f"Triton {_installed_triton()} has no gdc_wait / gdc_launch_dependents"
+    # Triton 3.4.0's gdc functions still take ``_builder`` where its code generator passes builtins ``_semantic``:
+    # every kernel calling them fails to compile ("unexpected keyword argument '_semantic'";
+    # tests/int8/test_kernel_compile.py on sm_90+). Ask for the keyword the language's own builtins take.
+    import inspect
+
+    import triton.language as tl
+
+    def builtin_keyword(fn: Callable) -> set[str]:
+        return {"_builder", "_semantic"} & set(inspect.signature(fn).parameters)
+
+    wanted = builtin_keyword(tl.program_id)
+    if any(builtin_keyword(f) != wanted for f in (cuda.gdc_wait, cuda.gdc_launch_dependents)):
+        return (f"Triton {_installed_triton()}'s gdc_wait / gdc_launch_dependents take "
+                f"{'/'.join(sorted(builtin_keyword(cuda.gdc_wait))) or 'no builder'}, its compiler passes "
+                f"{'/'.join(sorted(wanted))}: they do not compile")
     return None
 
 

@@ -265,3 +265,19 @@ def test_eager_plans_switch_keeps_every_eager_call_on_the_normal_path(monkeypatc
     y = off(x)
     assert recorded == [1] and off._runtime.replays == {}
     assert torch.equal(y, off.backend_for(x.device).linear(x, off.int8_weights(), off.config))
+
+
+@needs_triton
+def test_gdc_with_another_builder_keyword_than_the_compiler_passes_is_off(monkeypatch):
+    """Triton 3.4.0: gdc_wait(_builder=None) while its compiler passes _semantic (the kernels would not compile)."""
+    from triton.language.extra import cuda
+
+    def gdc_wait(_builder=None):  # noqa: ANN202 - 3.4.0's signature
+        pass
+
+    monkeypatch.setattr(cuda, "gdc_wait", gdc_wait, raising=False)
+    monkeypatch.setattr(cuda, "gdc_launch_dependents", gdc_wait, raising=False)
+    monkeypatch.setattr("triton.language.program_id", lambda axis, _semantic=None: 0)
+    compat.reset()
+    assert "do not compile" in compat._gdc_reason()
+    assert compat.pdl() is False

@@ -1,0 +1,408 @@
+"""The Triton kernels compiled for each GPU arch the pack runs them on, without a GPU: PTX and cubin per target.
+
+The interpreter tests (test_interpreted_kernels.py) run the kernel bodies on the CPU but cannot show what breaks
+only in the GPU compiler: a lowering that does not exist for one arch (an int8 or bf16 ``tl.dot`` on sm_120), an
+instruction of the wrong generation (``wgmma`` outside sm_90), ptxas errors, or a config whose shared memory does
+not fit the arch. Here each kernel is compiled through its JIT (``kernel.warmup``, so the specialization is the
+JIT's own) against a stand-in driver whose target is the arch: Triton's wheels bundle ptxas, so this yields the
+cubin, and the PTX is checked for the tensor-core instruction the arch should get.
+
+What is compiled is what the launchers in int8/launch/ launch: their argument dtypes, representative integer
+arguments (multiples of 16 where the layer shapes are), their config tables and launch-shape functions, PDL flags
+where :func:`launch.host.supports_pdl` sets them (sm_90+), for bf16 and fp16 activations/outputs:
+
+- generic kernels (sm_80, sm_86, sm_89, sm_90, sm_100, sm_120): per-token quant (whole row / chunked, smooth),
+  both rotated quant kernels, the pointer GEMM with each config of the table its arch gets (Ampere table below
+  sm_90, Hopper table from sm_90 on: launch/gemm.py ``_pointer_configs``), split-K W8A8 and W8A16 with the configs
+  of ``w8a8_config`` / ``w8a16_config``, the W8A16 GEMV, the fused few-rows W8A8 kernel;
+- Hopper-only kernels, sm_90 only: the TMA GEMM with each of ``TMA_CONFIGS`` (Triton >= 3.4, as the gate says) and
+  the Gluon GEMM (the Triton release the gate allows it on). That the launch layer never routes another arch to
+  them is tested in test_compat.py (``test_hopper_tma_kernel_only_on_sm90_exactly``,
+  ``test_gluon_kernel_only_on_sm90_exactly``).
+
+Trimmed for time: fp16 compiles on sm_80, sm_90, sm_100 and sm_120 (bf16 on every arch). Where the activation dtype
+only changes loads and the epilogue's cast (the int8 GEMMs, the fused kernel, the GEMV), fp16 compiles one variant
+and bf16 all of them; where it reaches ``tl.dot`` (rotations, W8A16 split-K) both compile every variant. Split-K
+compiles the configs of two row counts (16x128 tiles split 4 ways, 64xN unsplit), the rotations both kernels
+(one-pass with two group blocks; chunked: one quant and one absmax pass). About 100 s of CPU per Triton version,
+so it runs only with ``INT8_W8A8_COMPILE_MATRIX=1``; ``.ci/triton_matrix.sh`` sets it once per Triton version
+and runs two processes over the archs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+FLAG = "INT8_W8A8_COMPILE_MATRIX"
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get(FLAG) != "1", reason=f"compiles dozens of kernels per arch: set {FLAG}=1 "
+                       "(.ci/triton_matrix.sh does, once per Triton version)"),
+    pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton installed"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 runs the interpreter, "
+                       "which compiles nothing"),
+]
+
+ARCHS = (80, 86, 89, 90, 100, 120)
+DTYPES = (torch.bfloat16, torch.float16)
+# fp16 on one arch per MMA generation (sm_80 mma.sync, sm_90 wgmma, sm_100 tcgen05 / mma.sync, sm_120 consumer
+# Blackwell); sm_86 and sm_89 build the same code as sm_80 for another ptxas target and shared-memory limit: bf16.
+ARCH_DTYPES = [(a, d) for a in ARCHS for d in DTYPES if d == torch.bfloat16 or a not in (86, 89)]
+# Largest shared memory one block may use (opt-in), bytes (CUDA C Programming Guide, compute capabilities table).
+MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+# Triton 3.0 - 3.2 know no Blackwell: compiling an int8 tl.dot for sm_100 aborts the process in
+# AccelerateMatmul.cpp ("computeCapability not supported", an assertion, not an exception). 3.3 added sm_100/sm_120.
+BLACKWELL_TRITON = (3, 3)
+
+
+def _triton_version() -> tuple[int, int]:
+    from comfy_int8_w8a8.int8 import compat
+
+    return compat.triton_version()
+
+
+def _skip_unless_the_pack_compiles_here(arch: int) -> None:
+    from comfy_int8_w8a8.int8 import compat
+
+    version = _triton_version()
+    if version < compat.MIN_TRITON:
+        pytest.skip(f"Triton {version[0]}.{version[1]} is below the pack's floor {compat.MIN_TRITON}: the Triton "
+                    "backend is unavailable there (auto runs torch_int_mm)")
+    if arch >= 100 and version < BLACKWELL_TRITON:
+        pytest.skip(f"Triton {version[0]}.{version[1]} does not know sm_{arch} (its MMA lowering asserts "
+                    f"'computeCapability not supported'); Blackwell needs Triton >= 3.3, which torch builds for "
+                    "Blackwell (CUDA 12.8, torch >= 2.7) ship")
+
+
+# --------------------------------------------------------------------------------------------- compiling for an arch
+class _TargetDriver:
+    """Triton's active driver as far as ``JITFunction.run(warmup=True)`` asks it: a device (one per arch, so the
+    JIT's per-device caches never mix targets), a stream, and the target to compile for."""
+
+    def __init__(self, arch: int) -> None:
+        from triton.backends.compiler import GPUTarget
+
+        self.arch = arch
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self) -> int:
+        return 1000 + self.arch
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def get_current_target(self) -> object:
+        return self.target
+
+
+@contextlib.contextmanager
+def _compiling_for(arch: int) -> Iterator[None]:
+    from triton.runtime import driver
+
+    saved = dict(vars(driver))  # 3.2 keeps `active` as an attribute, later versions `_active`
+    driver.set_active(_TargetDriver(arch))
+    try:
+        yield
+    finally:
+        vars(driver).clear()
+        vars(driver).update(saved)
+
+
+@dataclass
+class Spec:
+    """One launch as a launcher makes it: the @triton.jit kernel, its arguments (torch dtypes stand for tensors:
+    Triton's MockTensor, 16-byte aligned like a fresh allocation), constexprs and launch options, and which MMA the
+    compiled kernel must contain: None (no tl.dot), "int8" or "float"."""
+
+    label: str
+    kernel: object
+    args: tuple
+    constexprs: dict
+    warps: int
+    stages: int
+    mma: str | None
+    options: dict = field(default_factory=dict)
+
+
+def compile_spec(spec: Spec, arch: int) -> object:
+    with _compiling_for(arch):
+        return spec.kernel.warmup(*spec.args, grid=(1,), num_warps=spec.warps, num_stages=spec.stages,
+                                  **spec.constexprs, **spec.options)
+
+
+_INT8_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.s8", "wgmma": r"wgmma\.mma_async\S*\.s8", "tcgen05": r"tcgen05\.mma\S*kind::i8"}
+_FLOAT_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.(?:bf16|f16)", "wgmma": r"wgmma\.mma_async\S*\.(?:bf16|f16)",
+              "tcgen05": r"tcgen05\.mma\S*kind::f16"}
+
+
+def asm_problems(spec: Spec, arch: int, compiled: object) -> list[str]:
+    """What is wrong with the compiled kernel for ``arch``: its shared memory past the arch's limit, a tensor-core
+    instruction of another generation, or no MMA of the expected kind where the kernel has a ``tl.dot``."""
+    ptx = compiled.asm["ptx"]
+    problems = []
+    if "cubin" not in compiled.asm or not compiled.asm["cubin"]:
+        problems.append("no cubin")
+    if compiled.metadata.shared > MAX_SHARED[arch]:
+        problems.append(f"shared memory {compiled.metadata.shared} B > sm_{arch}'s {MAX_SHARED[arch]} B")
+    if arch != 90 and "wgmma" in ptx:
+        problems.append("wgmma outside sm_90")
+    if arch < 100 and "tcgen05" in ptx:
+        problems.append(f"tcgen05 on sm_{arch}")
+    if spec.mma is not None:
+        patterns = _INT8_MMA if spec.mma == "int8" else _FLOAT_MMA
+        allowed = ("mma", "wgmma") if arch == 90 else ("mma", "tcgen05") if arch >= 100 else ("mma",)
+        if not any(re.search(patterns[kind], ptx) for kind in allowed):
+            problems.append(f"no {spec.mma} tensor-core MMA ({' / '.join(allowed)}) in the PTX")
+    return problems
+
+
+def _error_line(exc: BaseException) -> str:
+    """``Type: message`` of the exception and its causes, first line of each (a CompilationError's message is the
+    kernel source: its cause says what went wrong)."""
+    parts = []
+    while exc is not None and len(parts) < 3:
+        text = str(exc).strip()
+        parts.append(f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}")
+        exc = exc.__cause__ or exc.__context__
+    return " <- ".join(parts)
+
+
+def check_all(specs: list[Spec], arch: int, over_shared_ok: bool = False) -> list[str]:
+    """Compile each spec for ``arch``; fail listing every spec that does not compile or has :func:`asm_problems`.
+    ``over_shared_ok``: an autotuned table, whose configs that do not fit are skipped at run time
+    (OutOfResources), as long as one fits: returns those that do not."""
+    import triton
+
+    failures, too_big, fitting = [], [], 0
+    for spec in specs:
+        try:
+            compiled = compile_spec(spec, arch)
+        except Exception as exc:  # noqa: BLE001 - every failure is reported below, with the config
+            failures.append(f"{spec.label}: {_error_line(exc)}")
+            continue
+        problems = asm_problems(spec, arch, compiled)
+        if over_shared_ok and problems and all(p.startswith("shared memory") for p in problems):
+            too_big.append(f"{spec.label}: {problems[0]}")
+            continue
+        fitting += not problems
+        failures += [f"{spec.label}: {p}" for p in problems]
+    if over_shared_ok and specs and not fitting and not failures:
+        failures.append("no config of the table fits: " + "; ".join(too_big))
+    if failures:
+        pytest.fail(f"Triton {triton.__version__}, sm_{arch}:\n  " + "\n  ".join(failures), pytrace=False)
+    return too_big
+
+
+# ------------------------------------------------------------------------------------ what the launchers launch
+def _pdl(arch: int) -> bool:
+    from comfy_int8_w8a8.int8 import compat
+
+    return arch >= 90 and compat.pdl()  # launch.host.supports_pdl with the arch's capability
+
+
+def quant_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_quant import _quant_per_token_kernel
+    from comfy_int8_w8a8.int8.launch.quant import _plain_launch_shape
+
+    specs = []
+    for m, k, smooth in ((4096, 3072, False), (33, 12288, True), (1, 20480, False)):  # whole row, few rows, chunked
+        chunk, block_m, warps = _plain_launch_shape(k, m)
+        specs.append(Spec(f"quant m={m} k={k} smooth={smooth}", _quant_per_token_kernel,
+                          (dtype, dtype, torch.int8, torch.float32, m, k, k, k),
+                          dict(CHUNK=chunk, HAS_SMOOTH=smooth, BLOCK_M=block_m, SINGLE_CHUNK=k <= chunk,
+                               INTERPRETED=False, TRIGGER=_pdl(arch)), warps, 3, None))
+    return specs
+
+
+def rotated_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels import triton_quant_rotated as rot
+    from comfy_int8_w8a8.int8.launch.host import cdiv, next_power_of_2
+    from comfy_int8_w8a8.int8.launch.quant import one_pass_launch_shape, rot_row_group_split
+
+    specs = []
+    for group, k, smooth in ((256, 12288, False), (64, 3072, True)):  # one pass: 32 + 16 groups; 16 groups
+        g_a, g_b = rot_row_group_split(k // 256)
+        _, warps, stages = one_pass_launch_shape(k)
+        specs.append(Spec(f"rotated one-pass group={group} k={k}", rot._rotated_row_quant_kernel,
+                          (dtype, dtype, dtype, torch.int8, torch.float32, 4096, k, k, k),
+                          dict(GROUP=group, HAS_SMOOTH=smooth, G_A=g_a, G_B=g_b, INTERPRETED=False), warps, stages,
+                          "float"))
+    # chunked (K past the one-pass kernel, or not a multiple of 256): 1024-column chunks, quant pass; 64-groups
+    # with K % 256 != 0, absmax pass (the two passes share the rotation; one of each keeps the time down)
+    for group, k, quant in ((1024, 4096, True), (64, 3136, False)):
+        n_chunks = cdiv(k, 1024 if group >= 1024 else 256)
+        specs.append(Spec(f"rotated chunked group={group} k={k} quant={quant}", rot._rotated_quant_kernel,
+                          (dtype, dtype, dtype, torch.int8, torch.float32, torch.float32, 4096, k, k, k, n_chunks),
+                          dict(GROUP=group, HAS_SMOOTH=False, BLOCK_M=rot.ROT_BLOCK_M,
+                               NCHUNK_P2=next_power_of_2(n_chunks), QUANT=quant, INTERPRETED=False),
+                          rot.ROT_WARPS, 3, "float"))
+    return specs
+
+
+def pointer_gemm_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels import triton_gemm
+
+    table = triton_gemm.POINTER_CONFIGS_HOPPER if arch >= 90 else triton_gemm.POINTER_CONFIGS_AMPERE
+    name = "hopper" if arch >= 90 else "ampere"
+    configs = list(enumerate(table)) if dtype == torch.bfloat16 else [(0, table[0])]
+    m, n, k = 4096, 3072, 3072
+    return [Spec(f"pointer gemm {name}[{i}] {cfg.kwargs} w{cfg.num_warps} s{cfg.num_stages}",
+                 triton_gemm._int8_gemm_kernel,
+                 (torch.int8, torch.int8, dtype, torch.float32, torch.float32, dtype, m, n, k, k, k, n, m),
+                 dict(HAS_BIAS=True, **cfg.kwargs), cfg.num_warps, cfg.num_stages, "int8") for i, cfg in configs]
+
+
+def _split_k_spec(label: str, int8_x: bool, dtype: torch.dtype, m: int, n: int, k: int, config: tuple,
+                  pdl: bool) -> Spec:
+    from comfy_int8_w8a8.int8.kernels.triton_splitk import _split_k_kernel
+
+    block_m, block_n, block_k, split, warps, stages = config
+    x, part = (torch.int8, torch.int32) if int8_x else (dtype, torch.float32)
+    return Spec(f"{label} m={m} {config} pdl={pdl}", _split_k_kernel,
+                (x, torch.int8, dtype, torch.float32, torch.float32, dtype, part, torch.int32, m, n, k, k, k, n),
+                dict(HAS_BIAS=True, X_INT8=int8_x, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split,
+                     PDL=pdl), warps, stages, "int8" if int8_x else "float")
+
+
+SMS = 132  # H100's SM count: it only sets how far K is split, and the rows below reach splits 1, 2 and 4
+
+
+def split_k_w8a8_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.launch.splitk import w8a8_config
+
+    # m=1: 16x128 tiles, K split in 4; m=33: 64x32 tiles, unsplit (fp16: the first only, see the module doc)
+    rows = (1, 33) if dtype == torch.bfloat16 else (1,)
+    # The two-kernel W8A8 path launches it with PDL after the quant kernel where supports_pdl (sm_90+).
+    return [_split_k_spec("split-k w8a8", True, dtype, m, 3072, 3072, w8a8_config(m, 3072, 3072, SMS), _pdl(arch))
+            for m in rows]
+
+
+def split_k_w8a16_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.launch.w8a16 import w8a16_config
+
+    return [_split_k_spec("split-k w8a16", False, dtype, m, 3072, 3072, w8a16_config(m, 3072, 3072, SMS), False)
+            for m in (1, 64)]  # 16x128 tiles split in 4; 64x64 tiles (the x dtype reaches tl.dot: both dtypes)
+
+
+def gemv_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_gemv import _gemv_kernel
+    from comfy_int8_w8a8.int8.launch import gemv
+
+    n, k = 18432, 3072
+    return [Spec(f"gemv rows={rows}", _gemv_kernel, (dtype, torch.int8, dtype, torch.float32, dtype, n, k, k, k, n),
+                 dict(HAS_BIAS=True, ROWS=rows, BLOCK_N=gemv._BLOCK_N, BLOCK_K=gemv._BLOCK_K, STAGES=gemv._STAGES),
+                 gemv._WARPS, 3, None) for rows in ((1, 2) if dtype == torch.bfloat16 else (2,))]
+
+
+def fused_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_fused_w8a8 import _fused_kernel
+    from comfy_int8_w8a8.int8.launch.fused_w8a8 import _CHUNK
+    from comfy_int8_w8a8.int8.launch.host import next_power_of_2
+    from comfy_int8_w8a8.int8.launch.splitk import w8a8_config
+
+    specs = []
+    cases = ((1, 3072, False), (64, 12288, True)) if dtype == torch.bfloat16 else ((1, 3072, False),)
+    for m, k, smooth in cases:
+        n = 3072
+        block_m, block_n, block_k, split, warps, stages = config = w8a8_config(m, n, k, SMS)
+        chunk = min(next_power_of_2(k), _CHUNK)
+        specs.append(Spec(f"fused w8a8 m={m} k={k} {config}", _fused_kernel,
+                          (dtype, dtype, torch.int8, torch.float32, torch.int8, dtype, torch.float32, dtype, torch.int32,
+                           torch.int32, torch.int32, m, n, k, k, k, n),
+                          dict(CHUNK=chunk, HAS_SMOOTH=smooth, SINGLE_CHUNK=k <= chunk, INTERPRETED=False,
+                               HAS_BIAS=True, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split),
+                          warps, stages, "int8"))
+    return specs
+
+
+GENERIC = {"quant": quant_specs, "rotated": rotated_specs, "pointer_gemm": pointer_gemm_specs,
+           "split_k_w8a8": split_k_w8a8_specs, "split_k_w8a16": split_k_w8a16_specs, "gemv": gemv_specs,
+           "fused_w8a8": fused_specs}
+OVER_SHARED_OK = {"pointer_gemm"}  # autotuned: a config that does not fit is skipped at run time
+
+
+@pytest.mark.parametrize("arch,dtype", ARCH_DTYPES, ids=lambda v: f"sm_{v}" if isinstance(v, int) else
+                         str(v).removeprefix("torch."))
+@pytest.mark.parametrize("family", list(GENERIC))
+def test_generic_kernel_compiles_for_arch_with_its_tensor_core_mma(family: str, arch: int, dtype: torch.dtype,
+                                                                   record_property: Callable) -> None:
+    _skip_unless_the_pack_compiles_here(arch)
+    too_big = check_all(GENERIC[family](arch, dtype), arch, over_shared_ok=family in OVER_SHARED_OK)
+    if too_big:  # not a failure (the autotuner skips them there), but worth seeing in the log
+        record_property("over_shared", too_big)
+        print(f"sm_{arch} {family}: configs the autotuner will skip (shared memory): {too_big}")
+
+
+# ------------------------------------------------------------------------------------------- Hopper-only (sm_90)
+def tma_specs(dtype: torch.dtype) -> list[Spec]:
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from comfy_int8_w8a8.int8.kernels import triton_gemm
+    from comfy_int8_w8a8.int8.launch.gemm import m_bucket
+
+    m, n, k = 4096, 3072, 3072
+    a = torch.empty(0, dtype=torch.int8)  # only dtype, shape and strides reach the compiler
+    c = torch.empty(0, dtype=dtype)
+    configs = list(enumerate(triton_gemm.TMA_CONFIGS)) if dtype == torch.bfloat16 else [(0, triton_gemm.TMA_CONFIGS[0])]
+    specs = []
+    for i, cfg in configs:
+        kw = cfg.kwargs
+        bm, bn, bk = kw["BLOCK_M"], kw["BLOCK_N"], kw["BLOCK_K"]
+        descs = (TensorDescriptor(a, [m, k], [k, 1], [bm, bk]), TensorDescriptor(a, [n, k], [k, 1], [bn, bk]),
+                 TensorDescriptor(c, [m, n], [n, 1], [bm, bn // 2 if kw["EPILOGUE_SUBTILE"] else bn]))
+        specs.append(Spec(f"tma gemm [{i}] {kw} w{cfg.num_warps} s{cfg.num_stages}", triton_gemm._int8_gemm_tma_kernel,
+                          (*descs, dtype, torch.float32, torch.float32, dtype, torch.int32, torch.int32, m, n, k, n,
+                           m_bucket(m)),
+                          dict(HAS_BIAS=True, CAN_TMA_STORE=True, NUM_SMS=SMS, **kw), cfg.num_warps, cfg.num_stages,
+                          "int8"))
+    return specs
+
+
+def gluon_specs(dtype: torch.dtype) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels import gluon_gemm
+    from comfy_int8_w8a8.int8.launch.gluon_gemm import _layouts
+
+    m, n, k = 4096, 3072, 3072
+    descriptor = gluon_gemm._api.TensorDescriptor
+    a, c = torch.empty(0, dtype=torch.int8), torch.empty(0, dtype=dtype)
+    specs = []
+    for cfg in gluon_gemm.CONFIGS:
+        la, lb, lc = _layouts(cfg, dtype)
+        descs = (descriptor(a, [m, k], [k, 1], [cfg.block_m, cfg.block_k], la),
+                 descriptor(a, [n, k], [k, 1], [cfg.block_n, cfg.block_k], lb),
+                 descriptor(c, [m, n], [n, 1], [cfg.block_m, cfg.block_n // cfg.epilogue_split], lc))
+        specs.append(Spec(f"gluon gemm {cfg}", gluon_gemm._int8_gemm_ws_kernel,
+                          (*descs, torch.float32, torch.float32, dtype, m, n, k),
+                          dict(NUM_BUFFERS=cfg.stages, SPLIT=cfg.epilogue_split, HAS_BIAS=True,
+                               WORKER_REGS=gluon_gemm.WORKER_REGS), cfg.warps, 1, "int8",
+                          dict(maxnreg=cfg.maxnreg)))
+    return specs
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_tma_gemm_compiles_for_sm90_with_wgmma(dtype: torch.dtype) -> None:
+    from comfy_int8_w8a8.int8 import compat
+
+    _skip_unless_the_pack_compiles_here(90)
+    if _triton_version() < compat.TMA_TRITON:
+        pytest.skip(f"the TMA kernel needs host tensor descriptors (Triton >= {compat.TMA_TRITON}); "
+                    "compat.host_tma() keeps the pointer kernel here")
+    check_all(tma_specs(dtype), 90)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+def test_gluon_gemm_compiles_for_sm90_with_wgmma(dtype: torch.dtype) -> None:
+    from comfy_int8_w8a8.int8 import compat
+
+    version = compat.triton_release()
+    if not version.startswith(compat.TESTED_TRITON) or compat.gluon_api() is None:
+        pytest.skip(f"compat.gluon() runs the Gluon kernel only on Triton {compat.TESTED_TRITON}x, this is {version}")
+    check_all(gluon_specs(dtype), 90)
