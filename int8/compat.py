@@ -55,6 +55,7 @@ log = logging.getLogger("comfy_int8_w8a8")
 # the GEMMs, launch/tuning.py) and ``compiled.run``'s argument order (launch/fast_launch.py) are Triton 3.2's.
 MIN_TRITON = (3, 2)
 TRITON_MIN_CAPABILITY = (8, 0)  # Ampere: below it torch_int_mm (cuBLAS) runs instead
+BLACKWELL_TRITON = (3, 3)  # the first Triton that compiles for sm_100 / sm_120
 TMA_TRITON = (3, 4)  # host ``TensorDescriptor`` (triton.tools.tensor_descriptor) and in-kernel descriptor loads
 TESTED_TRITON = "3.6."  # the release the Gluon kernel and the direct-launch layout were written and measured on
 
@@ -157,6 +158,11 @@ def triton_unavailable_reason(device: torch.device) -> str | None:
     if version is None or version < MIN_TRITON:
         return (f"Triton {_installed_triton()} is older than the {MIN_TRITON[0]}.{MIN_TRITON[1]} these kernels "
                 "need (pip install -U triton)")
+    if major >= 10 and version < BLACKWELL_TRITON:
+        # Triton 3.2 aborts the whole process (a C++ assertion in its matmul lowering) compiling for sm_100/sm_120
+        # (tests/int8/test_kernel_compile.py), so those GPUs need a Triton that knows them.
+        return (f"Triton {_installed_triton()} cannot compile for sm_{major}{minor} (Blackwell needs Triton "
+                f"{BLACKWELL_TRITON[0]}.{BLACKWELL_TRITON[1]} or newer: pip install -U triton)")
     return None
 
 

@@ -69,6 +69,15 @@ def test_turing_takes_torch_int_mm_with_one_warning_naming_the_gpu(monkeypatch, 
     assert len(warnings) == 1 and "torch_int_mm" in warnings[0].message
 
 
+@pytest.mark.parametrize("capability", [(10, 0), (12, 0)])
+def test_blackwell_with_a_triton_that_cannot_compile_for_it_takes_torch_int_mm(monkeypatch, capability):
+    _fake_gpu(monkeypatch, capability, triton="3.2.0")
+    assert "Blackwell needs Triton 3.3" in compat.triton_unavailable_reason(torch.device("cuda"))
+    assert resolve_backend("auto", "cuda").name == "torch_int_mm"
+    _fake_gpu(monkeypatch, capability, triton="3.3.1")
+    assert compat.triton_unavailable_reason(torch.device("cuda")) is None
+
+
 def test_triton_version_parses_dev_and_local_builds(monkeypatch):
     monkeypatch.setattr(compat, "_installed_triton", lambda: "3.4.0+git1234abcd")
     assert compat.triton_version() == (3, 4)
