@@ -7,7 +7,8 @@
 #                                            each non-Hopper path (PATHS: e.g. "sm_80 sm_89")
 # Needs: python3 with torch + Triton; COMFYUI_PATH (a ComfyUI checkout) for the e2e bench and the ComfyUI-ops tests;
 # EXTRA_SITE (optional) prepended to PYTHONPATH for packages the machine lacks (pytest, pytest-xdist, comfy-kitchen).
-# Writes logs and JSON under OUT_DIR (default gpu_results/).
+# Writes logs and JSON under OUT_DIR (default gpu_results/); where only a few files can be fetched back from the
+# machine, bundle the folder: OUT_DIR=/tmp/gpu_results bash bench/gpu_acceptance.sh ...; tar czf OUT.tgz -C /tmp gpu_results
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT_DIR:-gpu_results}"
@@ -28,7 +29,8 @@ NEW_PATH="$(pkg_path "$ROOT" pk_new)"
 gpu_tests() {  # $1 log name, rest: extra env assignments
     local log="$1"; shift
     env "$@" PYTHONPATH="$NEW_PATH" python3 -m pytest -q -p no:cacheprovider -n "$WORKERS" tests \
-        --ignore=tests/integration --ignore=tests/formats/test_safetensors_io.py 2>&1 | tail -25 | tee "$OUT_DIR/$log"
+        --ignore=tests/integration --ignore=tests/formats/test_safetensors_io.py > "$OUT_DIR/$log" 2>&1
+    tail -25 "$OUT_DIR/$log"
 }
 
 case "${1:-}" in
