@@ -15,6 +15,10 @@ where :func:`launch.host.supports_pdl` sets them (sm_90+), for bf16 and fp16 act
   both rotated quant kernels, the pointer GEMM with each config of the table its arch gets (Ampere table below
   sm_90, Hopper table from sm_90 on: launch/gemm.py ``_pointer_configs``), split-K W8A8 and W8A16 with the configs
   of ``w8a8_config`` / ``w8a16_config``, the W8A16 GEMV, the fused few-rows W8A8 kernel;
+- the int8 attention (launch/attention.py ``int8_attention_triton``), every arch: the attention kernel for head
+  sizes 64 and 128 with ``attention_tiles``' launch shape, 16-bit ``P . V`` in bf16 and fp16, fp8 (e4m3) ``P . V``
+  on sm_89+ only (``compat.fp8_attention_unavailable_reason``), its MMA check both dots (int8 ``Q . K^T``, then
+  16-bit or e4m3 ``P . V``); the Q/K quant pre-pass per granularity (block, token), with and without the K mean;
 - Hopper-only kernels, sm_90 only: the TMA GEMM with each of ``TMA_CONFIGS`` (Triton >= 3.4, as the gate says) and
   the Gluon GEMM (the Triton release the gate allows it on). That the launch layer never routes another arch to
   them is tested in test_compat.py (``test_hopper_tma_kernel_only_on_sm90_exactly``,
@@ -24,8 +28,9 @@ Trimmed for time: fp16 compiles on sm_80, sm_90, sm_100 and sm_120 (bf16 on ever
 only changes loads and the epilogue's cast (the int8 GEMMs, the fused kernel, the GEMV), fp16 compiles one variant
 and bf16 all of them; where it reaches ``tl.dot`` (rotations, W8A16 split-K) both compile every variant. Split-K
 compiles the configs of two row counts (16x128 tiles split 4 ways, 64xN unsplit), the rotations both kernels
-(one-pass with two group blocks; chunked: one quant and one absmax pass). About 100 s of CPU per Triton version,
-so it runs only with ``INT8_W8A8_COMPILE_MATRIX=1``; ``.ci/triton_matrix.sh`` sets it once per Triton version
+(one-pass with two group blocks; chunked: one quant and one absmax pass). Attention compiles the pre-pass in fp16
+for the K block variant only, and fp8 ``P . V`` with an fp16 output on sm_90 only (there the dtype is only the
+loads and the epilogue's cast); it adds about 30 s per shard. About 130 s of CPU per Triton version, so it runs only with ``INT8_W8A8_COMPILE_MATRIX=1``; ``.ci/triton_matrix.sh`` sets it once per Triton version
 and runs two processes over the archs.
 """
 
@@ -120,7 +125,8 @@ def _compiling_for(arch: int) -> Iterator[None]:
 class Spec:
     """One launch as a launcher makes it: the @triton.jit kernel, its arguments (torch dtypes stand for tensors:
     Triton's MockTensor, 16-byte aligned like a fresh allocation), constexprs and launch options, and which MMA the
-    compiled kernel must contain: None (no tl.dot), "int8" or "float"."""
+    compiled kernel must contain: None (no tl.dot), "int8", "float" (bf16/fp16) or "fp8" (e4m3), or a tuple of
+    those for a kernel with several dots (each kind must be there)."""
 
     label: str
     kernel: object
@@ -128,7 +134,7 @@ class Spec:
     constexprs: dict
     warps: int
     stages: int
-    mma: str | None
+    mma: str | tuple[str, ...] | None
     options: dict = field(default_factory=dict)
 
 
@@ -141,6 +147,9 @@ def compile_spec(spec: Spec, arch: int) -> object:
 _INT8_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.s8", "wgmma": r"wgmma\.mma_async\S*\.s8", "tcgen05": r"tcgen05\.mma\S*kind::i8"}
 _FLOAT_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.(?:bf16|f16)", "wgmma": r"wgmma\.mma_async\S*\.(?:bf16|f16)",
               "tcgen05": r"tcgen05\.mma\S*kind::f16"}
+_FP8_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.e4m3\.e4m3", "wgmma": r"wgmma\.mma_async\S*\.e4m3\.e4m3",
+            "tcgen05": r"tcgen05\.mma\S*kind::f8f6f4"}
+_MMA_PATTERNS = {"int8": _INT8_MMA, "float": _FLOAT_MMA, "fp8": _FP8_MMA}
 
 
 def asm_problems(spec: Spec, arch: int, compiled: object) -> list[str]:
@@ -156,11 +165,10 @@ def asm_problems(spec: Spec, arch: int, compiled: object) -> list[str]:
         problems.append("wgmma outside sm_90")
     if arch < 100 and "tcgen05" in ptx:
         problems.append(f"tcgen05 on sm_{arch}")
-    if spec.mma is not None:
-        patterns = _INT8_MMA if spec.mma == "int8" else _FLOAT_MMA
-        allowed = ("mma", "wgmma") if arch == 90 else ("mma", "tcgen05") if arch >= 100 else ("mma",)
-        if not any(re.search(patterns[kind], ptx) for kind in allowed):
-            problems.append(f"no {spec.mma} tensor-core MMA ({' / '.join(allowed)}) in the PTX")
+    allowed = ("mma", "wgmma") if arch == 90 else ("mma", "tcgen05") if arch >= 100 else ("mma",)
+    for mma in (spec.mma,) if isinstance(spec.mma, str) else spec.mma or ():
+        if not any(re.search(_MMA_PATTERNS[mma][kind], ptx) for kind in allowed):
+            problems.append(f"no {mma} tensor-core MMA ({' / '.join(allowed)}) in the PTX")
     return problems
 
 
@@ -406,3 +414,68 @@ def test_gluon_gemm_compiles_for_sm90_with_wgmma(dtype: torch.dtype) -> None:
     if not version.startswith(compat.TESTED_TRITON) or compat.gluon_api() is None:
         pytest.skip(f"compat.gluon() runs the Gluon kernel only on Triton {compat.TESTED_TRITON}x, this is {version}")
     check_all(gluon_specs(dtype), 90)
+
+
+# ----------------------------------------------------------------------------------------------- int8 attention
+# What launch/attention.py ``int8_attention_triton`` launches for the INT8 Attention node: q, k, v in ComfyUI's
+# (B, L, H, D) seen as (B, H, L, D) (Flux-like: 24 heads, 4608 tokens, no GQA), output "blhd". The quant pre-pass
+# (no tl.dot) per granularity: block (64-row blocks) or token (16 rows a program, PER_TOKEN), Q without the K mean
+# and K with it; the attention kernel (int8 Q . K^T, then P . V in V's 16-bit dtype or, sm_89+ where
+# compat.fp8_attention_unavailable_reason allows it, e4m3 V) per head size with attention_tiles' launch shape.
+# Granularity does not reach the attention kernel (both give it one scale per row).
+ATT_H, ATT_L = 24, 4608
+FP8_ARCH = 89  # compat.FP8_MIN_CAPABILITY
+
+
+def attention_quant_specs(dtype: torch.dtype, head_dim: int) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_attention import _attn_quant_kernel
+    from comfy_int8_w8a8.int8.launch.attention import attention_tiles
+
+    tiles = attention_tiles(head_dim, "16bit")
+    specs = []
+    variants = ((False, False), (False, True), (True, True))  # Q block, K block, K token
+    # the dtype only changes the pre-pass's load: fp16 compiles the K block variant (bf16 all three)
+    for per_token, has_mean in variants if dtype == torch.bfloat16 else variants[1:2]:
+        block = 16 if per_token else (tiles.quant_block_k if has_mean else tiles.quant_block_q)
+        specs.append(Spec(f"attention quant D={head_dim} {'token' if per_token else 'block'} mean={has_mean}",
+                          _attn_quant_kernel,
+                          (dtype, torch.float32, torch.int8, torch.float32, ATT_L, ATT_H, ATT_L * ATT_H * head_dim,
+                           head_dim, ATT_H * head_dim, 1.0 if has_mean else head_dim ** -0.5 * 1.4426950408889634),
+                          dict(BLOCK=block, D=head_dim, PER_TOKEN=per_token, HAS_MEAN=has_mean, INTERPRETED=False),
+                          4, 3, None))  # the launcher's defaults: 4 warps, 3 stages
+    return specs
+
+
+def attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_attention import _int8_attention_kernel
+    from comfy_int8_w8a8.int8.launch.attention import attention_tiles
+
+    tiles = attention_tiles(head_dim, pv)
+    fp8 = pv == "fp8"
+    hd = ATT_H * head_dim
+    # fp8: V is _fp8_values' contiguous (B, H, L, D) e4m3 copy; 16-bit: V as given, (B, L, H, D) seen as (B, H, L, D)
+    v_dtype, v_strides = (torch.float8_e4m3fn, (ATT_L * hd, ATT_L * head_dim, head_dim)) if fp8 else \
+        (dtype, (ATT_L * hd, head_dim, hd))
+    return [Spec(f"attention D={head_dim} pv={pv} {tiles}", _int8_attention_kernel,
+                 (torch.int8, torch.float32, torch.int8, torch.float32, v_dtype, torch.float32, dtype, ATT_L, ATT_L,
+                  ATT_H, 1, *v_strides, ATT_L * hd, head_dim, hd),
+                 dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=head_dim, PV_FP8=fp8), tiles.warps,
+                 tiles.stages, ("int8", "fp8" if fp8 else "float"))]  # Q . K^T int8; P . V e4m3 or V's dtype
+
+
+# 16-bit P . V in both dtypes on every arch (the dtype reaches the dot); fp8 P . V on sm_89+ with a bf16 output, and
+# with fp16 on sm_90 only (there the output dtype is only the epilogue's cast).
+ATTENTION_CASES = [(a, d, pv) for a in ARCHS for d in DTYPES for pv in ("16bit", "fp8")
+                   if pv == "16bit" or (a >= FP8_ARCH and (d == torch.bfloat16 or a == 90))]
+
+
+@pytest.mark.parametrize("arch,dtype,pv", ATTENTION_CASES,
+                         ids=lambda v: f"sm_{v}" if isinstance(v, int) else str(v).removeprefix("torch."))
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_attention_kernels_compile_for_arch_with_int8_mma(head_dim: int, arch: int, dtype: torch.dtype,
+                                                          pv: str) -> None:
+    _skip_unless_the_pack_compiles_here(arch)
+    specs = attention_specs(dtype, head_dim, pv)
+    if pv == "16bit":  # the pre-pass does not depend on the P . V precision
+        specs += attention_quant_specs(dtype, head_dim)
+    check_all(specs, arch)
