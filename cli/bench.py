@@ -1,4 +1,4 @@
-"""``comfy-int8 bench {kernels,e2e,attention,families,fidelity} [options]``: each benchmark is ``bench/<name>.py`` with
+"""``comfy-int8 bench {kernels,e2e,attention,families,defaults,fidelity} [options]``: each benchmark is ``bench/<name>.py`` with
 ``add_arguments(parser)`` and ``run(args) -> int``.
 
 A benchmark module is imported only when its subcommand runs (``e2e`` pulls in ComfyUI model code, ``kernels``
@@ -17,6 +17,8 @@ BENCHES: dict[str, str] = {
     "e2e": "End-to-end step time, VRAM and fidelity of a Flux-dev-sized model (GPU).",
     "attention": "Attention speed and error: bf16 SDPA, sageattention, comfy-kitchen and the int8 kernel (GPU).",
     "families": "Per model family at real size: step time, load, VRAM, fidelity of ours vs stock bf16 / int8 (GPU; --tiny on CPU).",
+    "defaults": "Flux-dev at 512-1536 px: our loader and compile node at their defaults vs stock bf16 / compile / "
+                "native int8, each in a fresh process (GPU; --tiny on CPU).",
     "fidelity": "Per-layer SQNR of none / hadamard / smooth on Gaussian and outlier activations (CPU or GPU).",
 }
 

@@ -1,0 +1,333 @@
+"""``comfy-int8 bench defaults``: what a user gets from this pack's nodes left at their defaults, beside stock
+ComfyUI, on a Flux-dev-sized model at the usual resolutions.
+
+It writes a random bf16 Flux-dev file (ComfyUI's own class at the published size, salient outlier channels:
+``bench/family_models.py``) and, for ``native_int8_stock_compile``, a ComfyUI-native int8 file written by our
+converter (``int8/formats/converter.py``, defaults, as ``bench families`` does). Then per variant:
+
+- ``bf16``: the stock UNETLoader's function (``comfy.sd.load_diffusion_model``, weight_dtype default), eager;
+- ``bf16_stock_compile``: the same plus the stock TorchCompileModel node (``TorchCompileModel.execute``);
+- ``native_int8_stock_compile``: the native int8 file through the stock loader plus TorchCompileModel;
+- ``ours_loader``: the loader node's own function (``load_int8_diffusion_model``) with default ``LoaderOptions``;
+- ``ours_loader_node``: the same plus ``INT8LazyTorchCompile.compile`` with every input at its ``INPUT_TYPES``
+  default (only ``backend`` is ``eager`` under ``--tiny``, where inductor would spend minutes in the C++ compiler).
+
+Sampling is ``comfy.sample.sample`` (KSampler's path; Euler, scheduler simple, cfg 1, conditioning without text
+encoders). Per variant and resolution: ``load_s``; ``first_call_s``, the first sampling call (one Euler step from
+sigma 0.5, compile included); ``cos``, the cosine of that call's model prediction against ``bf16``'s; ``step_ms``,
+the median of the steps of a second ``--steps``-step call (its first step left out); ``peak_vram_gib``
+(``torch.cuda.max_memory_allocated`` from the load on; None on the CPU).
+
+Process model (``--isolate``): by default every (variant, resolution) runs in a fresh Python process, so its load
+and first call are a ComfyUI start's: nothing loaded, compiled or tuned in-process before. ``variant`` loads once per
+variant and runs the resolutions in order (a later resolution's first call is then a resolution change's: a
+recompile or none); ``none`` runs everything in this process, resetting torch._dynamo between variants. On-disk
+caches (``--caches``): ``cold`` (default) gives every process empty inductor / Triton cache folders and an empty
+int8 tuning cache (``INT8_W8A8_TUNING_CACHE``), so every variant's first call is a first-ever run's; ``warm``
+leaves the user's own, so a second run of the benchmark measures a restart with warm caches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["add_arguments", "run", "VARIANTS", "RESOLUTIONS", "markdown_table"]
+
+log = logging.getLogger("comfy_int8_w8a8")
+
+VARIANTS = ("bf16", "bf16_stock_compile", "native_int8_stock_compile", "ours_loader", "ours_loader_node")
+REFERENCE = "bf16"  # cos is against its prediction
+RATIO_BASE = "bf16_stock_compile"  # the table's ratios are against it
+# name -> (batch, height, width)
+RESOLUTIONS = {"512x512": (1, 512, 512), "1024x1024": (1, 1024, 1024), "1536x1536": (1, 1536, 1536),
+               "1024x1024_b2": (2, 1024, 1024)}
+FIELDS = ("step_ms", "load_s", "first_call_s", "peak_vram_gib", "cos")
+FAMILY = "flux1_dev"
+TINY_DIVISOR = 64  # --tiny: latent side = pixels / 64 (8, 16, 24 for the three sizes) instead of pixels / 8
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="what to run (default: all)")
+    parser.add_argument("--resolutions", nargs="+", choices=list(RESOLUTIONS), default=list(RESOLUTIONS),
+                        help="(default: all)")
+    parser.add_argument("--steps", type=int, default=8, help="steps of the timed sampling call")
+    parser.add_argument("--tiny", action="store_true", help="a tiny Flux and tiny latents, same code path (CPU)")
+    parser.add_argument("--isolate", choices=("cell", "variant", "none"), default="cell",
+                        help="a fresh process per variant and resolution (default), per variant, or none")
+    parser.add_argument("--caches", choices=("cold", "warm"), default="cold",
+                        help="on-disk compile / tuning caches: empty per process (default) or the user's own")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON results (default: docs/results/defaults_<gpu>.json, _tiny for --tiny); the "
+                             "markdown table goes beside it (.md)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="where the model files go (default: a temp folder, deleted). Needs ~36 GB free")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
+    parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
+
+
+def _latent(resolution: str, tiny: bool) -> tuple[int, ...]:
+    batch, height, width = RESOLUTIONS[resolution]
+    div = TINY_DIVISOR if tiny else 8
+    return (batch, 16, height // div, width // div)
+
+
+def _gpu_name() -> str:
+    if not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name().lower().replace("nvidia ", "").split()[0]
+
+
+def node_defaults(backend: str | None = None) -> dict:
+    """INT8 Lazy Torch Compile's inputs at their ``INPUT_TYPES`` defaults (``backend`` replaced when given)."""
+    from ..nodes.compile_node import INT8LazyTorchCompile
+
+    required = INT8LazyTorchCompile.INPUT_TYPES()["required"]
+    kwargs = {name: spec[1]["default"] for name, spec in required.items() if name != "model"}
+    if backend is not None:
+        kwargs["backend"] = backend
+    return kwargs
+
+
+def _load(variant: str, files: dict, backend: str | None):  # noqa: ANN202 - a ModelPatcher
+    import comfy.sd
+
+    from ..nodes.compile_node import INT8LazyTorchCompile
+    from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
+
+    if variant.startswith("ours"):
+        patcher = load_int8_diffusion_model(files["bf16"], LoaderOptions())
+        if variant == "ours_loader_node":
+            patcher = INT8LazyTorchCompile().compile(patcher, **node_defaults(backend))[0]
+        return patcher
+    patcher = comfy.sd.load_diffusion_model(files["native_int8" if variant.startswith("native") else "bf16"])
+    if variant.endswith("stock_compile"):
+        from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+        # The node's backend widget defaults to its first option, inductor.
+        patcher = TorchCompileModel.execute(patcher, backend or "inductor").result[0]
+    return patcher
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
+    """Load ``variant`` once and run each resolution; returns {resolution: fields}, the predictions saved in
+    ``spec["folder"]`` as ``pred_<variant>_<resolution>.pt`` (cos is the parent's, against bf16's)."""
+    from . import family_models as fm
+    from . import family_sampling as fs
+    from .family_table import FAMILIES
+
+    family, tiny, cuda = FAMILIES[FAMILY], spec["tiny"], torch.cuda.is_available()
+    positive = fm.conditioning(family, tiny, seed=2)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    patcher = _load(variant, spec["files"], spec["backend"])
+    load_s = time.perf_counter() - start
+    out = {}
+    for i, resolution in enumerate(resolutions):
+        if cuda and i:
+            torch.cuda.reset_peak_memory_stats()  # the weights stay resident: the peak of this resolution
+        noise = torch.randn(_latent(resolution, tiny), generator=torch.Generator().manual_seed(1))
+        _sync()
+        start = time.perf_counter()
+        prediction = fs.model_output(patcher, noise, positive)
+        _sync()
+        first_call_s = time.perf_counter() - start
+        _, step_times = fs.sample_timed(patcher, noise, positive, spec["steps"])
+        torch.save(prediction, Path(spec["folder"]) / f"pred_{variant}_{resolution}.pt")
+        out[resolution] = {"step_ms": round(statistics.median(step_times[1:] or step_times), 2),
+                           "load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
+                           "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                           "cos": None}
+        log.info("defaults: %s / %s: %s", variant, resolution, json.dumps(out[resolution]))
+    del patcher
+    return out
+
+
+def _free() -> None:
+    import gc
+
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    gc.collect()
+    mm.soft_empty_cache()
+    torch._dynamo.reset()
+
+
+def _worker(spec_path: Path) -> int:
+    """A fresh process's cell: read the spec, run, write ``<spec>.result.json``."""
+    from .e2e_models import import_comfy
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import_comfy()
+    spec = json.loads(spec_path.read_text())
+    result = run_cells(spec["variant"], spec["resolutions"], spec)
+    spec_path.with_suffix(".result.json").write_text(json.dumps(result))
+    return 0
+
+
+def _child_env(caches: str, folder: Path, tag: str) -> dict:
+    """The environment of a worker: this process's import path (ComfyUI and this pack under whatever name it has)
+    and, for cold caches, empty cache folders of its own."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    if caches == "cold":
+        cache = folder / f"caches_{tag}"
+        env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"),
+                   INT8_W8A8_TUNING_CACHE=str(cache / "tuning"))
+    return env
+
+
+def _in_worker(variant: str, resolutions: list[str], spec: dict, args: argparse.Namespace) -> dict:
+    folder = Path(spec["folder"])
+    tag = f"{variant}_{'_'.join(resolutions)}"
+    spec_path = folder / f"spec_{tag}.json"
+    spec_path.write_text(json.dumps({**spec, "variant": variant, "resolutions": resolutions}))
+    package = __package__.rpartition(".")[0]  # the pack's import name
+    cmd = [sys.executable, "-m", f"{package}.bench.defaults", "--worker", str(spec_path)]
+    done = subprocess.run(cmd, env=_child_env(args.caches, folder, tag), timeout=args.timeout, check=False)
+    if args.caches == "cold":
+        shutil.rmtree(folder / f"caches_{tag}", ignore_errors=True)
+    result_path = spec_path.with_suffix(".result.json")
+    if done.returncode != 0 or not result_path.is_file():
+        raise RuntimeError(f"worker exited with {done.returncode} (its log is above)")
+    return json.loads(result_path.read_text())
+
+
+def _write_files(folder: Path, variants: list[str], tiny: bool) -> dict:
+    from . import family_models as fm
+    from .families import _native_int8
+    from .family_table import FAMILIES
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = fm.build_model(FAMILIES[FAMILY], tiny, device)
+    files: dict = {"bf16": folder / "flux1_dev_bf16.safetensors"}
+    fm.save_bf16(model, files["bf16"])
+    del model
+    _free()
+    if any(v.startswith("native") for v in variants):
+        _native_int8(files)  # files["native_int8"]: flux1_dev_int8.safetensors
+    return {k: str(files[k]) for k in ("bf16", "native_int8") if k in files}
+
+
+def _with_cos(results: dict, folder: Path) -> None:
+    from .family_sampling import cosine
+
+    for variant, cells in results.items():
+        for resolution, cell in cells.items():
+            ref, mine = folder / f"pred_{REFERENCE}_{resolution}.pt", folder / f"pred_{variant}_{resolution}.pt"
+            if ref.is_file() and mine.is_file() and cell.get("step_ms") is not None:
+                cell["cos"] = round(cosine(torch.load(mine), torch.load(ref)), 6)
+
+
+def markdown_table(results: dict) -> str:
+    """One row per resolution and variant; ``x`` columns are ratios against ``bf16_stock_compile`` there."""
+
+    def fmt(value: object) -> str:
+        return "-" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+    def ratio(cell: dict, base: dict | None, key: str) -> str:
+        if not base or cell.get(key) is None or not base.get(key):
+            return "-"
+        return f"{cell[key] / base[key]:.2f}x"
+
+    lines = ["| resolution | variant | step_ms | step vs stock compile | load_s | first_call_s | "
+             "first call vs stock compile | peak_vram_gib | vram vs stock compile | cos |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    resolutions = [r for r in RESOLUTIONS if any(r in cells for cells in results.values())]
+    for resolution in resolutions:
+        base = results.get(RATIO_BASE, {}).get(resolution)
+        for variant, cells in results.items():
+            cell = cells.get(resolution)
+            if cell is None:
+                continue
+            lines.append(f"| {resolution} | {variant} | {fmt(cell['step_ms'])} | {ratio(cell, base, 'step_ms')} | "
+                         f"{fmt(cell['load_s'])} | {fmt(cell['first_call_s'])} | "
+                         f"{ratio(cell, base, 'first_call_s')} | {fmt(cell['peak_vram_gib'])} | "
+                         f"{ratio(cell, base, 'peak_vram_gib')} | {fmt(cell['cos'])} |")
+    return "\n".join(lines)
+
+
+def _run_variant(variant: str, spec: dict, args: argparse.Namespace) -> dict:
+    if args.isolate == "none":
+        try:
+            return run_cells(variant, list(args.resolutions), spec)
+        finally:
+            _free()  # torch._dynamo reset included
+    groups = [[r] for r in args.resolutions] if args.isolate == "cell" else [list(args.resolutions)]
+    out: dict = {}
+    for resolutions in groups:
+        out.update(_in_worker(variant, resolutions, spec, args))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.worker is not None:
+        return _worker(args.worker)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        from .e2e_models import import_comfy
+
+        import_comfy()
+        import comfy.sd  # noqa: F401
+        import comfy_extras.nodes_torch_compile  # noqa: F401
+    except ImportError as exc:
+        print(f"comfy-int8 bench defaults needs ComfyUI's code, which cannot be imported ({exc}). Put a ComfyUI "
+              "checkout on PYTHONPATH with its requirements installed; --tiny runs on a CPU.", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    gpu = _gpu_name()
+    out_path = args.out or Path(f"docs/results/defaults_{gpu}{'_tiny' if args.tiny else ''}.json")
+    folder = args.workdir or Path(tempfile.mkdtemp(prefix="int8_defaults_"))
+    folder.mkdir(parents=True, exist_ok=True)
+    results: dict = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "results": {}}
+    try:
+        files = _write_files(folder, list(args.variants), args.tiny)
+        spec = {"files": files, "folder": str(folder), "tiny": args.tiny, "steps": args.steps,
+                "backend": "eager" if args.tiny else None}
+        variants = sorted(args.variants, key=lambda v: v != REFERENCE)  # bf16 first: the others' cos reference
+        for variant in variants:
+            log.info("defaults: %s ...", variant)
+            try:
+                results["results"][variant] = _run_variant(variant, spec, args)
+            # The failure (OOM, a worker that died) is the finding: recorded in the cells, the rest goes on.
+            except Exception as exc:  # noqa: BLE001
+                log.exception("defaults: %s failed", variant)
+                error = f"{type(exc).__name__}: {exc}"[:500]
+                results["results"][variant] = {r: {**dict.fromkeys(FIELDS), "error": error} for r in args.resolutions}
+        _with_cos(results["results"], folder)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    results["results"] = {v: results["results"][v] for v in VARIANTS if v in results["results"]}
+    table = markdown_table(results["results"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=1))
+    out_path.with_suffix(".md").write_text(f"{results['gpu']}, --isolate {args.isolate}, --caches {args.caches}, "
+                                           f"--steps {args.steps}{', --tiny' if args.tiny else ''}\n\n{table}\n")
+    print(table)
+    print(f"wrote {out_path} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":  # a worker: python -m <pack>.bench.defaults --worker SPEC
+    _parser = argparse.ArgumentParser(prog="comfy-int8 bench defaults (worker)")
+    add_arguments(_parser)
+    raise SystemExit(run(_parser.parse_args()))

@@ -1,0 +1,26 @@
+"""The defaults benchmark's pieces that need no ComfyUI: the compile node's defaults and the markdown table."""
+
+from __future__ import annotations
+
+from comfy_int8_w8a8.bench import defaults
+from comfy_int8_w8a8.cli.bench import BENCHES
+
+
+def test_defaults_is_a_registered_bench() -> None:
+    assert "defaults" in BENCHES
+
+
+def test_node_defaults_are_the_compile_nodes_input_defaults() -> None:
+    kwargs = defaults.node_defaults()
+    assert kwargs["backend"] == "inductor" and kwargs["mode"] == "default" and kwargs["dynamic"] == "true"
+    assert "model" not in kwargs and defaults.node_defaults("eager")["backend"] == "eager"
+
+
+def test_markdown_table_ratios_are_against_stock_compile() -> None:
+    cell = dict.fromkeys(defaults.FIELDS)
+    results = {"bf16_stock_compile": {"1024x1024": {**cell, "step_ms": 200.0, "first_call_s": 10.0}},
+               "ours_loader_node": {"1024x1024": {**cell, "step_ms": 100.0, "first_call_s": 30.0, "cos": 0.999}}}
+    table = defaults.markdown_table(results)
+    row = next(line for line in table.splitlines() if "ours_loader_node" in line)
+    assert "| 0.50x |" in row and "| 3.00x |" in row and "0.999" in row
+    assert len(table.splitlines()) == 4

@@ -1,0 +1,53 @@
+"""``comfy-int8 bench defaults --tiny`` end to end against the real ComfyUI on the CPU: the same code path as the GPU
+run (files written, loader node function, compile node defaults, stock loader / TorchCompileModel, native int8 file
+from our converter) at a tiny Flux, with the compile backend eager."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+
+from comfy_int8_w8a8.bench import defaults
+
+pytestmark = pytest.mark.integration
+
+COSINE_MIN = 0.99
+
+
+def _run(tmp_path, *extra: str) -> dict:
+    parser = argparse.ArgumentParser()
+    defaults.add_arguments(parser)
+    out = tmp_path / "defaults.json"
+    args = parser.parse_args(["--tiny", "--resolutions", "512x512", "--steps", "2", "--out", str(out),
+                              "--workdir", str(tmp_path / "work"), *extra])
+    assert defaults.run(args) == 0
+    assert out.with_suffix(".md").read_text().count("| 512x512 |") == len(args.variants)
+    return json.loads(out.read_text())
+
+
+def test_bench_defaults_tiny_every_variant_has_numbers_in_the_issue_json_shape(comfy_cpu, tmp_path) -> None:
+    # In-process (torch._dynamo reset between variants): the five variants' compiles alone take ~45 s on a CPU.
+    result = _run(tmp_path, "--isolate", "none")
+    assert set(result) == {"gpu", "results"} and result["gpu"] == "cpu"
+    assert list(result["results"]) == list(defaults.VARIANTS)
+    for variant, cells in result["results"].items():
+        assert list(cells) == ["512x512"], variant
+        cell = cells["512x512"]
+        assert set(cell) == set(defaults.FIELDS), variant
+        for key in ("step_ms", "load_s", "first_call_s", "cos"):
+            assert isinstance(cell[key], float | int) and cell[key] >= 0, (variant, key, cell)
+        assert cell["peak_vram_gib"] is None  # CPU
+        assert cell["cos"] >= COSINE_MIN, (variant, cell)
+    assert result["results"]["bf16"]["512x512"]["cos"] == 1.0
+
+
+def test_bench_defaults_tiny_fresh_process_per_cell(comfy_cpu, tmp_path) -> None:
+    # The default process model: each cell in a fresh worker process with cold caches (no compile variants here,
+    # to keep it short; the in-process test above runs them all).
+    result = _run(tmp_path, "--variants", "bf16", "ours_loader")
+    assert list(result["results"]) == ["bf16", "ours_loader"]
+    ours = result["results"]["ours_loader"]["512x512"]
+    assert ours["step_ms"] > 0 and ours["load_s"] > 0 and ours["cos"] >= COSINE_MIN
+    assert not list((tmp_path / "work").glob("caches_*"))  # the cold cache folders go with their worker
