@@ -66,6 +66,7 @@ NO_DIRECT_LAUNCH = "INT8_W8A8_NO_DIRECT_LAUNCH"
 NO_EAGER_PLANS = "INT8_W8A8_NO_EAGER_PLANS"
 NO_FP8_ATTENTION = "INT8_W8A8_NO_FP8_ATTENTION"
 FP8_MIN_CAPABILITY = (8, 9)  # Ada: the first GPUs with fp8 tensor cores
+FP8_SM120_TRITON = (3, 5)  # the first Triton with an fp8 MMA for sm_120 (consumer Blackwell)
 ARCH = "INT8_W8A8_ARCH"
 
 
@@ -340,9 +341,20 @@ def fp8_attention_unavailable_reason(device: torch.device) -> str | None:
     if device.type != "cuda":
         return f"fp8 tensor cores are a CUDA feature, the tensors are on {device.type}"
     major, minor = capability(device)
+    return fp8_dot_unavailable_reason((major, minor), triton_version())
+
+
+def fp8_dot_unavailable_reason(capability: tuple[int, int], version: tuple[int, int] | None) -> str | None:
+    """Why Triton ``version`` gives no fp8 tensor-core dot on a GPU of ``capability``, or None when it does."""
+    major, minor = capability
     if (major, minor) < FP8_MIN_CAPABILITY:
         return (f"the GPU is sm_{major}{minor}; fp8 tensor cores need sm_{FP8_MIN_CAPABILITY[0]}"
                 f"{FP8_MIN_CAPABILITY[1]} (Ada) or newer")
+    if major == 12 and version is not None and version < FP8_SM120_TRITON:
+        # Triton 3.3/3.4 compile an e4m3 dot for sm_120 without an fp8 MMA (converted to 16 bits first), found by
+        # tests/int8/test_kernel_compile.py: 16-bit P . V is as exact and no slower there.
+        return (f"Triton {version[0]}.{version[1]} has no fp8 tensor-core dot for sm_{major}{minor} (needs "
+                f"{FP8_SM120_TRITON[0]}.{FP8_SM120_TRITON[1]})")
     return None
 
 

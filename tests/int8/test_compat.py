@@ -290,3 +290,13 @@ def test_gdc_with_another_builder_keyword_than_the_compiler_passes_is_off(monkey
     compat.reset()
     assert "do not compile" in compat._gdc_reason()
     assert compat.pdl() is False
+
+
+@pytest.mark.parametrize("capability,triton,fp8", [((8, 6), "3.6.0", False), ((8, 9), "3.3.1", True),
+                                                   ((12, 0), "3.4.0", False), ((12, 0), "3.5.1", True),
+                                                   ((10, 0), "3.3.1", True)])
+def test_fp8_attention_only_where_triton_has_an_fp8_mma(monkeypatch, capability, triton, fp8):
+    _fake_gpu(monkeypatch, capability, triton=triton)
+    monkeypatch.setattr(compat, "_triton_fp8_reason", lambda: None)
+    reason = compat.fp8_attention_unavailable_reason(torch.device("cuda"))
+    assert (reason is None) == fp8, reason
