@@ -43,6 +43,8 @@ from pathlib import Path
 
 import torch
 
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile, sync
+
 __all__ = ["add_arguments", "run", "VARIANTS", "RESOLUTIONS", "markdown_table"]
 
 log = logging.getLogger("comfy_int8_w8a8")
@@ -84,46 +86,16 @@ def _latent(resolution: str, tiny: bool) -> tuple[int, ...]:
     return (batch, 16, height // div, width // div)
 
 
-def _gpu_name() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    return torch.cuda.get_device_name().lower().replace("nvidia ", "").split()[0]
-
-
-def node_defaults(backend: str | None = None) -> dict:
-    """INT8 Lazy Torch Compile's inputs at their ``INPUT_TYPES`` defaults (``backend`` replaced when given)."""
-    from ..nodes.compile_node import INT8LazyTorchCompile
-
-    required = INT8LazyTorchCompile.INPUT_TYPES()["required"]
-    kwargs = {name: spec[1]["default"] for name, spec in required.items() if name != "model"}
-    if backend is not None:
-        kwargs["backend"] = backend
-    return kwargs
-
-
 def _load(variant: str, files: dict, backend: str | None):  # noqa: ANN202 - a ModelPatcher
     import comfy.sd
 
-    from ..nodes.compile_node import INT8LazyTorchCompile
     from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
 
     if variant.startswith("ours"):
         patcher = load_int8_diffusion_model(files["bf16"], LoaderOptions())
-        if variant == "ours_loader_node":
-            patcher = INT8LazyTorchCompile().compile(patcher, **node_defaults(backend))[0]
-        return patcher
+        return node_compile(patcher, backend) if variant == "ours_loader_node" else patcher
     patcher = comfy.sd.load_diffusion_model(files["native_int8" if variant.startswith("native") else "bf16"])
-    if variant.endswith("stock_compile"):
-        from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-        # The node's backend widget defaults to its first option, inductor.
-        patcher = TorchCompileModel.execute(patcher, backend or "inductor").result[0]
-    return patcher
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+    return stock_compile(patcher, backend) if variant.endswith("stock_compile") else patcher
 
 
 def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
@@ -145,10 +117,10 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
         if cuda and i:
             torch.cuda.reset_peak_memory_stats()  # the weights stay resident: the peak of this resolution
         noise = torch.randn(_latent(resolution, tiny), generator=torch.Generator().manual_seed(1))
-        _sync()
+        sync()
         start = time.perf_counter()
         prediction = fs.model_output(patcher, noise, positive)
-        _sync()
+        sync()
         first_call_s = time.perf_counter() - start
         _, step_times = fs.sample_timed(patcher, noise, positive, spec["steps"])
         torch.save(prediction, Path(spec["folder"]) / f"pred_{variant}_{resolution}.pt")
@@ -159,17 +131,6 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
         log.info("defaults: %s / %s: %s", variant, resolution, json.dumps(out[resolution]))
     del patcher
     return out
-
-
-def _free() -> None:
-    import gc
-
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
-    gc.collect()
-    mm.soft_empty_cache()
-    torch._dynamo.reset()
 
 
 def _worker(spec_path: Path) -> int:
@@ -221,7 +182,7 @@ def _write_files(folder: Path, variants: list[str], tiny: bool) -> dict:
     files: dict = {"bf16": folder / "flux1_dev_bf16.safetensors"}
     fm.save_bf16(model, files["bf16"])
     del model
-    _free()
+    free_models()
     if any(v.startswith("native") for v in variants):
         _native_int8(files)  # files["native_int8"]: flux1_dev_int8.safetensors
     return {k: str(files[k]) for k in ("bf16", "native_int8") if k in files}
@@ -270,7 +231,7 @@ def _run_variant(variant: str, spec: dict, args: argparse.Namespace) -> dict:
         try:
             return run_cells(variant, list(args.resolutions), spec)
         finally:
-            _free()  # torch._dynamo reset included
+            free_models()  # torch._dynamo reset included
     groups = [[r] for r in args.resolutions] if args.isolate == "cell" else [list(args.resolutions)]
     out: dict = {}
     for resolutions in groups:
@@ -282,18 +243,12 @@ def run(args: argparse.Namespace) -> int:
     if args.worker is not None:
         return _worker(args.worker)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        from .e2e_models import import_comfy
-
-        import_comfy()
-        import comfy.sd  # noqa: F401
-        import comfy_extras.nodes_torch_compile  # noqa: F401
-    except ImportError as exc:
-        print(f"comfy-int8 bench defaults needs ComfyUI's code, which cannot be imported ({exc}). Put a ComfyUI "
-              "checkout on PYTHONPATH with its requirements installed; --tiny runs on a CPU.", file=sys.stderr)
+    problem = comfy_import_problem("defaults")
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 1
     started = time.perf_counter()
-    gpu = _gpu_name()
+    gpu = gpu_short_name()
     out_path = args.out or Path(f"docs/results/defaults_{gpu}{'_tiny' if args.tiny else ''}.json")
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="int8_defaults_"))
     folder.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..compile.lazy import compiled_graph_count
 from . import e2e_models as models
+from .comfy_run import sync
 
 __all__ = ["add_arguments", "run", "VARIANTS"]
 
@@ -147,20 +148,15 @@ def _wrapper_for(how: str, owner: Owner, args: argparse.Namespace) -> Callable |
     return None
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _time_ms(fn: Callable[[], object], repeats: int) -> float:
     """Median wall milliseconds of one call (synchronised before and after; one untimed warm-up)."""
     fn()
     times = []
     for _ in range(repeats):
-        _sync()
+        sync()
         start = time.perf_counter()
         fn()
-        _sync()
+        sync()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
 
@@ -204,10 +200,10 @@ def _breakdown(call: Callable[[], object]) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
     call()
-    _sync()
+    sync()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         call()
-        _sync()
+        sync()
     groups: dict[str, dict] = {}
     for event in prof.key_averages():
         us = getattr(event, "self_device_time_total", None)
@@ -262,7 +258,7 @@ def _run_variant(name: str, how: str, owner: Owner, wrapper: Callable | None, st
     graphs0, skips0 = compiled_graph_count(), _cudagraph_skips()
     start = time.perf_counter()
     call(inputs["noise"], t_mid)  # the first call compiles (if it does)
-    _sync()
+    sync()
     first_call_s = time.perf_counter() - start
     graphs_after_first = compiled_graph_count()
     out = _sample(call, inputs["noise"], args.steps)

@@ -22,7 +22,6 @@ cosine of that forward's prediction against the reference's, and the cosine of t
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import shutil
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile, sync
 from .family_table import DEFAULT_FAMILIES, FAMILIES, Family
 
 __all__ = ["add_arguments", "run", "VARIANTS"]
@@ -62,40 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: a temp folder). Needs bf16 + int8 size of the largest family free")
 
 
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def _free() -> None:
-    import comfy.model_management as mm
-
-    mm.unload_all_models()
-    gc.collect()
-    mm.soft_empty_cache()
-    torch._dynamo.reset()
-
-
-def _gpu_name() -> str:
-    if not torch.cuda.is_available():
-        return "cpu"
-    return torch.cuda.get_device_name().lower().replace("nvidia ", "").split()[0]
-
-
-def _stock_compile(patcher, backend: str):  # noqa: ANN001, ANN202 - the stock TorchCompileModel node
-    from comfy_extras.nodes_torch_compile import TorchCompileModel
-
-    return TorchCompileModel.execute(patcher, backend).result[0]
-
-
-def _node_compile(patcher, backend: str):  # noqa: ANN001, ANN202 - INT8 Lazy Torch Compile, its defaults
-    from ..nodes.compile_node import INT8LazyTorchCompile
-
-    return INT8LazyTorchCompile().compile(patcher, backend=backend, fullgraph=False, mode="default", dynamic="true",
-                                          compile_transformer_blocks_only=False, dynamo_cache_size_limit=640,
-                                          use_guard_filter=True, disable_dynamic_vram=True, log_compile=False)[0]
-
-
 def _load(variant: str, files: dict[str, Path], backend: str):  # noqa: ANN202 - a ModelPatcher
     import comfy.sd
 
@@ -103,12 +69,12 @@ def _load(variant: str, files: dict[str, Path], backend: str):  # noqa: ANN202 -
 
     if variant.startswith("ours"):
         patcher = load_int8_diffusion_model(str(files["bf16"]), LoaderOptions())
-        return _node_compile(patcher, backend) if variant == "ours_defaults" else patcher
+        return node_compile(patcher, backend) if variant == "ours_defaults" else patcher
     if variant == "fp8_e4m3fn_fast":
         return comfy.sd.load_diffusion_model(str(files["bf16"]), {"dtype": torch.float8_e4m3fn,
                                                                   "fp8_optimizations": True})
     patcher = comfy.sd.load_diffusion_model(str(files["native_int8" if variant.startswith("native") else "bf16"]))
-    return _stock_compile(patcher, backend) if variant.endswith("stock_compile") else patcher
+    return stock_compile(patcher, backend) if variant.endswith("stock_compile") else patcher
 
 
 def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: argparse.Namespace) -> dict:
@@ -120,10 +86,10 @@ def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: 
     start = time.perf_counter()
     patcher = _load(variant, files, args.backend)
     load_s = time.perf_counter() - start
-    _sync()
+    sync()
     start = time.perf_counter()
     prediction = fs.model_output(patcher, inputs["noise"], inputs["positive"])  # ComfyUI moves it to the GPU here
-    _sync()
+    sync()
     first_call_s = time.perf_counter() - start
     latent, step_times = fs.sample_timed(patcher, inputs["noise"], inputs["positive"], args.steps)
     result = {"load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
@@ -132,7 +98,7 @@ def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: 
     if cuda:
         result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del patcher
-    _free()
+    free_models()
     return {**result, "_prediction": prediction, "_latent": latent}
 
 
@@ -153,7 +119,7 @@ def _write_files(family: Family, folder: Path, tiny: bool, device: torch.device)
     files = {"bf16": folder / f"{family.name}_bf16.safetensors", "params": params}
     fm.save_bf16(model, files["bf16"])
     del model
-    _free()
+    free_models()
     files["write_s"] = round(time.perf_counter() - start, 1)
     return files
 
@@ -217,7 +183,7 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path) -> dict:
         except Exception as exc:  # noqa: BLE001
             log.exception("families: %s / %s failed", family.name, variant)
             out["variants"][variant] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
-            _free()
+            free_models()
             continue
         tensors = (result.pop("_prediction"), result.pop("_latent"))
         reference = reference or tensors  # the first variant that ran (bf16, or fp8 where bf16 does not fit)
@@ -257,17 +223,11 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.backend = args.backend or ("eager" if args.tiny else "inductor")
-    try:
-        from .e2e_models import import_comfy
-
-        import_comfy()
-        import comfy.sd  # noqa: F401
-        import comfy_extras.nodes_torch_compile  # noqa: F401
-    except ImportError as exc:
-        print(f"comfy-int8 bench families needs ComfyUI's code, which cannot be imported ({exc}). Put a ComfyUI "
-              "checkout on PYTHONPATH with its requirements installed; --tiny runs on a CPU.", file=sys.stderr)
+    problem = comfy_import_problem("families")
+    if problem is not None:
+        print(problem, file=sys.stderr)
         return 1
-    gpu = _gpu_name()
+    gpu = gpu_short_name()
     out_path = args.out or Path(f"docs/results/families_{gpu}{'_tiny' if args.tiny else ''}.json")
     results: dict = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tiny": args.tiny,
                      "steps": args.steps, "compile_backend": args.backend, "torch": torch.__version__, "families": {}}

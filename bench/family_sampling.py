@@ -9,14 +9,11 @@ import time
 
 import torch
 
+from .comfy_run import sync
+
 __all__ = ["zero_negative", "model_output", "sample_timed", "cosine", "MID_SIGMA"]
 
 MID_SIGMA = 0.5
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def zero_negative(positive: list) -> list:
@@ -50,11 +47,11 @@ def sample_timed(patcher, noise: torch.Tensor, positive: list, steps: int) -> tu
     stamps: list[float] = []
 
     def callback(step: int, denoised: torch.Tensor, x: torch.Tensor, total: int) -> None:
-        _sync()
+        sync()
         stamps.append(time.perf_counter())
 
     latent = torch.zeros_like(noise)
-    _sync()
+    sync()
     start = time.perf_counter()
     out = comfy.sample.sample(patcher, noise, steps, 1.0, "euler", "simple", positive, zero_negative(positive),
                               latent, callback=callback, disable_pbar=True, seed=0)

@@ -1,8 +1,9 @@
-"""The defaults benchmark's pieces that need no ComfyUI: the compile node's defaults and the markdown table."""
+"""The defaults benchmark's pieces that need no ComfyUI: the compile node's defaults (bench/comfy_run.py, shared
+with the families benchmark) and the markdown table."""
 
 from __future__ import annotations
 
-from comfy_int8_w8a8.bench import defaults
+from comfy_int8_w8a8.bench import comfy_run, defaults
 from comfy_int8_w8a8.cli.bench import BENCHES
 
 
@@ -11,9 +12,9 @@ def test_defaults_is_a_registered_bench() -> None:
 
 
 def test_node_defaults_are_the_compile_nodes_input_defaults() -> None:
-    kwargs = defaults.node_defaults()
+    kwargs = comfy_run.node_defaults()
     assert kwargs["backend"] == "inductor" and kwargs["mode"] == "default" and kwargs["dynamic"] == "true"
-    assert "model" not in kwargs and defaults.node_defaults("eager")["backend"] == "eager"
+    assert "model" not in kwargs and comfy_run.node_defaults("eager")["backend"] == "eager"
 
 
 def test_markdown_table_ratios_are_against_stock_compile() -> None:

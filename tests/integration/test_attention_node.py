@@ -7,22 +7,19 @@ On the CPU the int8 kernel never runs (no Triton GPU); the engine is replaced by
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from flux_harness import import_pack, sample_tiny_flux, tiny_flux_patcher  # noqa: E402 - after the path
+
 
 @pytest.fixture(scope="module")
 def pack(comfy_cpu):
     """The pack imported as ``comfy_int8_w8a8`` (a link in a temp dir when the venv has no install of it)."""
-    try:
-        import comfy_int8_w8a8  # noqa: F401
-    except ImportError:
-        root = Path(tempfile.mkdtemp())
-        (root / "comfy_int8_w8a8").symlink_to(Path(__file__).resolve().parents[2])
-        sys.path.insert(0, str(root))
+    import_pack()
     import comfy_int8_w8a8.nodes as nodes
 
     return nodes
@@ -30,29 +27,11 @@ def pack(comfy_cpu):
 
 @pytest.fixture
 def flux(comfy_cpu):
-    """A tiny Flux-dev (one head of 128), through ComfyUI's loader, float32 on CPU."""
-    import comfy.ldm.flux.model
-    import comfy.sd
-
-    torch.manual_seed(0)
-    net = comfy.ldm.flux.model.Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768,
-                                    context_in_dim=1024, hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1,
-                                    depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                                    qkv_bias=True, guidance_embed=True, txt_ids_dims=[], operations=torch.nn)
-    return comfy.sd.load_diffusion_model_state_dict(net.state_dict(), model_options={"dtype": torch.float32})
+    return tiny_flux_patcher()
 
 
 def _sample(patcher) -> torch.Tensor:  # noqa: ANN001
-    import comfy.sample
-
-    gen = torch.Generator().manual_seed(1)
-    latent = torch.zeros(1, 16, 8, 8)
-    noise = torch.randn(latent.shape, generator=gen)
-    cond = [[torch.randn(1, 8, 1024, generator=gen), {"pooled_output": torch.randn(1, 768, generator=gen),
-                                                      "guidance": 3.5}]]
-    negative = [[torch.zeros(1, 8, 1024), {"pooled_output": torch.zeros(1, 768)}]]
-    return comfy.sample.sample(patcher, noise, 2, 1.0, "euler", "simple", cond, negative, latent, seed=1,
-                               disable_pbar=True)
+    return sample_tiny_flux(patcher, steps=2)
 
 
 @pytest.fixture

@@ -8,11 +8,9 @@ import inspect
 import logging
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-import torch
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "/opt/ComfyUI")
 SKIP_REASON = ("ComfyUI is not importable: set COMFYUI_PATH to a ComfyUI checkout and run with a Python that has its "
@@ -37,43 +35,17 @@ def _import_comfy():
 
 comfy = _import_comfy()
 pytestmark = pytest.mark.skipif(comfy is None, reason=SKIP_REASON)
+sys.path.insert(0, str(Path(__file__).parent))
+from flux_harness import import_pack, sample_tiny_flux, tiny_flux_patcher  # noqa: E402 - after the path
 
 
 @pytest.fixture(scope="module")
 def node_module():
     """The pack imported as ``comfy_int8_w8a8`` (a link in a temp dir when the venv has no install of it)."""
-    try:
-        import comfy_int8_w8a8  # noqa: F401
-    except ImportError:
-        root = Path(tempfile.mkdtemp())
-        (root / "comfy_int8_w8a8").symlink_to(Path(__file__).resolve().parents[2])
-        sys.path.insert(0, str(root))
+    import_pack()
     from comfy_int8_w8a8.nodes import compile_node
 
     return compile_node
-
-
-def _tiny_flux_patcher():
-    """A tiny Flux (HOST_NOTES: detected as Flux-dev), loaded through ComfyUI's own loader, float32 on CPU."""
-    import comfy.ldm.flux.model
-
-    torch.manual_seed(0)
-    net = comfy.ldm.flux.model.Flux(image_model="flux", in_channels=16, out_channels=16, vec_in_dim=768,
-                                    context_in_dim=1024, hidden_size=128, mlp_ratio=4.0, num_heads=1, depth=1,
-                                    depth_single_blocks=1, axes_dim=[16, 56, 56], theta=10000, patch_size=2,
-                                    qkv_bias=True, guidance_embed=True, txt_ids_dims=[], operations=torch.nn)
-    return comfy.sd.load_diffusion_model_state_dict(net.state_dict(), model_options={"dtype": torch.float32})
-
-
-def _sample(patcher, steps: int = 3) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(1)
-    latent = torch.zeros(1, 16, 8, 8)
-    noise = torch.randn(latent.shape, generator=gen)
-    cond = [[torch.randn(1, 8, 1024, generator=gen), {"pooled_output": torch.randn(1, 768, generator=gen),
-                                                      "guidance": 3.5}]]
-    negative = [[torch.zeros(1, 8, 1024), {"pooled_output": torch.zeros(1, 768)}]]
-    return comfy.sample.sample(patcher, noise, steps, 1.0, "euler", "simple", cond, negative, latent, seed=1,
-                               disable_pbar=True)
 
 
 def _node_inputs(**overrides):
@@ -101,19 +73,19 @@ def test_node_compiles_at_first_sampling_call_blocks_only_without_recompiles(nod
 
     torch._dynamo.reset()
     counters.clear()
-    patcher = _tiny_flux_patcher()
-    eager = _sample(patcher)
+    patcher = tiny_flux_patcher()
+    eager = sample_tiny_flux(patcher, steps=3)
     (compiled_patcher,) = node_module.INT8LazyTorchCompile().compile(patcher, **_node_inputs())
     [compiler] = compiled_patcher.get_wrappers("apply_model", node_module.WRAPPER_KEY)
     assert compiler.compiled_paths == [] and counters["stats"]["unique_graphs"] == 0  # nothing compiled yet
-    out = _sample(compiled_patcher)
+    out = sample_tiny_flux(compiled_patcher, steps=3)
     blocks = ["diffusion_model.double_blocks.0", "diffusion_model.single_blocks.0"]
     glue = sorted(f"diffusion_model.{name}" for name in ("img_in", "time_in", "vector_in", "txt_in", "final_layer"))
     assert compiler.compiled_paths[:2] == blocks and set(glue) <= set(compiler.compiled_paths[2:])
     assert "diffusion_model.pe_embedder" not in compiler.compiled_paths  # parameter-free position math stays eager
     graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 2 and not compiler.fallback.failed
-    again = _sample(compiled_patcher)  # a second run at the same resolution: no new graph, no rebuild
+    again = sample_tiny_flux(compiled_patcher, steps=3)  # a second run at the same resolution: no new graph, no rebuild
     assert counters["stats"]["unique_graphs"] == graphs and compiler.builds == 1
     # fp32 rounding bound for reordered sums: gamma_n = n*u per reduction of length n (n <= 512 here), through
     # the 2 blocks' ~8 chained reductions and 3 sampler steps.
@@ -134,7 +106,7 @@ def test_node_clones_with_disable_dynamic_on_this_host(node_module, monkeypatch)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ModelPatcher, "clone", spy)
-    node_module.INT8LazyTorchCompile().compile(_tiny_flux_patcher(), **_node_inputs())
+    node_module.INT8LazyTorchCompile().compile(tiny_flux_patcher(), **_node_inputs())
     assert seen == [True]
 
 
@@ -150,7 +122,7 @@ def test_node_on_host_without_disable_dynamic_warns_with_the_fix(node_module, mo
 
     monkeypatch.setattr(ModelPatcher, "clone", old_clone)
     with caplog.at_level(logging.WARNING, logger="comfy_int8_w8a8"):
-        (patched,) = node_module.INT8LazyTorchCompile().compile(_tiny_flux_patcher(), **_node_inputs())
+        (patched,) = node_module.INT8LazyTorchCompile().compile(tiny_flux_patcher(), **_node_inputs())
     messages = [r.getMessage() for r in caplog.records if NO_DISABLE_DYNAMIC_MESSAGE in r.getMessage()]
     assert messages and "Update ComfyUI" in messages[0]
     assert patched.get_wrappers("apply_model", node_module.WRAPPER_KEY)

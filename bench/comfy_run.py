@@ -1,0 +1,72 @@
+"""What the family and defaults benchmarks do around ComfyUI, in one place: check that its code imports, apply the
+stock TorchCompileModel node and INT8 Lazy Torch Compile at their defaults, free the models between variants."""
+
+from __future__ import annotations
+
+import gc
+
+import torch
+
+__all__ = ["comfy_import_problem", "gpu_short_name", "sync", "free_models", "node_defaults", "node_compile",
+           "stock_compile"]
+
+
+def comfy_import_problem(bench: str) -> str | None:
+    """Import ComfyUI's code for ``comfy-int8 bench <bench>``; the one line to print when it cannot, else None."""
+    try:
+        from .e2e_models import import_comfy
+
+        import_comfy()
+        import comfy.sd  # noqa: F401
+        import comfy_extras.nodes_torch_compile  # noqa: F401
+    except ImportError as exc:
+        return (f"comfy-int8 bench {bench} needs ComfyUI's code, which cannot be imported ({exc}). Put a ComfyUI "
+                "checkout on PYTHONPATH with its requirements installed; --tiny runs on a CPU.")
+    return None
+
+
+def gpu_short_name() -> str:
+    """``h100``-style name of the current GPU for result file names; ``cpu`` without CUDA."""
+    if not torch.cuda.is_available():
+        return "cpu"
+    return torch.cuda.get_device_name().lower().replace("nvidia ", "").split()[0]
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def free_models() -> None:
+    """Unload every model ComfyUI holds and forget compiled code, before the next variant loads."""
+    import comfy.model_management as mm
+
+    mm.unload_all_models()
+    gc.collect()
+    mm.soft_empty_cache()
+    torch._dynamo.reset()
+
+
+def node_defaults(backend: str | None = None) -> dict:
+    """INT8 Lazy Torch Compile's inputs at their ``INPUT_TYPES`` defaults (``backend`` replaced when given)."""
+    from ..nodes.compile_node import INT8LazyTorchCompile
+
+    required = INT8LazyTorchCompile.INPUT_TYPES()["required"]
+    kwargs = {name: spec[1]["default"] for name, spec in required.items() if name != "model"}
+    if backend is not None:
+        kwargs["backend"] = backend
+    return kwargs
+
+
+def node_compile(patcher, backend: str | None = None):  # noqa: ANN001, ANN201 - a ModelPatcher
+    """``patcher`` through INT8 Lazy Torch Compile with its default inputs."""
+    from ..nodes.compile_node import INT8LazyTorchCompile
+
+    return INT8LazyTorchCompile().compile(patcher, **node_defaults(backend))[0]
+
+
+def stock_compile(patcher, backend: str | None = None):  # noqa: ANN001, ANN201 - a ModelPatcher
+    """``patcher`` through ComfyUI's TorchCompileModel node (its backend widget defaults to inductor)."""
+    from comfy_extras.nodes_torch_compile import TorchCompileModel
+
+    return TorchCompileModel.execute(patcher, backend or "inductor").result[0]
