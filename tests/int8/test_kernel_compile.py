@@ -63,9 +63,6 @@ DTYPES = (torch.bfloat16, torch.float16)
 ARCH_DTYPES = [(a, d) for a in ARCHS for d in DTYPES if d == torch.bfloat16 or a not in (86, 89)]
 # Largest shared memory one block may use (opt-in), bytes (CUDA C Programming Guide, compute capabilities table).
 MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
-# Triton 3.0 - 3.2 know no Blackwell: compiling an int8 tl.dot for sm_100 aborts the process in
-# AccelerateMatmul.cpp ("computeCapability not supported", an assertion, not an exception). 3.3 added sm_100/sm_120.
-BLACKWELL_TRITON = (3, 3)
 
 
 def _triton_version() -> tuple[int, int]:
@@ -81,7 +78,7 @@ def _skip_unless_the_pack_compiles_here(arch: int) -> None:
     if version < compat.MIN_TRITON:
         pytest.skip(f"Triton {version[0]}.{version[1]} is below the pack's floor {compat.MIN_TRITON}: the Triton "
                     "backend is unavailable there (auto runs torch_int_mm)")
-    if arch >= 100 and version < BLACKWELL_TRITON:
+    if arch >= 100 and version < compat.BLACKWELL_TRITON:
         pytest.skip(f"Triton {version[0]}.{version[1]} does not know sm_{arch} (its MMA lowering asserts "
                     f"'computeCapability not supported'); Blackwell needs Triton >= 3.3, which torch builds for "
                     "Blackwell (CUDA 12.8, torch >= 2.7) ship")
