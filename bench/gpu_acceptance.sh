@@ -2,7 +2,9 @@
 # GPU acceptance runs on one CUDA machine, from the repository root:
 #   bench/gpu_acceptance.sh tests            the GPU test suite (every test that needs no running ComfyUI server)
 #   bench/gpu_acceptance.sh ab BASE_TREE     kernel bench + Flux-dev e2e bench of BASE_TREE (a checkout of an older
-#                                            commit) and of this tree, interleaved, in one process each
+#                                            commit) and of this tree (e2e: ROUNDS interleaved processes per side,
+#                                            default 2; E2E_VARIANTS overrides the variant list); kernels-ab and
+#                                            e2e-ab run one half
 #   bench/gpu_acceptance.sh forced PATHS     the GPU test suite and the portable kernel rows with the pack forced to
 #                                            each non-Hopper path (PATHS: e.g. "sm_80 sm_89")
 # Needs: python3 with torch + Triton; COMFYUI_PATH (a ComfyUI checkout) for the e2e bench and the ComfyUI-ops tests;
@@ -37,21 +39,32 @@ case "${1:-}" in
     tests)
         gpu_tests gpu_pytest.txt
         ;;
-    ab)
+    ab|kernels-ab|e2e-ab)
+        # Fair A/B: no tuning decisions from disk on either side (the base tree has no store), interleaved rounds of
+        # separate processes (base, new, base, new, ...) so the spread between rounds shows the run-to-run noise.
+        export INT8_W8A8_TUNING_CACHE=off
         base="$2"
         BASE_PATH="$(pkg_path "$(cd "$base" && pwd)" pk_base)"
-        for side in base new; do
-            path=$([ "$side" = base ] && echo "$BASE_PATH" || echo "$NEW_PATH")
-            PYTHONPATH="$path" python3 -m comfy_int8_w8a8.cli.main bench kernels --quick --out "$OUT_DIR/kernels_$side" \
-                2>&1 | tail -40 > "$OUT_DIR/kernels_$side.txt"
-        done
-        for side in base new; do
-            path=$([ "$side" = base ] && echo "$BASE_PATH" || echo "$NEW_PATH")
-            PYTHONPATH="$path" python3 -m comfy_int8_w8a8.cli.main bench e2e --no-profile --out "$OUT_DIR/e2e_$side.json" \
-                --variants bf16 bf16+stock_compile comfy_int8 ours loader_ops+node_compile \
-                2>&1 | tail -30 > "$OUT_DIR/e2e_$side.txt"
-        done
-        tail -n 25 "$OUT_DIR"/kernels_*.txt "$OUT_DIR"/e2e_*.txt
+        side_path() { [ "$1" = base ] && echo "$BASE_PATH" || echo "$NEW_PATH"; }
+        if [ "$1" != e2e-ab ]; then
+            for side in base new; do
+                PYTHONPATH="$(side_path $side)" python3 -m comfy_int8_w8a8.cli.main bench kernels --quick \
+                    --out "$OUT_DIR/kernels_$side" > "$OUT_DIR/kernels_$side.txt" 2>&1
+                tail -30 "$OUT_DIR/kernels_$side.txt"
+            done
+        fi
+        if [ "$1" != kernels-ab ]; then
+            # shellcheck disable=SC2086 - E2E_VARIANTS is a word list
+            for round in $(seq 1 "${ROUNDS:-2}"); do
+                for side in base new; do
+                    PYTHONPATH="$(side_path $side)" timeout "${E2E_TIMEOUT_S:-300}" python3 -m comfy_int8_w8a8.cli.main \
+                        bench e2e --out "$OUT_DIR/e2e_${side}_r$round.json" \
+                        --variants ${E2E_VARIANTS:-bf16 bf16+stock_compile comfy_int8 ours loader_ops+node_compile} \
+                        > "$OUT_DIR/e2e_${side}_r$round.txt" 2>&1
+                    echo "== e2e $side round $round (rc $?)"; grep -E "^\|" "$OUT_DIR/e2e_${side}_r$round.txt" | head -12
+                done
+            done
+        fi
         ;;
     forced)
         shift
