@@ -104,10 +104,13 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic per-token quantization of activations ``[..., K]``.
 
     Returns ``(q int8 [..., K], scale fp32 [..., 1])``. An all-zero token gets a positive scale and zeros.
-    Computed in fp32 whatever the input dtype, so bf16 inputs round the same way as the fused kernels.
+    Computed in fp32 whatever the input dtype, so bf16 inputs round the same way as the fused kernels, on any
+    device: the scale is ``absmax * fp32(1/127)``, which is how torch divides by a scalar on CUDA and what the
+    kernels compute; on the CPU ``absmax / 127`` is a true division and differs in the last bit for ~5% of rows,
+    enough to round an activation on the other side of a tie (one int8 step of the output).
     """
     xf = x.float()
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / INT8_MAX).clamp_(min=SCALE_FLOOR)
+    scale = (xf.abs().amax(dim=-1, keepdim=True) * (1.0 / INT8_MAX)).clamp_(min=SCALE_FLOOR)
     return _round_clamp(xf / scale), scale
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from comfy_int8_w8a8.int8.attention_reference import (
+    PV_PRECISIONS,
     int8_attention_reference,
     quantize_attention_blocks,
     relative_error,
@@ -57,6 +58,21 @@ def test_int8_attention_reference_16bit_within_2_percent_of_exact(b, h, hkv, lq,
 def test_int8_attention_reference_fp8_within_5_percent_of_exact(b, h, hkv, lq, lk, d):
     q, k, v = _qkv(b, h, hkv, lq, lk, d)
     assert relative_error(int8_attention_reference(q, k, v, pv="fp8"), sdpa_reference(q, k, v)) < 0.05
+
+
+def test_key_blocks_change_only_how_p_is_rounded():
+    # The online softmax is exact math: unrounded (float32 V, "16bit" keeps fp32) it agrees with the final-max form;
+    # one block covering every key is the final-max form itself; fp8 rounding against the running max differs.
+    q, k, v = _qkv(1, 2, 2, 96, 300, 64)
+    qf, kf, vf = q.float(), k.float(), v.float()
+    torch.testing.assert_close(int8_attention_reference(qf, kf, vf, key_block=64), int8_attention_reference(qf, kf, vf),
+                               rtol=1e-6, atol=1e-7)
+    for pv in PV_PRECISIONS:
+        assert torch.equal(int8_attention_reference(q, k, v, pv=pv, key_block=300),
+                           int8_attention_reference(q, k, v, pv=pv))
+    blocked = int8_attention_reference(q, k, v, pv="fp8", key_block=64)
+    assert relative_error(blocked, int8_attention_reference(q, k, v, pv="fp8")) > 0.005
+    assert relative_error(blocked, sdpa_reference(q, k, v)) < 0.05
 
 
 def test_int8_attention_reference_smoothing_k_reduces_error_with_key_offset():

@@ -63,7 +63,7 @@ def test_int8_attention_kernel_matches_reference(b, h, hkv, lq, lk, d, granulari
     q, k, v = _qkv(b, h, hkv, lq, lk, d)
     out = attention.int8_attention_triton(q, k, v, smooth_k=smooth, granularity=granularity, tiles=tiles)
     block = 1 if granularity == "token" else BLOCK
-    ref = int8_attention_reference(q, k, v, smooth_k=smooth, block_q=block, block_k=block)
+    ref = int8_attention_reference(q, k, v, smooth_k=smooth, block_q=block, block_k=block, key_block=tiles.block_n)
     assert out.shape == (b, h, lq, d) and out.dtype == torch.float16
     assert relative_error(out, ref) < 1.5e-3
     assert relative_error(out, sdpa_reference(q, k, v)) < 0.03
@@ -77,7 +77,7 @@ def test_int8_attention_kernel_strided_input_and_blhd_output_with_scale():
     q, k, v = (t.unflatten(-1, (h, d)).transpose(1, 2) for t in flat)
     assert not q.is_contiguous()
     out = attention.int8_attention_triton(q, k, v, scale=0.2, out_layout="blhd", tiles=tiles)
-    ref = int8_attention_reference(q, k, v, scale=0.2, block_q=BLOCK, block_k=BLOCK)
+    ref = int8_attention_reference(q, k, v, scale=0.2, block_q=BLOCK, block_k=BLOCK, key_block=tiles.block_n)
     assert out.shape == (b, lq, h, d)
     assert relative_error(out.transpose(1, 2), ref) < 1.5e-3
 
