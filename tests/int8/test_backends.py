@@ -118,6 +118,7 @@ def test_auto_on_cpu_warns_once(caplog):
 
 
 def test_torch_int_mm_backend_is_unavailable_below_sm75(monkeypatch):
+    monkeypatch.delenv("INT8_W8A8_ARCH", raising=False)  # the faked device, not a forced view of it
     backend = get_backend("torch_int_mm")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 0))
@@ -125,6 +126,7 @@ def test_torch_int_mm_backend_is_unavailable_below_sm75(monkeypatch):
 
 
 def test_triton_backend_is_unavailable_without_triton_or_below_sm75(monkeypatch):
+    monkeypatch.delenv("INT8_W8A8_ARCH", raising=False)  # the faked device, not a forced view of it
     from comfy_int8_w8a8.int8 import compat
 
     backend = get_backend("triton")

@@ -28,6 +28,19 @@ class _FakeRunner:
         self.calls.append(a)
 
 
+@pytest.fixture(autouse=True)
+def _direct_launch_allowed(monkeypatch):  # noqa: ANN001, ANN202
+    # These tests fake a launcher and check the direct entry itself: the run's INT8_W8A8_NO_DIRECT_LAUNCH (a forced-
+    # path GPU run sets it) would hide it. compat caches the switch, so it is read again before and after.
+    from comfy_int8_w8a8.int8 import compat
+
+    monkeypatch.delenv("INT8_W8A8_NO_DIRECT_LAUNCH", raising=False)
+    compat.reset()
+    yield
+    monkeypatch.undo()
+    compat.reset()
+
+
 def _fake_jit():
     runner = _FakeRunner()
     compiled = types.SimpleNamespace(packed_metadata="meta", function="fn", run=runner)
