@@ -16,7 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 
 # The newest release of each Triton minor, from 3.0 to the newest on PyPI with a cp311 manylinux x86_64 wheel
-# (pip index versions triton). The pack's floor is 3.2 (pyproject: triton>=3.2; int8/compat.py MIN_TRITON): below it
+# (pip index versions triton). The pack's floor is 3.2 (pyproject: triton>=3.2; int8/compat/ MIN_TRITON): below it
 # `auto` runs torch_int_mm, and 3.0/3.1 stay here to show the pack imports there and the kernel bodies still hold.
 # The one place to change the list.
 DEFAULT_TRITON_VERSIONS="3.0.0 3.1.0 3.2.0 3.3.1 3.4.0 3.5.1 3.6.0 3.7.1 3.8.0 3.9.0"
@@ -116,7 +116,7 @@ for name in backend_names():
     for i in 0 1; do
         PYTHONPATH="$overlay${PYTHONPATH:+:$PYTHONPATH}" TRITON_CACHE_DIR="$work/cache$i" INT8_W8A8_COMPILE_MATRIX=1 \
             "$PY" -m pytest -c pyproject.toml --rootdir tests -p no:cacheprovider -q -W ignore::DeprecationWarning \
-            tests/int8/test_kernel_compile.py -k "${shards[i]}" > "$work/$i.log" 2>&1 &
+            tests/int8/test_kernel_compile.py tests/int8/test_attention_compile.py -k "${shards[i]}" > "$work/$i.log" 2>&1 &
         pids+=($!)
     done
     crc=0

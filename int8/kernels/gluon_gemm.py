@@ -27,7 +27,7 @@ from ..compat import gluon_api
 
 _api = gluon_api()
 if _api is None:
-    raise ImportError("this Triton has no Gluon with the Hopper API the warp-specialized GEMM uses (see int8/compat.py)")
+    raise ImportError("this Triton has no Gluon with the Hopper API the warp-specialized GEMM uses (see int8/compat/)")
 gluon, gl = _api.gluon, _api.gl
 fence_async_shared, mbarrier, tma = _api.fence_async_shared, _api.mbarrier, _api.tma
 warpgroup_mma, warpgroup_mma_wait = _api.warpgroup_mma, _api.warpgroup_mma_wait

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Iterator, Sequence
 
 import torch
 
-from .. import compat
+from ..compat import launcher as launcher_layout
 
 __all__ = ["CompiledLauncher", "PreparedLaunch", "Recording", "capture_launches", "note_temporary",
            "recording_paused"]
@@ -225,8 +225,9 @@ def _launch_compiled(compiled: object, direct: Callable | None, pdl: bool, grid:
 
 
 def _direct_launch(compiled: object) -> Callable | None:
-    """The compiled kernel's C launch entry, or None for ``compiled.run`` (see :func:`compat.direct_launch_entry`)."""
-    return compat.direct_launch_entry(compiled)
+    """The compiled kernel's C launch entry, or None for ``compiled.run`` (see
+    :func:`int8.compat.launcher.direct_launch_entry`)."""
+    return launcher_layout.direct_launch_entry(compiled)
 
 
 def _stream_getter() -> Callable[[int], int]:
@@ -251,18 +252,19 @@ def _per_call_slot(t: torch.Tensor, per_call_storage: list[tuple[int, int]]) -> 
 
 
 def _tensordesc_entry(direct: Callable) -> tuple[Callable, frozenset[int], list]:
-    """(C entry, descriptor positions, their metadata) of a direct launch entry (see :func:`compat.tensordesc_entry`)."""
-    return compat.tensordesc_entry(direct)
+    """(C entry, descriptor positions, their metadata) of a direct launch entry (see
+    :func:`int8.compat.launcher.tensordesc_entry`)."""
+    return launcher_layout.tensordesc_entry(direct)
 
 
 def _expand_descriptor(desc: object, meta: dict) -> list:
-    make_tensordesc_arg, _, _ = compat.tensordesc_encoders()
+    make_tensordesc_arg, _, _ = launcher_layout.tensordesc_encoders()
     return make_tensordesc_arg(desc, meta)
 
 
 def _fill_arguments(expanded: list, desc: object, meta: dict) -> tuple:
     """The arguments after the base address with which ``make_tensordesc_arg`` encoded ``desc``'s tensor map."""
-    _, tma_dtype_device_to_host, _ = compat.tensordesc_encoders()
+    _, tma_dtype_device_to_host, _ = launcher_layout.tensordesc_encoders()
     rank = len(desc.shape)
     shape, strides = expanded[1:1 + rank], expanded[1 + rank:1 + 2 * rank]
     return (meta["swizzle"], meta["elem_size"], tma_dtype_device_to_host[meta["elem_type"]], meta["block_size"],
@@ -270,4 +272,4 @@ def _fill_arguments(expanded: list, desc: object, meta: dict) -> tuple:
 
 
 def _fill_tma_descriptor() -> Callable:
-    return compat.tensordesc_encoders()[2]
+    return launcher_layout.tensordesc_encoders()[2]

@@ -1,4 +1,4 @@
-"""The Triton/GPU feature gate (int8/compat.py) on the CPU: faked Triton versions and GPU capabilities route to the
+"""The Triton/GPU feature gate (int8/compat/) on the CPU: faked Triton versions and GPU capabilities route to the
 right backend and kernels, each environment switch turns its feature off and says so once. Runs without a GPU;
 the tests that need the launch modules (which import Triton) skip without Triton."""
 
@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from comfy_int8_w8a8.int8 import compat, resolve_backend
+from comfy_int8_w8a8.int8.compat import launcher as launcher_layout
 from comfy_int8_w8a8.int8.log_once import clear_log_once
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -150,10 +151,10 @@ def test_direct_launch_switch_sends_every_kernel_through_compiled_run(monkeypatc
     runner = types.SimpleNamespace(global_scratch_size=0, profile_scratch_size=0, launch_cooperative_grid=False,
                                    launch_pdl=False, launch=lambda *a: None)
     compiled = types.SimpleNamespace(run=runner)
-    assert compat.direct_launch_entry(compiled) is runner.launch
+    assert launcher_layout.direct_launch_entry(compiled) is runner.launch
     monkeypatch.setenv(compat.NO_DIRECT_LAUNCH, "1")
     fresh_gate()
-    assert compat.direct_launch_entry(compiled) is None
+    assert launcher_layout.direct_launch_entry(compiled) is None
 
 
 @pytest.mark.parametrize("version", ["3.2.0", "3.3.1"])

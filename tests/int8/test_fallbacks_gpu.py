@@ -1,4 +1,4 @@
-"""Each fallback of the Triton/GPU feature gate (int8/compat.py) on a real GPU: direct launch off, programmatic
+"""Each fallback of the Triton/GPU feature gate (int8/compat/) on a real GPU: direct launch off, programmatic
 dependent launch off, Gluon off, TMA off, and the forced non-Hopper paths (INT8_W8A8_ARCH=sm_89, sm_80; sm_120
 routes like Blackwell). Every configuration runs in a fresh process (the switches are read once, the launchers
 and autotuners cache per process), on the same inputs, and must

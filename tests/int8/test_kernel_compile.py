@@ -36,182 +36,26 @@ and runs two processes over the archs.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import os
-import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
-FLAG = "INT8_W8A8_COMPILE_MATRIX"
+sys.path.insert(0, str(Path(__file__).parent))
+from kernel_compile_harness import (  # noqa: E402 - after the path
+    ARCH_DTYPES,
+    COMPILE_MARKS,
+    DTYPES,
+    Spec,
+    _pdl,
+    _skip_unless_the_pack_compiles_here,
+    _triton_version,
+    check_all,
+)
 
-pytestmark = [
-    pytest.mark.skipif(os.environ.get(FLAG) != "1", reason=f"compiles dozens of kernels per arch: set {FLAG}=1 "
-                       "(.ci/triton_matrix.sh does, once per Triton version)"),
-    pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton installed"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1 runs the interpreter, "
-                       "which compiles nothing"),
-]
-
-ARCHS = (80, 86, 89, 90, 100, 120)
-DTYPES = (torch.bfloat16, torch.float16)
-# fp16 on one arch per MMA generation (sm_80 mma.sync, sm_90 wgmma, sm_100 tcgen05 / mma.sync, sm_120 consumer
-# Blackwell); sm_86 and sm_89 build the same code as sm_80 for another ptxas target and shared-memory limit: bf16.
-ARCH_DTYPES = [(a, d) for a in ARCHS for d in DTYPES if d == torch.bfloat16 or a not in (86, 89)]
-# Largest shared memory one block may use (opt-in), bytes (CUDA C Programming Guide, compute capabilities table).
-MAX_SHARED = {80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
-
-
-def _triton_version() -> tuple[int, int]:
-    from comfy_int8_w8a8.int8 import compat
-
-    return compat.triton_version()
-
-
-def _skip_unless_the_pack_compiles_here(arch: int) -> None:
-    from comfy_int8_w8a8.int8 import compat
-
-    version = _triton_version()
-    if version < compat.MIN_TRITON:
-        pytest.skip(f"Triton {version[0]}.{version[1]} is below the pack's floor {compat.MIN_TRITON}: the Triton "
-                    "backend is unavailable there (auto runs torch_int_mm)")
-    if arch >= 100 and version < compat.BLACKWELL_TRITON:
-        pytest.skip(f"Triton {version[0]}.{version[1]} does not know sm_{arch} (its MMA lowering asserts "
-                    f"'computeCapability not supported'); Blackwell needs Triton >= 3.3, which torch builds for "
-                    "Blackwell (CUDA 12.8, torch >= 2.7) ship")
-
-
-# --------------------------------------------------------------------------------------------- compiling for an arch
-class _TargetDriver:
-    """Triton's active driver as far as ``JITFunction.run(warmup=True)`` asks it: a device (one per arch, so the
-    JIT's per-device caches never mix targets), a stream, and the target to compile for."""
-
-    def __init__(self, arch: int) -> None:
-        from triton.backends.compiler import GPUTarget
-
-        self.arch = arch
-        self.target = GPUTarget("cuda", arch, 32)
-
-    def get_current_device(self) -> int:
-        return 1000 + self.arch
-
-    def get_current_stream(self, device: int | None = None) -> int:
-        return 0
-
-    def get_current_target(self) -> object:
-        return self.target
-
-
-@contextlib.contextmanager
-def _compiling_for(arch: int) -> Iterator[None]:
-    from triton.runtime import driver
-
-    saved = dict(vars(driver))  # 3.2 keeps `active` as an attribute, later versions `_active`
-    driver.set_active(_TargetDriver(arch))
-    try:
-        yield
-    finally:
-        vars(driver).clear()
-        vars(driver).update(saved)
-
-
-@dataclass
-class Spec:
-    """One launch as a launcher makes it: the @triton.jit kernel, its arguments (torch dtypes stand for tensors:
-    Triton's MockTensor, 16-byte aligned like a fresh allocation), constexprs and launch options, and which MMA the
-    compiled kernel must contain: None (no tl.dot), "int8", "float" (bf16/fp16) or "fp8" (e4m3), or a tuple of
-    those for a kernel with several dots (each kind must be there)."""
-
-    label: str
-    kernel: object
-    args: tuple
-    constexprs: dict
-    warps: int
-    stages: int
-    mma: str | tuple[str, ...] | None
-    options: dict = field(default_factory=dict)
-
-
-def compile_spec(spec: Spec, arch: int) -> object:
-    with _compiling_for(arch):
-        return spec.kernel.warmup(*spec.args, grid=(1,), num_warps=spec.warps, num_stages=spec.stages,
-                                  **spec.constexprs, **spec.options)
-
-
-_INT8_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.s8", "wgmma": r"wgmma\.mma_async\S*\.s8", "tcgen05": r"tcgen05\.mma\S*kind::i8"}
-_FLOAT_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.(?:bf16|f16)", "wgmma": r"wgmma\.mma_async\S*\.(?:bf16|f16)",
-              "tcgen05": r"tcgen05\.mma\S*kind::f16"}
-_FP8_MMA = {"mma": r"mma\.sync\.aligned\.\S*\.e4m3\.e4m3", "wgmma": r"wgmma\.mma_async\S*\.e4m3\.e4m3",
-            "tcgen05": r"tcgen05\.mma\S*kind::f8f6f4"}
-_MMA_PATTERNS = {"int8": _INT8_MMA, "float": _FLOAT_MMA, "fp8": _FP8_MMA}
-
-
-def asm_problems(spec: Spec, arch: int, compiled: object) -> list[str]:
-    """What is wrong with the compiled kernel for ``arch``: its shared memory past the arch's limit, a tensor-core
-    instruction of another generation, or no MMA of the expected kind where the kernel has a ``tl.dot``."""
-    ptx = compiled.asm["ptx"]
-    problems = []
-    if "cubin" not in compiled.asm or not compiled.asm["cubin"]:
-        problems.append("no cubin")
-    if compiled.metadata.shared > MAX_SHARED[arch]:
-        problems.append(f"shared memory {compiled.metadata.shared} B > sm_{arch}'s {MAX_SHARED[arch]} B")
-    if arch != 90 and "wgmma" in ptx:
-        problems.append("wgmma outside sm_90")
-    if arch < 100 and "tcgen05" in ptx:
-        problems.append(f"tcgen05 on sm_{arch}")
-    allowed = ("mma", "wgmma") if arch == 90 else ("mma", "tcgen05") if arch >= 100 else ("mma",)
-    for mma in (spec.mma,) if isinstance(spec.mma, str) else spec.mma or ():
-        if not any(re.search(_MMA_PATTERNS[mma][kind], ptx) for kind in allowed):
-            problems.append(f"no {mma} tensor-core MMA ({' / '.join(allowed)}) in the PTX")
-    return problems
-
-
-def _error_line(exc: BaseException) -> str:
-    """``Type: message`` of the exception and its causes, first line of each (a CompilationError's message is the
-    kernel source: its cause says what went wrong)."""
-    parts = []
-    while exc is not None and len(parts) < 3:
-        text = str(exc).strip()
-        parts.append(f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}")
-        exc = exc.__cause__ or exc.__context__
-    return " <- ".join(parts)
-
-
-def check_all(specs: list[Spec], arch: int, over_shared_ok: bool = False) -> list[str]:
-    """Compile each spec for ``arch``; fail listing every spec that does not compile or has :func:`asm_problems`.
-    ``over_shared_ok``: an autotuned table, whose configs that do not fit are skipped at run time
-    (OutOfResources), as long as one fits: returns those that do not."""
-    import triton
-
-    failures, too_big, fitting = [], [], 0
-    for spec in specs:
-        try:
-            compiled = compile_spec(spec, arch)
-        except Exception as exc:  # noqa: BLE001 - every failure is reported below, with the config
-            failures.append(f"{spec.label}: {_error_line(exc)}")
-            continue
-        problems = asm_problems(spec, arch, compiled)
-        if over_shared_ok and problems and all(p.startswith("shared memory") for p in problems):
-            too_big.append(f"{spec.label}: {problems[0]}")
-            continue
-        fitting += not problems
-        failures += [f"{spec.label}: {p}" for p in problems]
-    if over_shared_ok and specs and not fitting and not failures:
-        failures.append("no config of the table fits: " + "; ".join(too_big))
-    if failures:
-        pytest.fail(f"Triton {triton.__version__}, sm_{arch}:\n  " + "\n  ".join(failures), pytrace=False)
-    return too_big
-
-
-# ------------------------------------------------------------------------------------ what the launchers launch
-def _pdl(arch: int) -> bool:
-    from comfy_int8_w8a8.int8 import compat
-
-    return arch >= 90 and compat.pdl()  # launch.host.supports_pdl with the arch's capability
-
+pytestmark = COMPILE_MARKS
 
 def quant_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
     from comfy_int8_w8a8.int8.kernels.triton_quant import _quant_per_token_kernel
@@ -411,74 +255,3 @@ def test_gluon_gemm_compiles_for_sm90_with_wgmma(dtype: torch.dtype) -> None:
     if not version.startswith(compat.TESTED_TRITON) or compat.gluon_api() is None:
         pytest.skip(f"compat.gluon() runs the Gluon kernel only on Triton {compat.TESTED_TRITON}x, this is {version}")
     check_all(gluon_specs(dtype), 90)
-
-
-# ----------------------------------------------------------------------------------------------- int8 attention
-# What launch/attention.py ``int8_attention_triton`` launches for the INT8 Attention node: q, k, v in ComfyUI's
-# (B, L, H, D) seen as (B, H, L, D) (Flux-like: 24 heads, 4608 tokens, no GQA), output "blhd". The quant pre-pass
-# (no tl.dot) per granularity: block (64-row blocks) or token (16 rows a program, PER_TOKEN), Q without the K mean
-# and K with it; the attention kernel (int8 Q . K^T, then P . V in V's 16-bit dtype or, sm_89+ where
-# compat.fp8_attention_unavailable_reason allows it, e4m3 V) per head size with attention_tiles' launch shape.
-# Granularity does not reach the attention kernel (both give it one scale per row).
-ATT_H, ATT_L = 24, 4608
-FP8_ARCH = 89  # compat.FP8_MIN_CAPABILITY
-
-
-def attention_quant_specs(dtype: torch.dtype, head_dim: int) -> list[Spec]:
-    from comfy_int8_w8a8.int8.kernels.triton_attention import _attn_quant_kernel
-    from comfy_int8_w8a8.int8.launch.attention import attention_tiles
-
-    tiles = attention_tiles(head_dim, "16bit")
-    specs = []
-    variants = ((False, False), (False, True), (True, True))  # Q block, K block, K token
-    # the dtype only changes the pre-pass's load: fp16 compiles the K block variant (bf16 all three)
-    for per_token, has_mean in variants if dtype == torch.bfloat16 else variants[1:2]:
-        block = 16 if per_token else (tiles.quant_block_k if has_mean else tiles.quant_block_q)
-        specs.append(Spec(f"attention quant D={head_dim} {'token' if per_token else 'block'} mean={has_mean}",
-                          _attn_quant_kernel,
-                          (dtype, torch.float32, torch.int8, torch.float32, ATT_L, ATT_H, ATT_L * ATT_H * head_dim,
-                           head_dim, ATT_H * head_dim, 1.0 if has_mean else head_dim ** -0.5 * 1.4426950408889634),
-                          dict(BLOCK=block, D=head_dim, PER_TOKEN=per_token, HAS_MEAN=has_mean, INTERPRETED=False),
-                          4, 3, None))  # the launcher's defaults: 4 warps, 3 stages
-    return specs
-
-
-def attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
-    from comfy_int8_w8a8.int8.kernels.triton_attention import _int8_attention_kernel
-    from comfy_int8_w8a8.int8.launch.attention import attention_tiles
-
-    tiles = attention_tiles(head_dim, pv)
-    fp8 = pv == "fp8"
-    hd = ATT_H * head_dim
-    # fp8: V is _fp8_values' contiguous (B, H, L, D) e4m3 copy; 16-bit: V as given, (B, L, H, D) seen as (B, H, L, D)
-    v_dtype, v_strides = (torch.float8_e4m3fn, (ATT_L * hd, ATT_L * head_dim, head_dim)) if fp8 else \
-        (dtype, (ATT_L * hd, head_dim, hd))
-    return [Spec(f"attention D={head_dim} pv={pv} {tiles}", _int8_attention_kernel,
-                 (torch.int8, torch.float32, torch.int8, torch.float32, v_dtype, torch.float32, dtype, ATT_L, ATT_L,
-                  ATT_H, 1, *v_strides, ATT_L * hd, head_dim, hd),
-                 dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=head_dim, PV_FP8=fp8), tiles.warps,
-                 tiles.stages, ("int8", "fp8" if fp8 else "float"))]  # Q . K^T int8; P . V e4m3 or V's dtype
-
-
-# 16-bit P . V in both dtypes on every arch (the dtype reaches the dot); fp8 P . V on sm_89+ with a bf16 output, and
-# with fp16 on sm_90 only (there the output dtype is only the epilogue's cast).
-ATTENTION_CASES = [(a, d, pv) for a in ARCHS for d in DTYPES for pv in ("16bit", "fp8")
-                   if pv == "16bit" or (a >= FP8_ARCH and (d == torch.bfloat16 or a == 90))]
-
-
-@pytest.mark.parametrize("arch,dtype,pv", ATTENTION_CASES,
-                         ids=lambda v: f"sm_{v}" if isinstance(v, int) else str(v).removeprefix("torch."))
-@pytest.mark.parametrize("head_dim", (64, 128))
-def test_attention_kernels_compile_for_arch_with_int8_mma(head_dim: int, arch: int, dtype: torch.dtype,
-                                                          pv: str) -> None:
-    _skip_unless_the_pack_compiles_here(arch)
-    if pv == "fp8":
-        from comfy_int8_w8a8.int8 import compat
-
-        reason = compat.fp8_dot_unavailable_reason(divmod(arch, 10), _triton_version())
-        if reason is not None:
-            pytest.skip(f"the pack runs 16-bit P . V here: {reason}")
-    specs = attention_specs(dtype, head_dim, pv)
-    if pv == "16bit":  # the pre-pass does not depend on the P . V precision
-        specs += attention_quant_specs(dtype, head_dim)
-    check_all(specs, arch)

@@ -1,0 +1,96 @@
+"""The int8 attention kernels compiled for each GPU arch without a GPU (the harness and the method: see
+test_kernel_compile.py and kernel_compile_harness.py): the attention kernel for head sizes 64 and 128 with
+``attention_tiles``' launch shape, 16-bit ``P . V`` in bf16 and fp16, fp8 (e4m3) ``P . V`` where the gate allows it;
+the Q/K quant pre-pass per granularity. Runs only with ``INT8_W8A8_COMPILE_MATRIX=1``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from kernel_compile_harness import (  # noqa: E402 - after the path
+    ARCHS,
+    COMPILE_MARKS,
+    DTYPES,
+    Spec,
+    _skip_unless_the_pack_compiles_here,
+    _triton_version,
+    check_all,
+)
+
+pytestmark = COMPILE_MARKS
+
+# ----------------------------------------------------------------------------------------------- int8 attention
+# What launch/attention.py ``int8_attention_triton`` launches for the INT8 Attention node: q, k, v in ComfyUI's
+# (B, L, H, D) seen as (B, H, L, D) (Flux-like: 24 heads, 4608 tokens, no GQA), output "blhd". The quant pre-pass
+# (no tl.dot) per granularity: block (64-row blocks) or token (16 rows a program, PER_TOKEN), Q without the K mean
+# and K with it; the attention kernel (int8 Q . K^T, then P . V in V's 16-bit dtype or, sm_89+ where
+# compat.fp8_attention_unavailable_reason allows it, e4m3 V) per head size with attention_tiles' launch shape.
+# Granularity does not reach the attention kernel (both give it one scale per row).
+ATT_H, ATT_L = 24, 4608
+FP8_ARCH = 89  # compat.FP8_MIN_CAPABILITY
+
+
+def attention_quant_specs(dtype: torch.dtype, head_dim: int) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_attention import _attn_quant_kernel
+    from comfy_int8_w8a8.int8.launch.attention import attention_tiles
+
+    tiles = attention_tiles(head_dim, "16bit")
+    specs = []
+    variants = ((False, False), (False, True), (True, True))  # Q block, K block, K token
+    # the dtype only changes the pre-pass's load: fp16 compiles the K block variant (bf16 all three)
+    for per_token, has_mean in variants if dtype == torch.bfloat16 else variants[1:2]:
+        block = 16 if per_token else (tiles.quant_block_k if has_mean else tiles.quant_block_q)
+        specs.append(Spec(f"attention quant D={head_dim} {'token' if per_token else 'block'} mean={has_mean}",
+                          _attn_quant_kernel,
+                          (dtype, torch.float32, torch.int8, torch.float32, ATT_L, ATT_H, ATT_L * ATT_H * head_dim,
+                           head_dim, ATT_H * head_dim, 1.0 if has_mean else head_dim ** -0.5 * 1.4426950408889634),
+                          dict(BLOCK=block, D=head_dim, PER_TOKEN=per_token, HAS_MEAN=has_mean, INTERPRETED=False),
+                          4, 3, None))  # the launcher's defaults: 4 warps, 3 stages
+    return specs
+
+
+def attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_attention import _int8_attention_kernel
+    from comfy_int8_w8a8.int8.launch.attention import attention_tiles
+
+    tiles = attention_tiles(head_dim, pv)
+    fp8 = pv == "fp8"
+    hd = ATT_H * head_dim
+    # fp8: V is _fp8_values' contiguous (B, H, L, D) e4m3 copy; 16-bit: V as given, (B, L, H, D) seen as (B, H, L, D)
+    v_dtype, v_strides = (torch.float8_e4m3fn, (ATT_L * hd, ATT_L * head_dim, head_dim)) if fp8 else \
+        (dtype, (ATT_L * hd, head_dim, hd))
+    return [Spec(f"attention D={head_dim} pv={pv} {tiles}", _int8_attention_kernel,
+                 (torch.int8, torch.float32, torch.int8, torch.float32, v_dtype, torch.float32, dtype, ATT_L, ATT_L,
+                  ATT_H, 1, *v_strides, ATT_L * hd, head_dim, hd),
+                 dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=head_dim, PV_FP8=fp8), tiles.warps,
+                 tiles.stages, ("int8", "fp8" if fp8 else "float"))]  # Q . K^T int8; P . V e4m3 or V's dtype
+
+
+# 16-bit P . V in both dtypes on every arch (the dtype reaches the dot); fp8 P . V on sm_89+ with a bf16 output, and
+# with fp16 on sm_90 only (there the output dtype is only the epilogue's cast).
+ATTENTION_CASES = [(a, d, pv) for a in ARCHS for d in DTYPES for pv in ("16bit", "fp8")
+                   if pv == "16bit" or (a >= FP8_ARCH and (d == torch.bfloat16 or a == 90))]
+
+
+@pytest.mark.parametrize("arch,dtype,pv", ATTENTION_CASES,
+                         ids=lambda v: f"sm_{v}" if isinstance(v, int) else str(v).removeprefix("torch."))
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_attention_kernels_compile_for_arch_with_int8_mma(head_dim: int, arch: int, dtype: torch.dtype,
+                                                          pv: str) -> None:
+    _skip_unless_the_pack_compiles_here(arch)
+    if pv == "fp8":
+        from comfy_int8_w8a8.int8 import compat
+
+        reason = compat.fp8_dot_unavailable_reason(divmod(arch, 10), _triton_version())
+        if reason is not None:
+            pytest.skip(f"the pack runs 16-bit P . V here: {reason}")
+    specs = attention_specs(dtype, head_dim, pv)
+    if pv == "16bit":  # the pre-pass does not depend on the P . V precision
+        specs += attention_quant_specs(dtype, head_dim)
+    check_all(specs, arch)
