@@ -44,6 +44,9 @@ log = logging.getLogger("comfy_int8_w8a8")
 GRAPH_MAX_M = 256
 EAGER_ROUNDS = 5  # timing rounds per shape (see _bench_shape)
 INT8_LINEAR = "Int8Linear triton (default options)"
+# The loader node's default outlier method (hadamard, group 256): what a user's quantized-at-load layer runs.
+INT8_LINEAR_HADAMARD = "Int8Linear triton (default options, hadamard256)"
+INT8_LINEARS = (INT8_LINEAR, INT8_LINEAR_HADAMARD)
 # The module a bf16 model runs (weights without grad, as loaded for inference): the like-for-like baseline of the
 # Int8Linear row, which pays the same nn.Module call overhead that a bare F.linear call does not.
 BF16_MODULE = "bf16 nn.Linear (module)"
@@ -127,6 +130,8 @@ def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[
         # What a model sees: the whole Int8Linear module with the default options (small-batch fallback).
         cfg = Int8Config(runtime_backend="triton")
         out[INT8_LINEAR] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg)
+        out[INT8_LINEAR_HADAMARD] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg,
+                                                           hadamard_group=256)
         out[BF16_MODULE] = _bf16_module(wb, bias)
     fp8 = _fp8_rowwise(w, bias)
     if fp8 is not None:
@@ -202,7 +207,7 @@ def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
             ck = by_name.get("comfy native int8 (per-row)", {}).get(f"{mode}_ms")
             r[f"{mode}_x_comfy"] = ck / t if ck else None
             module = by_name.get(BF16_MODULE, {}).get(f"{mode}_ms")
-            if r["method"] == INT8_LINEAR and module:
+            if r["method"] in INT8_LINEARS and module:
                 r[f"{mode}_x_bf16_module"] = module / t
     return rows
 
@@ -317,8 +322,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"hadamard adds to the layer, {r['shape']}: eager {100 * r['eager_hadamard_overhead']:+.1f}%"
                   + (f", graph {100 * graph:+.1f}%" if graph is not None else "") + " (median of paired rounds)")
     for r in rows:
-        if r["method"] == INT8_LINEAR and "eager_x_bf16_module" in r:
-            print(f"{INT8_LINEAR} against {BF16_MODULE}, {r['shape']}: eager {r['eager_x_bf16_module']:.2f}x"
+        if r["method"] in INT8_LINEARS and "eager_x_bf16_module" in r:
+            print(f"{r['method']} against {BF16_MODULE}, {r['shape']}: eager {r['eager_x_bf16_module']:.2f}x"
                   + (f", graph {r['graph_x_bf16_module']:.2f}x" if "graph_x_bf16_module" in r else ""))
     for r in sweep:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
