@@ -30,7 +30,7 @@ NEW_PATH="$(pkg_path "$ROOT" pk_new)"
 
 gpu_tests() {  # $1 log name, rest: extra env assignments
     local log="$1"; shift
-    env "$@" PYTHONPATH="$NEW_PATH" python3 -m pytest -q -rfE --tb=short -p no:cacheprovider -p no:benchmark -n "$WORKERS" tests \
+    env "$@" PYTHONPATH="$NEW_PATH" python3 -m pytest -q -rfE --tb=short --durations=30 -p no:cacheprovider -p no:benchmark -n "$WORKERS" tests \
         --ignore=tests/integration --ignore=tests/formats/test_safetensors_io.py > "$OUT_DIR/$log" 2>&1
     tail -25 "$OUT_DIR/$log"
 }
