@@ -12,8 +12,11 @@ import pytest
 from comfy_int8_w8a8.bench.convert_rss import flux_specs, write_synthetic
 
 # The converter with each step slowed down, so the signal surely lands mid-conversion (not after it finished).
+# SIGINT raises KeyboardInterrupt as in a terminal even where the test runner was started with SIGINT ignored (a
+# background job of a non-interactive shell: the child inherits SIG_IGN and Python then installs no handler).
 _SLOW_CONVERT = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from comfy_int8_w8a8.int8.formats import converter
     from comfy_int8_w8a8.cli.main import main
     run_step = converter._run_step
