@@ -18,6 +18,13 @@ sigma 0.5, compile included); ``cos``, the cosine of that call's model predictio
 the median of the steps of a second ``--steps``-step call (its first step left out); ``peak_vram_gib``
 (``torch.cuda.max_memory_allocated`` from the load on; None on the CPU).
 
+``--lora``: also a random rank-32 LoRA on every Linear (``family_models.save_lora``), applied to the variant's
+loaded (and compiled) model the way LoraLoaderModelOnly does (``comfy.sd.load_lora_for_models``), at the first
+resolution: ``lora_read_s`` (reading the file, once), ``lora_first_call_s`` (one call with strength 1.0: ComfyUI
+patches the weights as it loads the model, requantizing int8 layers), ``lora_step_ms``, then a strength change to
+0.5 from the same loaded LoRA (no file read, as the node's cache does): ``lora_restrength_first_call_s``,
+``lora_restrength_step_ms``; ``lora_cos``, the strength-1.0 prediction against bf16's with the same LoRA.
+
 Process model (``--isolate``): by default every (variant, resolution) runs in a fresh Python process, so its load
 and first call are a ComfyUI start's: nothing loaded, compiled or tuned in-process before. ``variant`` loads once per
 variant and runs the resolutions in order (a later resolution's first call is then a resolution change's: a
@@ -45,7 +52,7 @@ import torch
 
 from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile, sync
 
-__all__ = ["add_arguments", "run", "VARIANTS", "RESOLUTIONS", "markdown_table"]
+__all__ = ["add_arguments", "run", "VARIANTS", "RESOLUTIONS", "markdown_table", "lora_table"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
@@ -56,6 +63,9 @@ RATIO_BASE = "bf16_stock_compile"  # the table's ratios are against it
 RESOLUTIONS = {"512x512": (1, 512, 512), "1024x1024": (1, 1024, 1024), "1536x1536": (1, 1536, 1536),
                "1024x1024_b2": (2, 1024, 1024)}
 FIELDS = ("step_ms", "load_s", "first_call_s", "peak_vram_gib", "cos")
+LORA_FIELDS = ("lora_read_s", "lora_first_call_s", "lora_step_ms", "lora_restrength_first_call_s",
+               "lora_restrength_step_ms", "lora_cos")
+LORA_STRENGTHS = (("lora", 1.0), ("lora_restrength", 0.5))
 FAMILY = "flux1_dev"
 TINY_DIVISOR = 64  # --tiny: latent side = pixels / 64 (8, 16, 24 for the three sizes) instead of pixels / 8
 
@@ -76,6 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "markdown table goes beside it (.md)")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="where the model files go (default: a temp folder, deleted). Needs ~36 GB free")
+    parser.add_argument("--lora", action="store_true", help="also time a rank-32 LoRA on every Linear: apply, "
+                        "steps after it, a strength change (at the first resolution)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -129,7 +141,36 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
                            "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                            "cos": None}
         log.info("defaults: %s / %s: %s", variant, resolution, json.dumps(out[resolution]))
+        if spec.get("lora") and i == 0:
+            out[resolution].update(_lora_cells(patcher, noise, positive, spec, f"{variant}_{resolution}"))
     del patcher
+    return out
+
+
+def _lora_cells(patcher, noise: torch.Tensor, positive: list, spec: dict, tag: str) -> dict:  # noqa: ANN001
+    """The ``--lora`` fields of one cell (see the module docstring); the strength-1.0 prediction is saved as
+    ``pred_<tag>_lora.pt``."""
+    import comfy.sd
+    import comfy.utils
+
+    from . import family_sampling as fs
+
+    start = time.perf_counter()
+    lora = comfy.utils.load_torch_file(spec["files"]["lora"], safe_load=True)
+    out: dict = {"lora_read_s": round(time.perf_counter() - start, 2)}
+    for key, strength in LORA_STRENGTHS:
+        sync()
+        start = time.perf_counter()
+        patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, strength, 0)
+        prediction = fs.model_output(patched, noise, positive)
+        sync()
+        out[f"{key}_first_call_s"] = round(time.perf_counter() - start, 2)
+        _, step_times = fs.sample_timed(patched, noise, positive, spec["steps"])
+        out[f"{key}_step_ms"] = round(statistics.median(step_times[1:] or step_times), 2)
+        if strength == 1.0:
+            torch.save(prediction, Path(spec["folder"]) / f"pred_{tag}_lora.pt")
+        del patched
+    log.info("defaults: %s LoRA: %s", tag, json.dumps(out))
     return out
 
 
@@ -172,7 +213,7 @@ def _in_worker(variant: str, resolutions: list[str], spec: dict, args: argparse.
     return json.loads(result_path.read_text())
 
 
-def _write_files(folder: Path, variants: list[str], tiny: bool) -> dict:
+def _write_files(folder: Path, variants: list[str], tiny: bool, lora: bool = False) -> dict:
     from . import family_models as fm
     from .families import _native_int8
     from .family_table import FAMILIES
@@ -181,11 +222,14 @@ def _write_files(folder: Path, variants: list[str], tiny: bool) -> dict:
     model = fm.build_model(FAMILIES[FAMILY], tiny, device)
     files: dict = {"bf16": folder / "flux1_dev_bf16.safetensors"}
     fm.save_bf16(model, files["bf16"])
+    if lora:
+        files["lora"] = folder / "flux1_dev_lora_r32.safetensors"
+        fm.save_lora(model, files["lora"])
     del model
     free_models()
     if any(v.startswith("native") for v in variants):
         _native_int8(files)  # files["native_int8"]: flux1_dev_int8.safetensors
-    return {k: str(files[k]) for k in ("bf16", "native_int8") if k in files}
+    return {k: str(v) for k, v in files.items()}
 
 
 def _with_cos(results: dict, folder: Path) -> None:
@@ -196,6 +240,9 @@ def _with_cos(results: dict, folder: Path) -> None:
             ref, mine = folder / f"pred_{REFERENCE}_{resolution}.pt", folder / f"pred_{variant}_{resolution}.pt"
             if ref.is_file() and mine.is_file() and cell.get("step_ms") is not None:
                 cell["cos"] = round(cosine(torch.load(mine), torch.load(ref)), 6)
+            ref, mine = ref.with_name(ref.stem + "_lora.pt"), mine.with_name(mine.stem + "_lora.pt")
+            if ref.is_file() and mine.is_file():
+                cell["lora_cos"] = round(cosine(torch.load(mine), torch.load(ref)), 6)
 
 
 def markdown_table(results: dict) -> str:
@@ -223,6 +270,18 @@ def markdown_table(results: dict) -> str:
                          f"{fmt(cell['load_s'])} | {fmt(cell['first_call_s'])} | "
                          f"{ratio(cell, base, 'first_call_s')} | {fmt(cell['peak_vram_gib'])} | "
                          f"{ratio(cell, base, 'peak_vram_gib')} | {fmt(cell['cos'])} |")
+    return "\n".join(lines)
+
+
+def lora_table(results: dict) -> str:
+    """The ``--lora`` fields, one row per variant (at the resolution they were measured)."""
+    lines = ["| resolution | variant | read s | first call s | step ms | new strength: first call s | step ms | cos |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for variant, cells in results.items():
+        for resolution, cell in cells.items():
+            if cell.get("lora_step_ms") is not None:
+                lines.append(f"| {resolution} | {variant} | " + " | ".join(
+                    "-" if cell.get(k) is None else f"{cell[k]:g}" for k in LORA_FIELDS) + " |")
     return "\n".join(lines)
 
 
@@ -254,9 +313,9 @@ def run(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     results: dict = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "results": {}}
     try:
-        files = _write_files(folder, list(args.variants), args.tiny)
+        files = _write_files(folder, list(args.variants), args.tiny, args.lora)
         spec = {"files": files, "folder": str(folder), "tiny": args.tiny, "steps": args.steps,
-                "backend": "eager" if args.tiny else None}
+                "backend": "eager" if args.tiny else None, "lora": args.lora}
         variants = sorted(args.variants, key=lambda v: v != REFERENCE)  # bf16 first: the others' cos reference
         for variant in variants:
             log.info("defaults: %s ...", variant)
@@ -273,6 +332,8 @@ def run(args: argparse.Namespace) -> int:
             shutil.rmtree(folder, ignore_errors=True)
     results["results"] = {v: results["results"][v] for v in VARIANTS if v in results["results"]}
     table = markdown_table(results["results"])
+    if args.lora:
+        table += "\n\n" + lora_table(results["results"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=1))
     out_path.with_suffix(".md").write_text(f"{results['gpu']}, --isolate {args.isolate}, --caches {args.caches}, "

@@ -15,11 +15,12 @@ import torch.nn as nn
 
 from .family_table import Family
 
-__all__ = ["model_config_for", "build_model", "fill_random", "save_bf16", "conditioning", "tiny_sizes",
-           "OUTLIER_CHANNELS", "OUTLIER_GAIN"]
+__all__ = ["model_config_for", "build_model", "fill_random", "save_bf16", "save_lora", "conditioning", "tiny_sizes",
+           "OUTLIER_CHANNELS", "OUTLIER_GAIN", "LORA_RANK"]
 
 OUTLIER_CHANNELS = 8  # residual-stream channels made ~20x larger, like the salient channels of real DiTs
 OUTLIER_GAIN = 20.0
+LORA_RANK = 32  # what LoRA trainers for these models commonly use
 # Parameters that are not weights of a matmul: modulation tables, learned tokens, positional tables.
 _SMALL_TABLES = ("modulation", "scale_shift_table", "pad_token", "pos_embed", "emb_pos")
 
@@ -95,6 +96,31 @@ def save_bf16(model: nn.Module, path: Path) -> int:
           for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(sd, str(path))
+    return path.stat().st_size
+
+
+def save_lora(model: nn.Module, path: Path, rank: int = LORA_RANK, seed: int = 3) -> int:
+    """Write a random rank-``rank`` LoRA on every Linear of ``model`` in the kohya/ComfyUI key format
+    (``diffusion_model.<layer>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``), bf16; returns the bytes.
+    Its update is ~5% of each weight's norm: it changes the output visibly without wrecking it."""
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    lora = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        n, k = module.weight.shape
+        w_rms = float(module.weight.detach().float().pow(2).mean().sqrt())
+        # an entry of up @ down sums rank products: rms = sqrt(rank) * rms(up) * rms(down) = 0.05 * rms(W)
+        # (alpha = rank: ComfyUI scales the product by alpha / rank = 1)
+        down = torch.randn(rank, k, generator=gen)
+        up = torch.randn(n, rank, generator=gen) * (0.05 * w_rms / rank ** 0.5)
+        lora[f"diffusion_model.{name}.lora_up.weight"] = up.to(torch.bfloat16)
+        lora[f"diffusion_model.{name}.lora_down.weight"] = down.to(torch.bfloat16)
+        lora[f"diffusion_model.{name}.alpha"] = torch.tensor(float(rank))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(lora, str(path))
     return path.stat().st_size
 
 

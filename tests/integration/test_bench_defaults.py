@@ -23,7 +23,8 @@ def _run(tmp_path, *extra: str) -> dict:
     args = parser.parse_args(["--tiny", "--resolutions", "512x512", "--steps", "2", "--out", str(out),
                               "--workdir", str(tmp_path / "work"), *extra])
     assert defaults.run(args) == 0
-    assert out.with_suffix(".md").read_text().count("| 512x512 |") == len(args.variants)
+    tables = 2 if args.lora else 1  # --lora adds a second table
+    assert out.with_suffix(".md").read_text().count("| 512x512 |") == len(args.variants) * tables
     return json.loads(out.read_text())
 
 
@@ -51,3 +52,26 @@ def test_bench_defaults_tiny_fresh_process_per_cell(comfy_cpu, tmp_path) -> None
     ours = result["results"]["ours_loader"]["512x512"]
     assert ours["step_ms"] > 0 and ours["load_s"] > 0 and ours["cos"] >= COSINE_MIN
     assert not list((tmp_path / "work").glob("caches_*"))  # the cold cache folders go with their worker
+
+
+def test_bench_defaults_tiny_lora_apply_step_and_strength_change(comfy_cpu, tmp_path) -> None:
+    # --lora: a rank-32 LoRA on every Linear, applied as LoraLoaderModelOnly does, then a strength change; ours must
+    # follow bf16's LoRA output, and the LoRA must change the output (else the timing says nothing).
+    import torch
+
+    from comfy_int8_w8a8.bench.family_sampling import cosine
+
+    variants = ("bf16", "native_int8_stock_compile", "ours_loader")
+    result = _run(tmp_path, "--isolate", "none", "--lora", "--variants", *variants)
+    for variant in variants:
+        cell = result["results"][variant]["512x512"]
+        assert set(defaults.LORA_FIELDS) <= set(cell), variant
+        for key in defaults.LORA_FIELDS:
+            assert isinstance(cell[key], float | int) and cell[key] >= 0, (variant, key, cell)
+        assert cell["lora_cos"] >= COSINE_MIN, (variant, cell)
+        work = tmp_path / "work"
+        plain, with_lora = (torch.load(work / f"pred_{variant}_512x512{s}.pt") for s in ("", "_lora"))
+        assert cosine(plain, with_lora) < 0.9999, variant
+    assert result["results"]["bf16"]["512x512"]["lora_cos"] == 1.0
+    table = (tmp_path / "defaults.md").read_text()
+    assert table.count("| 512x512 | ours_loader |") == 2  # the main table and the LoRA table
