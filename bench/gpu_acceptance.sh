@@ -9,8 +9,9 @@
 #                                            each non-Hopper path (PATHS: e.g. "sm_80 sm_89")
 # Needs: python3 with torch + Triton; COMFYUI_PATH (a ComfyUI checkout) for the e2e bench and the ComfyUI-ops tests;
 # EXTRA_SITE (optional) prepended to PYTHONPATH for packages the machine lacks (pytest, pytest-xdist, comfy-kitchen).
-# Writes logs and JSON under OUT_DIR (default gpu_results/); where only a few files can be fetched back from the
-# machine, bundle the folder: OUT_DIR=/tmp/gpu_results bash bench/gpu_acceptance.sh ...; tar czf OUT.tgz -C /tmp gpu_results
+# Writes logs and JSON under OUT_DIR (default gpu_results/). Where only a few files come back from the machine,
+# set BUNDLE=/path/results.tgz: the folder is re-packed into it after every stage (a run cut off by its time limit
+# still leaves the stages it finished).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT_DIR="${OUT_DIR:-gpu_results}"
@@ -19,6 +20,11 @@ ROOT="$PWD"
 COMFY="${COMFYUI_PATH:-}"
 SITE="${EXTRA_SITE:-}"
 WORKERS="${WORKERS:-8}"
+
+bundle() {  # re-pack OUT_DIR into $BUNDLE, if set
+    [ -n "${BUNDLE:-}" ] && tar czf "$BUNDLE" -C "$(dirname "$OUT_DIR")" "$(basename "$OUT_DIR")"
+    return 0
+}
 
 # The repo root is the package; an import path that maps the import name onto a tree.
 pkg_path() {  # $1 tree, $2 name of the link folder
@@ -32,6 +38,7 @@ gpu_tests() {  # $1 log name, rest: extra env assignments
     local log="$1"; shift
     env "$@" PYTHONPATH="$NEW_PATH" python3 -m pytest -q -rfE --tb=short --durations=30 -p no:cacheprovider -p no:benchmark -n "$WORKERS" tests \
         --ignore=tests/integration --ignore=tests/formats/test_safetensors_io.py > "$OUT_DIR/$log" 2>&1
+    bundle
     tail -25 "$OUT_DIR/$log"
 }
 
@@ -50,6 +57,7 @@ case "${1:-}" in
             for side in base new; do
                 PYTHONPATH="$(side_path $side)" python3 -m comfy_int8_w8a8.cli.main bench kernels --quick \
                     --out "$OUT_DIR/kernels_$side" > "$OUT_DIR/kernels_$side.txt" 2>&1
+                bundle
                 tail -30 "$OUT_DIR/kernels_$side.txt"
             done
         fi
@@ -61,7 +69,9 @@ case "${1:-}" in
                         bench e2e --out "$OUT_DIR/e2e_${side}_r$round.json" \
                         --variants ${E2E_VARIANTS:-bf16 bf16+stock_compile comfy_int8 ours loader_ops+node_compile} \
                         > "$OUT_DIR/e2e_${side}_r$round.txt" 2>&1
-                    echo "== e2e $side round $round (rc $?)"; grep -E "^\|" "$OUT_DIR/e2e_${side}_r$round.txt" | head -12
+                    rc=$?
+                    bundle
+                    echo "== e2e $side round $round (rc $rc)"; grep -E "^\|" "$OUT_DIR/e2e_${side}_r$round.txt" | head -12
                 done
             done
         fi
@@ -76,6 +86,7 @@ case "${1:-}" in
         done
         PYTHONPATH="$NEW_PATH" python3 -m comfy_int8_w8a8.bench.portable --paths "$@" "${logs[@]}" \
             --out "$OUT_DIR/portable.json" 2>&1 | tail -60
+        bundle
         ;;
     *)
         sed -n '2,10p' "$0"
