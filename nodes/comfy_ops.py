@@ -141,10 +141,11 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 weight, bias, offload_stream = comfy.ops.cast_bias_weight(
                     self, None, dtype=self.weight.dtype, device=input.device, bias_dtype=input.dtype,
                     offloadable=True, compute_dtype=input.dtype, want_requant=True)
-                if isinstance(weight, QuantizedTensor):
-                    out = self._run(input, weight, bias, cache=False)
-                else:  # a patched weight that came back dequantized: exact 16-bit result for this layer
-                    out = torch.nn.functional.linear(input, weight.to(input.dtype), bias)
+                # A layer streamed with patches (LoRA on a partially loaded model) comes back dequantized and
+                # patched: requantized here as set_weight does at a full load, so the layer stays int8 and gives
+                # what the fully loaded model gives (ComfyUI's own int8 layers compute these in 16 bits).
+                quantized = weight if isinstance(weight, QuantizedTensor) else self.set_weight(weight, return_weight=True)
+                out = self._run(input, quantized, bias, cache=False)
                 comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
                 return out
 
