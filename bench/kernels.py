@@ -37,6 +37,11 @@ SHAPES: list[tuple[str, int, int, int]] = [
     ("M=1 mod", 1, 3072, 18432),
 ]
 QUICK = {"Flux-1024 qkv", "Flux-1024 mlp_down", "M=64", "M=1"}
+# --grid: the whole layer as a model runs it (Int8Linear with default options, plain and with the loader's default
+# hadamard256) against bf16 at every row count a sampler produces, for Flux's and Wan-14B's Linear shapes.
+GRID_SHAPES = {"flux": [(3072, 9216), (3072, 12288), (12288, 3072), (3072, 3072)],
+               "wan": [(5120, 5120), (5120, 13824), (13824, 5120)]}
+GRID_ROWS = (1, 16, 64, 128, 256, 512, 1024, 2048, 4608)
 SWEEP_ROWS = [1, 2, 4, 8, 16, 32, 48, 64, 96, 128, 256]
 SWEEP_SHAPES = [(3072, 3072), (3072, 12288), (3072, 18432)]
 log = logging.getLogger("comfy_int8_w8a8")
@@ -58,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_results"), help="folder for kernels.json")
     parser.add_argument("--quick", action="store_true", help="four shapes, no small-batch sweep")
     parser.add_argument("--no-sweep", action="store_true", help="skip the small-batch threshold sweep")
+    parser.add_argument("--grid", choices=("flux", "wan", "all"), default=None,
+                        help="instead of the table: Int8Linear (default options, plain and hadamard256) vs bf16 at "
+                             f"M = {', '.join(map(str, GRID_ROWS))} for that family's Linear shapes")
 
 
 def _outlier_acts(m: int, k: int, device: str) -> torch.Tensor:
@@ -146,12 +154,30 @@ def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[
     return out
 
 
-def _bench_shape(label: str, m: int, k: int, n: int) -> list[dict]:
+def _grid_methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The ``--grid`` methods: bf16 (function and module) and the two Int8Linear modules, at any ``m``."""
+    from ..int8 import Int8Config, Int8Linear
+
+    wb = w.to(torch.bfloat16)
+    cfg = Int8Config(runtime_backend="triton")
+    linear = SimpleNamespace(weight=w, bias=bias)
+    return {"bf16 F.linear": lambda x: F.linear(x, wb, bias), BF16_MODULE: _bf16_module(wb, bias),
+            INT8_LINEAR: Int8Linear.from_linear(linear, cfg),
+            INT8_LINEAR_HADAMARD: Int8Linear.from_linear(linear, cfg, hadamard_group=256)}
+
+
+def grid_shapes(family: str) -> list[tuple[str, int, int, int]]:
+    """``(label, M, K, N)`` of ``--grid family`` (``all``: both), shape by shape, rows ascending."""
+    families = list(GRID_SHAPES) if family == "all" else [family]
+    return [(f"{f} {k}->{n} M={m}", m, k, n) for f in families for k, n in GRID_SHAPES[f] for m in GRID_ROWS]
+
+
+def _bench_shape(label: str, m: int, k: int, n: int, methods: Callable = _methods) -> list[dict]:
     copies = _n_copies(m, k, n)
     xs = [_outlier_acts(m, k, "cuda") for _ in range(copies)]
     ws = [torch.randn(n, k, device="cuda") / k**0.5 for _ in range(copies)]
     bs = [torch.randn(n, device="cuda").to(torch.bfloat16) for _ in range(copies)]
-    per_copy = [_methods(w, b, m) for w, b in zip(ws, bs)]
+    per_copy = [methods(w, b, m) for w, b in zip(ws, bs)]
     ref = (xs[0].float() @ ws[0].t() + bs[0].float())
     rows, timed = [], {}
     for name in per_copy[0]:
@@ -284,6 +310,24 @@ def _fmt(v: float | None, spec: str) -> str:
     return format(v, spec) if v is not None else "-"
 
 
+def grid_summary(rows: list[dict], floor: float = 0.95) -> str:
+    """One line per ``--grid`` shape: each Int8Linear's speed as a multiple of bf16 ``F.linear``, eager and graph;
+    ``<`` marks a value under ``floor``."""
+    def cell(r: dict | None) -> str:
+        if r is None or "error" in r:
+            return "error"
+        vals = [r.get(f"{mode}_x_bf16") for mode in ("eager", "graph")]
+        return " / ".join("-" if v is None else f"{v:.2f}{'<' if v < floor else ''}" for v in vals)
+
+    lines = [f"x bf16 F.linear, eager / graph ('<': under {floor})", f"{'shape':<30} {'plain':>14} {'hadamard256':>14}"]
+    by_shape: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        by_shape.setdefault(r["shape"], {})[r["method"]] = r
+    for shape, methods in by_shape.items():
+        lines.append(f"{shape:<30} {cell(methods.get(INT8_LINEAR)):>14} {cell(methods.get(INT8_LINEAR_HADAMARD)):>14}")
+    return "\n".join(lines)
+
+
 def format_table(rows: list[dict]) -> str:
     head = (f"{'shape':<20} {'method':<34} {'eager ms':>9} {'TOP/s':>7} {'x bf16':>7} {'x comfy':>8} "
             f"{'graph ms':>9} {'g TOP/s':>8} {'g x bf16':>8} {'rel err':>8}")
@@ -305,12 +349,13 @@ def run(args: argparse.Namespace) -> int:
         print("comfy-int8 bench kernels needs a CUDA GPU (none is visible to torch).")
         return 1
     torch.manual_seed(0)
-    shapes = [s for s in SHAPES if not args.quick or s[0] in QUICK]
+    grid = getattr(args, "grid", None)
+    shapes = grid_shapes(grid) if grid else [s for s in SHAPES if not args.quick or s[0] in QUICK]
     rows: list[dict] = []
     for label, m, k, n in shapes:
-        rows.extend(_bench_shape(label, m, k, n))
+        rows.extend(_bench_shape(label, m, k, n, _grid_methods if grid else _methods))
         print(format_table([r for r in rows if r["shape"] == label]).split("\n", 2)[-1], flush=True)
-    sweep = [] if (args.quick or args.no_sweep) else _small_batch_sweep()
+    sweep = [] if (args.quick or args.no_sweep or grid) else _small_batch_sweep()
     result = {"versions": _versions(), "rows": rows, "small_batch_sweep": sweep, "autotune": _autotune_choices()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernels.json").write_text(json.dumps(result, indent=1))
@@ -325,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
         if r["method"] in INT8_LINEARS and "eager_x_bf16_module" in r:
             print(f"{r['method']} against {BF16_MODULE}, {r['shape']}: eager {r['eager_x_bf16_module']:.2f}x"
                   + (f", graph {r['graph_x_bf16_module']:.2f}x" if "graph_x_bf16_module" in r else ""))
+    if grid:
+        print(grid_summary(rows))
     for r in sweep:
         print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
     print(f"wrote {args.out / 'kernels.json'}")
