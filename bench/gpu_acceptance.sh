@@ -7,6 +7,8 @@
 #                                            e2e-ab run one half
 #   bench/gpu_acceptance.sh forced PATHS     the GPU test suite and the portable kernel rows with the pack forced to
 #                                            each non-Hopper path (PATHS: e.g. "sm_80 sm_89")
+#   bench/gpu_acceptance.sh bench NAME ARGS  one comfy-int8 bench (kernels, attention, defaults, families, ...) with
+#                                            ARGS, its output folder/file under OUT_DIR, its log as bench_NAME.txt
 # Needs: python3 with torch + Triton; COMFYUI_PATH (a ComfyUI checkout) for the e2e bench and the ComfyUI-ops tests;
 # EXTRA_SITE (optional) prepended to PYTHONPATH for packages the machine lacks (pytest, pytest-xdist, comfy-kitchen).
 # Writes logs and JSON under OUT_DIR (default gpu_results/). Where only a few files come back from the machine,
@@ -88,8 +90,21 @@ case "${1:-}" in
             --out "$OUT_DIR/portable.json" 2>&1 | tail -60
         bundle
         ;;
+    bench)
+        name="$2"; shift 2
+        case "$name" in  # where each bench writes: a folder (--out DIR) or a file (--out FILE)
+            kernels|attention) out="$OUT_DIR/$name" ;;
+            *) out="$OUT_DIR/$name.json" ;;
+        esac
+        PYTHONPATH="$NEW_PATH" python3 -m comfy_int8_w8a8.cli.main bench "$name" --out "$out" "$@" \
+            > "$OUT_DIR/bench_$name.txt" 2>&1
+        rc=$?
+        bundle
+        tail -40 "$OUT_DIR/bench_$name.txt"
+        exit $rc
+        ;;
     *)
-        sed -n '2,10p' "$0"
+        sed -n '2,12p' "$0"
         exit 2
         ;;
 esac
