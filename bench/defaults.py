@@ -25,6 +25,11 @@ patches the weights as it loads the model, requantizing int8 layers), ``lora_ste
 0.5 from the same loaded LoRA (no file read, as the node's cache does): ``lora_restrength_first_call_s``,
 ``lora_restrength_step_ms``; ``lora_cos``, the strength-1.0 prediction against bf16's with the same LoRA.
 
+``--vram-cap GIB``: ComfyUI may use at most that much of the GPU (as its ``--reserve-vram`` does: the rest is
+reserved), so a model that does not fit loads partially, as on a 12-16 GB card; each cell then also records
+``vram_cap_gib`` and ``streamed_layers`` (Linear layers ComfyUI left off the GPU and casts per call, after the
+first call; 0 where everything fit).
+
 Process model (``--isolate``): by default every (variant, resolution) runs in a fresh Python process, so its load
 and first call are a ComfyUI start's: nothing loaded, compiled or tuned in-process before. ``variant`` loads once per
 variant and runs the resolutions in order (a later resolution's first call is then a resolution change's: a
@@ -88,6 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the model files go (default: a temp folder, deleted). Needs ~36 GB free")
     parser.add_argument("--lora", action="store_true", help="also time a rank-32 LoRA on every Linear: apply, "
                         "steps after it, a strength change (at the first resolution)")
+    parser.add_argument("--vram-cap", type=float, default=None, metavar="GIB",
+                        help="let ComfyUI use at most GIB of the GPU (the rest reserved, as --reserve-vram does)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -121,6 +128,8 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
     positive = fm.conditioning(family, tiny, seed=2)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    if spec.get("vram_cap_gib"):
+        _cap_vram(spec["vram_cap_gib"])
     start = time.perf_counter()
     patcher = _load(variant, spec["files"], spec["backend"])
     load_s = time.perf_counter() - start
@@ -140,11 +149,23 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
                            "load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
                            "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                            "cos": None}
+        if spec.get("vram_cap_gib"):
+            out[resolution].update(vram_cap_gib=spec["vram_cap_gib"], streamed_layers=sum(
+                1 for m in patcher.model.modules() if isinstance(m, torch.nn.Linear) and getattr(m, "comfy_cast_weights", False)))
         log.info("defaults: %s / %s: %s", variant, resolution, json.dumps(out[resolution]))
         if spec.get("lora") and i == 0:
             out[resolution].update(_lora_cells(patcher, noise, positive, spec, f"{variant}_{resolution}"))
     del patcher
     return out
+
+
+def _cap_vram(cap_gib: float) -> None:
+    """Reserve all of the GPU but ``cap_gib`` from ComfyUI's model management (what its ``--reserve-vram`` sets)."""
+    import comfy.model_management as mm
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        mm.EXTRA_RESERVED_VRAM = max(0, total - int(cap_gib * 2**30))
 
 
 def _lora_cells(patcher, noise: torch.Tensor, positive: list, spec: dict, tag: str) -> dict:  # noqa: ANN001
@@ -315,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         files = _write_files(folder, list(args.variants), args.tiny, args.lora)
         spec = {"files": files, "folder": str(folder), "tiny": args.tiny, "steps": args.steps,
-                "backend": "eager" if args.tiny else None, "lora": args.lora}
+                "backend": "eager" if args.tiny else None, "lora": args.lora, "vram_cap_gib": args.vram_cap}
         variants = sorted(args.variants, key=lambda v: v != REFERENCE)  # bf16 first: the others' cos reference
         for variant in variants:
             log.info("defaults: %s ...", variant)
@@ -336,8 +357,9 @@ def run(args: argparse.Namespace) -> int:
         table += "\n\n" + lora_table(results["results"])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=1))
+    flags = (", --tiny" if args.tiny else "") + (f", --vram-cap {args.vram_cap:g}" if args.vram_cap else "")
     out_path.with_suffix(".md").write_text(f"{results['gpu']}, --isolate {args.isolate}, --caches {args.caches}, "
-                                           f"--steps {args.steps}{', --tiny' if args.tiny else ''}\n\n{table}\n")
+                                           f"--steps {args.steps}{flags}\n\n{table}\n")
     print(table)
     print(f"wrote {out_path} in {time.perf_counter() - started:.1f} s")
     return 0

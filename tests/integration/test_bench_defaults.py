@@ -54,7 +54,7 @@ def test_bench_defaults_tiny_fresh_process_per_cell(comfy_cpu, tmp_path) -> None
     assert not list((tmp_path / "work").glob("caches_*"))  # the cold cache folders go with their worker
 
 
-def test_bench_defaults_tiny_lora_apply_step_and_strength_change(comfy_cpu, tmp_path) -> None:
+def test_bench_defaults_tiny_lora_and_vram_cap(comfy_cpu, tmp_path) -> None:
     # --lora: a rank-32 LoRA on every Linear, applied as LoraLoaderModelOnly does, then a strength change; ours must
     # follow bf16's LoRA output, and the LoRA must change the output (else the timing says nothing).
     import torch
@@ -62,13 +62,14 @@ def test_bench_defaults_tiny_lora_apply_step_and_strength_change(comfy_cpu, tmp_
     from comfy_int8_w8a8.bench.family_sampling import cosine
 
     variants = ("bf16", "native_int8_stock_compile", "ours_loader")
-    result = _run(tmp_path, "--isolate", "none", "--lora", "--variants", *variants)
+    result = _run(tmp_path, "--isolate", "none", "--lora", "--vram-cap", "1", "--variants", *variants)
     for variant in variants:
         cell = result["results"][variant]["512x512"]
         assert set(defaults.LORA_FIELDS) <= set(cell), variant
         for key in defaults.LORA_FIELDS:
             assert isinstance(cell[key], float | int) and cell[key] >= 0, (variant, key, cell)
         assert cell["lora_cos"] >= COSINE_MIN, (variant, cell)
+        assert cell["vram_cap_gib"] == 1 and cell["streamed_layers"] == 0  # recorded; the CPU always loads fully
         work = tmp_path / "work"
         plain, with_lora = (torch.load(work / f"pred_{variant}_512x512{s}.pt") for s in ("", "_lora"))
         assert cosine(plain, with_lora) < 0.9999, variant
