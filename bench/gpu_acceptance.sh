@@ -10,7 +10,8 @@
 #   bench/gpu_acceptance.sh bench NAME ARGS  one comfy-int8 bench (kernels, attention, defaults, families, ...) with
 #                                            ARGS, its output folder/file under OUT_DIR, its log as bench_NAME.txt
 # Needs: python3 with torch + Triton; COMFYUI_PATH (a ComfyUI checkout) for the e2e bench and the ComfyUI-ops tests;
-# EXTRA_SITE (optional) prepended to PYTHONPATH for packages the machine lacks (pytest, pytest-xdist, comfy-kitchen).
+# EXTRA_SITE (optional) prepended to PYTHONPATH for packages the machine lacks (pytest, pytest-xdist, comfy-kitchen);
+# bench/offline_bundle.sh builds both for a machine without internet.
 # Writes logs and JSON under OUT_DIR (default gpu_results/). Where only a few files come back from the machine,
 # set BUNDLE=/path/results.tgz: the folder is re-packed into it after every stage (a run cut off by its time limit
 # still leaves the stages it finished).
