@@ -53,15 +53,17 @@ def _round_clamp(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x).clamp_(-INT8_MAX, INT8_MAX).to(torch.int8)
 
 
-def quantize_per_channel(weight: torch.Tensor, name: str = "<weight>") -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_per_channel(weight: torch.Tensor, name: str = "<weight>",
+                         check_finite: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize a ``[N, K]`` weight with one scale per output channel.
 
     Returns ``(q int8 [N, K], scale fp32 [N, 1])``. Raises :class:`NonFiniteWeightError` naming ``name``
-    when the weight holds NaN or Inf.
+    when the weight holds NaN or Inf (``check_finite=False`` skips that check, which waits for the GPU).
     """
     if weight.dim() != 2:
         raise ValueError(f"Layer '{name}': expected a 2-D weight [out, in], got shape {tuple(weight.shape)}")
-    _check_finite(weight, name)
+    if check_finite:
+        _check_finite(weight, name)
     w = weight.float()
     scale = (w.abs().amax(dim=1, keepdim=True) / INT8_MAX).clamp_(min=SCALE_FLOOR)
     return _round_clamp(w / scale), scale

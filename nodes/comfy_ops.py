@@ -21,7 +21,7 @@ from ..int8.backends.base import Backend
 from ..int8.layer import Int8LayerRuntime
 from ..int8.weights import INT8_FORMAT, Int8Weights, per_channel_scale
 from .load_plan import Int8LoadPlan
-from .lora import requantize_per_channel
+from .lora import requantize_per_channel, requantize_streamed
 
 __all__ = ["make_int8_ops"]
 
@@ -105,15 +105,18 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                 if not self.is_int8:
                     return super().set_weight(weight, inplace_update=inplace_update, seed=seed,
                                               return_weight=return_weight, **kwargs)
-                old = self.weight
                 layer = getattr(self, "seed_key", None) or f"Linear({self.in_features}->{self.out_features})"
-                q, scale = requantize_per_channel(weight, _group(old), layer)
-                new = QuantizedTensor(q, old._layout_cls, dataclasses.replace(old._params, scale=scale,
-                                                                               orig_dtype=old.dtype))
+                new = self._quantized_like(*requantize_per_channel(weight, _group(self.weight), layer))
                 if return_weight:
                     return new
                 self.weight = torch.nn.Parameter(new, requires_grad=False)
                 return None
+
+            def _quantized_like(self, q: torch.Tensor, scale: torch.Tensor):  # noqa: ANN202 - a QuantizedTensor
+                """``q`` and ``scale`` as a QuantizedTensor with this layer's layout and other parameters."""
+                old = self.weight
+                return QuantizedTensor(q, old._layout_cls, dataclasses.replace(old._params, scale=scale,
+                                                                               orig_dtype=old.dtype))
 
             # ---- forward ---------------------------------------------------------------------------------------
             def forward(self, input, *args, **kwargs):  # noqa: A002, ANN001, ANN201
@@ -142,9 +145,11 @@ def make_int8_ops(plan: Int8LoadPlan) -> type:
                     self, None, dtype=self.weight.dtype, device=input.device, bias_dtype=input.dtype,
                     offloadable=True, compute_dtype=input.dtype, want_requant=True)
                 # A layer streamed with patches (LoRA on a partially loaded model) comes back dequantized and
-                # patched: requantized here as set_weight does at a full load, so the layer stays int8 and gives
-                # what the fully loaded model gives (ComfyUI's own int8 layers compute these in 16 bits).
-                quantized = weight if isinstance(weight, QuantizedTensor) else self.set_weight(weight, return_weight=True)
+                # patched: requantized per channel here, as set_weight does once at a full load, so the layer stays
+                # int8 and gives what the fully loaded model gives (ComfyUI's own int8 layers compute these in 16
+                # bits). Per call: float32 rotation, no check that would wait for the GPU (requantize_streamed).
+                quantized = weight if isinstance(weight, QuantizedTensor) else self._quantized_like(
+                    *requantize_streamed(weight, _group(self.weight)))
                 out = self._run(input, quantized, bias, cache=False)
                 comfy.ops.uncast_bias_weight(self, weight, bias, offload_stream)
                 return out

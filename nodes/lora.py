@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from ..int8.quantize import quantize_rotated_per_channel
+from ..int8.hadamard import rotate_weight
+from ..int8.quantize import quantize_per_channel, quantize_rotated_per_channel
 
-__all__ = ["requantize_per_channel", "bake_error_bound"]
+__all__ = ["requantize_per_channel", "requantize_streamed", "bake_error_bound"]
 
 
 def requantize_per_channel(
@@ -32,6 +33,17 @@ def requantize_per_channel(
     the patch produced NaN/Inf (a broken LoRA file).
     """
     return quantize_rotated_per_channel(weight.float(), hadamard_group, name)
+
+
+def requantize_streamed(weight: torch.Tensor, hadamard_group: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`requantize_per_channel` for a layer ComfyUI streams with its patches (a LoRA on a partially loaded
+    model), which runs on every call: the rotation in float32 on the weight's device, and no NaN/Inf check (it
+    would wait for the GPU in every call; a broken patch gives NaN outputs, as in ComfyUI's own 16-bit path).
+    The result can differ from the float64 fold by one int8 step where a value sits on a rounding tie."""
+    w = weight.float()
+    if hadamard_group:
+        w = rotate_weight(w, hadamard_group, torch.float32)
+    return quantize_per_channel(w, check_finite=False)
 
 
 def bake_error_bound(old_scale: torch.Tensor, new_scale: torch.Tensor) -> torch.Tensor:

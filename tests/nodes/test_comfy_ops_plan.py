@@ -11,7 +11,7 @@ from comfy_int8_w8a8.int8.quantize import NonFiniteWeightError, dequantize, quan
 from comfy_int8_w8a8.int8.quantize_model import QuantizeConfig, quantize_linear_weight
 from comfy_int8_w8a8.nodes.errors import QuantizationFailureError
 from comfy_int8_w8a8.nodes.load_plan import Int8LoadPlan, LoadReport
-from comfy_int8_w8a8.nodes.lora import bake_error_bound, requantize_per_channel
+from comfy_int8_w8a8.nodes.lora import bake_error_bound, requantize_per_channel, requantize_streamed
 
 
 def _plan(**kw: object) -> Int8LoadPlan:
@@ -93,6 +93,22 @@ def test_lora_bake_requantizes_within_two_half_steps(group: int) -> None:
         assert (err <= bake_error_bound(s0, s1) * 256 ** 0.5 + 1e-9).all()
     else:
         assert ((baked - (w + delta)).abs() <= bake_error_bound(s0, s1) + 1e-9).all()
+
+
+@pytest.mark.parametrize("group", [0, 64, 256])
+def test_streamed_requantization_matches_the_load_time_one_within_a_tie(group: int) -> None:
+    # Per call (float32 rotation) against once at load (float64): the same scales to float32 rounding, and an int8
+    # value differs only where the float64 value sits within float32 error of a rounding tie.
+    w = torch.randn(96, 512, dtype=torch.bfloat16)
+    q_load, s_load = requantize_per_channel(w, group)
+    q_call, s_call = requantize_streamed(w, group)
+    assert q_call.dtype == torch.int8 and s_call.dtype == torch.float32 and s_call.shape == (96, 1)
+    torch.testing.assert_close(s_call, s_load, rtol=1e-6, atol=0)
+    diff = (q_call.int() - q_load.int()).abs()
+    assert diff.max() <= 1
+    if group == 0:  # no rotation: the same float32 arithmetic
+        assert torch.equal(q_call, q_load) and torch.equal(s_call, s_load)
+    assert (diff > 0).float().mean() < 1e-3
 
 
 def test_lora_bake_rejects_non_finite_patch_naming_layer() -> None:
