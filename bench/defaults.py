@@ -46,7 +46,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,7 @@ from pathlib import Path
 
 import torch
 
-from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile, sync
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile
 
 __all__ = ["add_arguments", "run", "VARIANTS", "RESOLUTIONS", "markdown_table", "lora_table"]
 
@@ -138,15 +137,10 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
         if cuda and i:
             torch.cuda.reset_peak_memory_stats()  # the weights stay resident: the peak of this resolution
         noise = torch.randn(_latent(resolution, tiny), generator=torch.Generator().manual_seed(1))
-        sync()
-        start = time.perf_counter()
-        prediction = fs.model_output(patcher, noise, positive)
-        sync()
-        first_call_s = time.perf_counter() - start
-        _, step_times = fs.sample_timed(patcher, noise, positive, spec["steps"])
-        torch.save(prediction, Path(spec["folder"]) / f"pred_{variant}_{resolution}.pt")
-        out[resolution] = {"step_ms": round(statistics.median(step_times[1:] or step_times), 2),
-                           "load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
+        run = fs.timed_run(patcher, noise, positive, spec["steps"])
+        torch.save(run.prediction, Path(spec["folder"]) / f"pred_{variant}_{resolution}.pt")
+        out[resolution] = {"step_ms": round(run.step_ms, 2), "load_s": round(load_s, 2),
+                           "first_call_s": round(run.first_call_s, 2),
                            "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                            "cos": None}
         if spec.get("vram_cap_gib"):
@@ -180,16 +174,14 @@ def _lora_cells(patcher, noise: torch.Tensor, positive: list, spec: dict, tag: s
     lora = comfy.utils.load_torch_file(spec["files"]["lora"], safe_load=True)
     out: dict = {"lora_read_s": round(time.perf_counter() - start, 2)}
     for key, strength in LORA_STRENGTHS:
-        sync()
         start = time.perf_counter()
         patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, strength, 0)
-        prediction = fs.model_output(patched, noise, positive)
-        sync()
-        out[f"{key}_first_call_s"] = round(time.perf_counter() - start, 2)
-        _, step_times = fs.sample_timed(patched, noise, positive, spec["steps"])
-        out[f"{key}_step_ms"] = round(statistics.median(step_times[1:] or step_times), 2)
+        apply_s = time.perf_counter() - start  # (a clone and a key map: the patching itself is in the first call)
+        run = fs.timed_run(patched, noise, positive, spec["steps"])
+        out[f"{key}_first_call_s"] = round(apply_s + run.first_call_s, 2)
+        out[f"{key}_step_ms"] = round(run.step_ms, 2)
         if strength == 1.0:
-            torch.save(prediction, Path(spec["folder"]) / f"pred_{tag}_lora.pt")
+            torch.save(run.prediction, Path(spec["folder"]) / f"pred_{tag}_lora.pt")
         del patched
     log.info("defaults: %s LoRA: %s", tag, json.dumps(out))
     return out

@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile, sync
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile
 from .family_table import DEFAULT_FAMILIES, FAMILIES, Family
 
 __all__ = ["add_arguments", "run", "VARIANTS"]
@@ -86,20 +85,15 @@ def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: 
     start = time.perf_counter()
     patcher = _load(variant, files, args.backend)
     load_s = time.perf_counter() - start
-    sync()
-    start = time.perf_counter()
-    prediction = fs.model_output(patcher, inputs["noise"], inputs["positive"])  # ComfyUI moves it to the GPU here
-    sync()
-    first_call_s = time.perf_counter() - start
-    latent, step_times = fs.sample_timed(patcher, inputs["noise"], inputs["positive"], args.steps)
-    result = {"load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
-              "step_ms": round(statistics.median(step_times[1:] or step_times), 2),
+    run = fs.timed_run(patcher, inputs["noise"], inputs["positive"], args.steps)
+    result = {"load_s": round(load_s, 2), "first_call_s": round(run.first_call_s, 2),
+              "step_ms": round(run.step_ms, 2),
               "int8_layers": _int8_layers(patcher.model.diffusion_model)}
     if cuda:
         result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     del patcher
     free_models()
-    return {**result, "_prediction": prediction, "_latent": latent}
+    return {**result, "_prediction": run.prediction, "_latent": run.latent}
 
 
 def _int8_layers(model: torch.nn.Module) -> int:

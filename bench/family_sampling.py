@@ -5,13 +5,15 @@ sampling), so the prediction is ``v = (x - denoised) / sigma`` exactly."""
 
 from __future__ import annotations
 
+import statistics
 import time
+from typing import NamedTuple
 
 import torch
 
 from .comfy_run import sync
 
-__all__ = ["zero_negative", "model_output", "sample_timed", "cosine", "MID_SIGMA"]
+__all__ = ["zero_negative", "model_output", "sample_timed", "timed_run", "TimedRun", "cosine", "MID_SIGMA"]
 
 MID_SIGMA = 0.5
 
@@ -57,6 +59,25 @@ def sample_timed(patcher, noise: torch.Tensor, positive: list, steps: int) -> tu
                               latent, callback=callback, disable_pbar=True, seed=0)
     times = [(b - a) * 1e3 for a, b in zip([start, *stamps[:-1]], stamps)]
     return out.float().cpu(), times
+
+
+class TimedRun(NamedTuple):
+    prediction: torch.Tensor  # model_output's, float32 CPU
+    latent: torch.Tensor  # the final latent of the timed call, float32 CPU
+    first_call_s: float  # the model_output call
+    step_ms: float  # median step of the timed call, its first step left out
+
+
+def timed_run(patcher, noise: torch.Tensor, positive: list, steps: int) -> TimedRun:  # noqa: ANN001
+    """What the benchmarks time per model: the first call (:func:`model_output`: ComfyUI loads the model to the GPU
+    and compiled variants compile here), then ``steps`` Euler steps (:func:`sample_timed`)."""
+    sync()
+    start = time.perf_counter()
+    prediction = model_output(patcher, noise, positive)
+    sync()
+    first_call_s = time.perf_counter() - start
+    latent, step_times = sample_timed(patcher, noise, positive, steps)
+    return TimedRun(prediction, latent, first_call_s, statistics.median(step_times[1:] or step_times))
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
