@@ -8,7 +8,7 @@ import gc
 import torch
 
 __all__ = ["comfy_import_problem", "gpu_short_name", "sync", "free_models", "node_defaults", "node_compile",
-           "stock_compile"]
+           "stock_compile", "load_model"]
 
 
 def comfy_import_problem(bench: str) -> str | None:
@@ -70,3 +70,24 @@ def stock_compile(patcher, backend: str | None = None):  # noqa: ANN001, ANN201 
     from comfy_extras.nodes_torch_compile import TorchCompileModel
 
     return TorchCompileModel.execute(patcher, backend or "inductor").result[0]
+
+
+def load_model(files: dict, source: str, compiled: str | None, backend: str | None = None):  # noqa: ANN201
+    """A ModelPatcher as a workflow builds it. ``source``: ``bf16`` (the stock UNETLoader on ``files["bf16"]``),
+    ``native_int8`` (the stock loader on ``files["native_int8"]``), ``fp8`` (the stock loader, weight dtype
+    ``fp8_e4m3fn_fast``) or ``ours`` (the INT8 loader node's function, default options, on ``files["bf16"]``);
+    ``compiled``: None, ``stock`` (TorchCompileModel) or ``node`` (INT8 Lazy Torch Compile), at their defaults."""
+    import comfy.sd
+
+    from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
+
+    if source == "ours":
+        patcher = load_int8_diffusion_model(str(files["bf16"]), LoaderOptions())
+    elif source == "fp8":
+        patcher = comfy.sd.load_diffusion_model(str(files["bf16"]), {"dtype": torch.float8_e4m3fn,
+                                                                     "fp8_optimizations": True})
+    else:
+        patcher = comfy.sd.load_diffusion_model(str(files[source]))
+    if compiled == "stock":
+        return stock_compile(patcher, backend)
+    return node_compile(patcher, backend) if compiled == "node" else patcher

@@ -54,13 +54,17 @@ from pathlib import Path
 
 import torch
 
-from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, load_model
 
 __all__ = ["add_arguments", "run", "VARIANTS", "RESOLUTIONS", "markdown_table", "lora_table"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
-VARIANTS = ("bf16", "bf16_stock_compile", "native_int8_stock_compile", "ours_loader", "ours_loader_node")
+# variant -> (weights, compile node): comfy_run.load_model's arguments
+LOADS = {"bf16": ("bf16", None), "bf16_stock_compile": ("bf16", "stock"),
+         "native_int8_stock_compile": ("native_int8", "stock"), "ours_loader": ("ours", None),
+         "ours_loader_node": ("ours", "node")}
+VARIANTS = tuple(LOADS)
 REFERENCE = "bf16"  # cos is against its prediction
 RATIO_BASE = "bf16_stock_compile"  # the table's ratios are against it
 # name -> (batch, height, width)
@@ -104,18 +108,6 @@ def _latent(resolution: str, tiny: bool) -> tuple[int, ...]:
     return (batch, 16, height // div, width // div)
 
 
-def _load(variant: str, files: dict, backend: str | None):  # noqa: ANN202 - a ModelPatcher
-    import comfy.sd
-
-    from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
-
-    if variant.startswith("ours"):
-        patcher = load_int8_diffusion_model(files["bf16"], LoaderOptions())
-        return node_compile(patcher, backend) if variant == "ours_loader_node" else patcher
-    patcher = comfy.sd.load_diffusion_model(files["native_int8" if variant.startswith("native") else "bf16"])
-    return stock_compile(patcher, backend) if variant.endswith("stock_compile") else patcher
-
-
 def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
     """Load ``variant`` once and run each resolution; returns {resolution: fields}, the predictions saved in
     ``spec["folder"]`` as ``pred_<variant>_<resolution>.pt`` (cos is the parent's, against bf16's)."""
@@ -130,7 +122,7 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
     if spec.get("vram_cap_gib"):
         _cap_vram(spec["vram_cap_gib"])
     start = time.perf_counter()
-    patcher = _load(variant, spec["files"], spec["backend"])
+    patcher = load_model(spec["files"], *LOADS[variant], spec["backend"])
     load_s = time.perf_counter() - start
     out = {}
     for i, resolution in enumerate(resolutions):

@@ -22,6 +22,7 @@ cosine of that forward's prediction against the reference's, and the cosine of t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -32,16 +33,19 @@ from pathlib import Path
 
 import torch
 
-from .comfy_run import comfy_import_problem, free_models, gpu_short_name, node_compile, stock_compile
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, load_model
 from .family_table import DEFAULT_FAMILIES, FAMILIES, Family
 
 __all__ = ["add_arguments", "run", "VARIANTS"]
 
 log = logging.getLogger("comfy_int8_w8a8")
 
-VARIANTS = ("bf16", "bf16_stock_compile", "ours_defaults", "native_int8_stock_compile", "fp8_e4m3fn_fast",
-            "ours_eager")
 DEFAULT_VARIANTS = ("bf16", "bf16_stock_compile", "ours_defaults", "native_int8_stock_compile")
+# variant -> (weights, compile node): comfy_run.load_model's arguments
+LOADS = {"bf16": ("bf16", None), "bf16_stock_compile": ("bf16", "stock"), "ours_defaults": ("ours", "node"),
+         "native_int8_stock_compile": ("native_int8", "stock"), "fp8_e4m3fn_fast": ("fp8", None),
+         "ours_eager": ("ours", None)}
+VARIANTS = tuple(LOADS)
 FIT_SHARE = 0.8  # bf16 weights above this share of the card's memory: "does not fit", fp8 is the reference
 
 
@@ -61,21 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: a temp folder). Needs bf16 + int8 size of the largest family free")
 
 
-def _load(variant: str, files: dict[str, Path], backend: str):  # noqa: ANN202 - a ModelPatcher
-    import comfy.sd
-
-    from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
-
-    if variant.startswith("ours"):
-        patcher = load_int8_diffusion_model(str(files["bf16"]), LoaderOptions())
-        return node_compile(patcher, backend) if variant == "ours_defaults" else patcher
-    if variant == "fp8_e4m3fn_fast":
-        return comfy.sd.load_diffusion_model(str(files["bf16"]), {"dtype": torch.float8_e4m3fn,
-                                                                  "fp8_optimizations": True})
-    patcher = comfy.sd.load_diffusion_model(str(files["native_int8" if variant.startswith("native") else "bf16"]))
-    return stock_compile(patcher, backend) if variant.endswith("stock_compile") else patcher
-
-
 def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: argparse.Namespace) -> dict:
     from . import family_sampling as fs
 
@@ -83,7 +72,7 @@ def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: 
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    patcher = _load(variant, files, args.backend)
+    patcher = load_model(files, *LOADS[variant], args.backend)
     load_s = time.perf_counter() - start
     run = fs.timed_run(patcher, inputs["noise"], inputs["positive"], args.steps)
     result = {"load_s": round(load_s, 2), "first_call_s": round(run.first_call_s, 2),
@@ -170,7 +159,7 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path) -> dict:
             if variant.startswith("native") and "native_int8" not in files:
                 _native_int8(files)
                 out["convert_s"] = files["convert_s"]
-            with fm.tiny_sizes(family) if args.tiny else _nothing():
+            with fm.tiny_sizes(family) if args.tiny else contextlib.nullcontext():
                 result = _run_variant(variant, family, files, inputs, args)
         # A benchmark of many families records a variant's failure (OOM, a shape a kernel refuses, ...) and goes
         # on: the failure is the finding. The message is kept in the JSON and logged.
@@ -189,14 +178,6 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path) -> dict:
         if path is not None:
             path.unlink(missing_ok=True)
     return _summarise(out)
-
-
-class _nothing:  # noqa: N801 - a null context manager that yields nothing
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _summarise(out: dict) -> dict:
