@@ -70,13 +70,15 @@ def quantize_per_channel(weight: torch.Tensor, name: str = "<weight>",
 
 
 def quantize_rotated_per_channel(
-    weight: torch.Tensor, hadamard_group: int = 0, name: str = "<weight>"
+    weight: torch.Tensor, hadamard_group: int = 0, name: str = "<weight>", *,
+    rotate_dtype: torch.dtype = torch.float64, check_finite: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`quantize_per_channel` of ``weight`` with the block Hadamard rotation folded in first when
-    ``hadamard_group`` > 0 (the layer then rotates its input online). The rotation runs in float64."""
+    ``hadamard_group`` > 0 (the layer then rotates its input online). The rotation runs in ``rotate_dtype``
+    (float64 for a fold done once; see :func:`rotate_weight`); ``check_finite`` as in :func:`quantize_per_channel`."""
     if hadamard_group:
-        weight = rotate_weight(weight, hadamard_group)
-    return quantize_per_channel(weight, name)
+        weight = rotate_weight(weight, hadamard_group, rotate_dtype)
+    return quantize_per_channel(weight, name, check_finite)
 
 
 def quantize_linear(weight: torch.Tensor, bias: torch.Tensor | None = None, hadamard_group: int = 0,

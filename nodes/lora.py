@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..int8.hadamard import rotate_weight
-from ..int8.quantize import quantize_per_channel, quantize_rotated_per_channel
+from ..int8.quantize import quantize_rotated_per_channel
 
 __all__ = ["requantize_per_channel", "requantize_streamed", "bake_error_bound"]
 
@@ -40,10 +39,8 @@ def requantize_streamed(weight: torch.Tensor, hadamard_group: int = 0) -> tuple[
     model), which runs on every call: the rotation in float32 on the weight's device, and no NaN/Inf check (it
     would wait for the GPU in every call; a broken patch gives NaN outputs, as in ComfyUI's own 16-bit path).
     The result can differ from the float64 fold by one int8 step where a value sits on a rounding tie."""
-    w = weight.float()
-    if hadamard_group:
-        w = rotate_weight(w, hadamard_group, torch.float32)
-    return quantize_per_channel(w, check_finite=False)
+    return quantize_rotated_per_channel(weight.float(), hadamard_group, rotate_dtype=torch.float32,
+                                        check_finite=False)
 
 
 def bake_error_bound(old_scale: torch.Tensor, new_scale: torch.Tensor) -> torch.Tensor:
