@@ -118,7 +118,7 @@ def _bf16_module(wb: torch.Tensor, bias: torch.Tensor) -> torch.nn.Linear:
 
 def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     """name -> function of x for one weight copy (fp32 ``w`` [N, K])."""
-    from ..int8 import Int8Config, Int8Linear, Int8Weights, quantize_per_channel, rotate_weight
+    from ..int8 import Int8Weights, quantize_per_channel, rotate_weight
     from ..int8.backends import custom_ops
     from ..int8.backends.registry import get_backend
 
@@ -135,12 +135,7 @@ def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[
     }
     if m <= GRAPH_MAX_M:
         out["triton W8A16 (small-batch path)"] = lambda x: custom_ops.triton_w8a16(x, plain)
-        # What a model sees: the whole Int8Linear module with the default options (small-batch fallback).
-        cfg = Int8Config(runtime_backend="triton")
-        out[INT8_LINEAR] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg)
-        out[INT8_LINEAR_HADAMARD] = Int8Linear.from_linear(SimpleNamespace(weight=w, bias=bias), cfg,
-                                                           hadamard_group=256)
-        out[BF16_MODULE] = _bf16_module(wb, bias)
+        out.update(_module_methods(w, wb, bias))
     fp8 = _fp8_rowwise(w, bias)
     if fp8 is not None:
         out["fp8 rowwise _scaled_mm (compiled)"] = fp8
@@ -154,16 +149,22 @@ def _methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[
     return out
 
 
-def _grid_methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-    """The ``--grid`` methods: bf16 (function and module) and the two Int8Linear modules, at any ``m``."""
+def _module_methods(w: torch.Tensor, wb: torch.Tensor, bias: torch.Tensor) -> dict[str, Callable]:
+    """What a model sees: the whole Int8Linear module with the default options (small-batch fallback), plain and
+    with the loader's default hadamard256, and the bf16 module they replace."""
     from ..int8 import Int8Config, Int8Linear
 
-    wb = w.to(torch.bfloat16)
     cfg = Int8Config(runtime_backend="triton")
     linear = SimpleNamespace(weight=w, bias=bias)
-    return {"bf16 F.linear": lambda x: F.linear(x, wb, bias), BF16_MODULE: _bf16_module(wb, bias),
-            INT8_LINEAR: Int8Linear.from_linear(linear, cfg),
-            INT8_LINEAR_HADAMARD: Int8Linear.from_linear(linear, cfg, hadamard_group=256)}
+    return {INT8_LINEAR: Int8Linear.from_linear(linear, cfg),
+            INT8_LINEAR_HADAMARD: Int8Linear.from_linear(linear, cfg, hadamard_group=256),
+            BF16_MODULE: _bf16_module(wb, bias)}
+
+
+def _grid_methods(w: torch.Tensor, bias: torch.Tensor, m: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The ``--grid`` methods: bf16 ``F.linear`` and :func:`_module_methods`, at any ``m``."""
+    wb = w.to(torch.bfloat16)
+    return {"bf16 F.linear": lambda x: F.linear(x, wb, bias), **_module_methods(w, wb, bias)}
 
 
 def grid_shapes(family: str) -> list[tuple[str, int, int, int]]:
