@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-COMFYUI_PATH="${COMFYUI_PATH:-/opt/ComfyUI}"
+COMFYUI_PATH="$(bash .ci/comfyui_path.sh)"
 VENV="${INTEGRATION_VENV:-.venv-integration}"
 PINS="torch==2.14.1 torchvision==0.29.1"
 AUDIO_PIN="torchaudio==2.11.0"

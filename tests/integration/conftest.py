@@ -1,7 +1,7 @@
 """Harness for tests against the real ComfyUI: a headless CPU server with only this pack, tiny checkpoints, a client.
 
-Where ComfyUI (``COMFYUI_PATH``, default /opt/ComfyUI) or a Python that can run it is missing, every test here is
-skipped with the how-to. Workflow tests never import ComfyUI into the test process: checkpoints that need ComfyUI's
+Where ComfyUI (``COMFYUI_PATH``, else /opt/ComfyUI or ../shared/comfyui) or a Python that can run it is missing,
+every test here is skipped with the how-to. Workflow tests never import ComfyUI into the test process: checkpoints that need ComfyUI's
 model classes are written by ``tiny_models.py`` in a subprocess, and everything else talks HTTP to the server. Tests
 of our ops classes against ComfyUI's own import it in-process through the ``comfy_cpu`` fixture.
 """
@@ -25,8 +25,19 @@ import torch
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[2]
-COMFYUI = Path(os.environ.get("COMFYUI_PATH", "/opt/ComfyUI"))
-HOW_TO = ("To run them: put a ComfyUI checkout at COMFYUI_PATH (default /opt/ComfyUI), build its venv with "
+
+
+def _comfyui_path() -> Path:
+    """COMFYUI_PATH, else the first of /opt/ComfyUI and ../shared/comfyui that holds a ComfyUI (as .ci/comfyui_path.sh)."""
+    if os.environ.get("COMFYUI_PATH"):
+        return Path(os.environ["COMFYUI_PATH"])
+    candidates = (Path("/opt/ComfyUI"), REPO.parent / "shared" / "comfyui")
+    return next((c for c in candidates if (c / "main.py").is_file()), candidates[0])
+
+
+COMFYUI = _comfyui_path()
+HOW_TO = ("To run them: put a ComfyUI checkout at COMFYUI_PATH (default /opt/ComfyUI, else ../shared/comfyui), "
+          "build its venv with "
           "`bash .ci/integration_env.sh` and run `.venv-integration/bin/python -m pytest tests/integration` "
           "(.ci/run does both when ComfyUI is present).")
 # What ComfyUI imports at start-up beyond torch; the unit venv has none of these.
