@@ -58,11 +58,20 @@ def node_defaults(backend: str | None = None) -> dict:
     return kwargs
 
 
-def node_compile(patcher, backend: str | None = None):  # noqa: ANN001, ANN201 - a ModelPatcher
-    """``patcher`` through INT8 Lazy Torch Compile with its default inputs."""
+# load_model's ``compiled`` values that mean INT8 Lazy Torch Compile: its defaults, or its defaults with
+# ``compile_transformer_blocks_only`` set (to measure that input's default against the other choice)
+NODE_SCOPES: dict[str, bool | None] = {"node": None, "node_blocks_only": True, "node_whole_model": False}
+
+
+def node_compile(patcher, backend: str | None = None, blocks_only: bool | None = None):  # noqa: ANN001, ANN201
+    """``patcher`` (a ModelPatcher) through INT8 Lazy Torch Compile with its default inputs (``blocks_only``:
+    ``compile_transformer_blocks_only`` instead of its default)."""
     from ..nodes.compile_node import INT8LazyTorchCompile
 
-    return INT8LazyTorchCompile().compile(patcher, **node_defaults(backend))[0]
+    kwargs = node_defaults(backend)
+    if blocks_only is not None:
+        kwargs["compile_transformer_blocks_only"] = blocks_only
+    return INT8LazyTorchCompile().compile(patcher, **kwargs)[0]
 
 
 def stock_compile(patcher, backend: str | None = None):  # noqa: ANN001, ANN201 - a ModelPatcher
@@ -76,7 +85,8 @@ def load_model(files: dict, source: str, compiled: str | None, backend: str | No
     """A ModelPatcher as a workflow builds it. ``source``: ``bf16`` (the stock UNETLoader on ``files["bf16"]``),
     ``native_int8`` (the stock loader on ``files["native_int8"]``), ``fp8`` (the stock loader, weight dtype
     ``fp8_e4m3fn_fast``) or ``ours`` (the INT8 loader node's function, default options, on ``files["bf16"]``);
-    ``compiled``: None, ``stock`` (TorchCompileModel) or ``node`` (INT8 Lazy Torch Compile), at their defaults."""
+    ``compiled``: None, ``stock`` (TorchCompileModel) or ``node`` (INT8 Lazy Torch Compile), at their defaults, or
+    another of :data:`NODE_SCOPES`."""
     import comfy.sd
 
     from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
@@ -90,4 +100,4 @@ def load_model(files: dict, source: str, compiled: str | None, backend: str | No
         patcher = comfy.sd.load_diffusion_model(str(files[source]))
     if compiled == "stock":
         return stock_compile(patcher, backend)
-    return node_compile(patcher, backend) if compiled == "node" else patcher
+    return node_compile(patcher, backend, NODE_SCOPES[compiled]) if compiled in NODE_SCOPES else patcher

@@ -10,7 +10,9 @@ converter (``int8/formats/converter.py``, defaults, as ``bench families`` does).
 - ``native_int8_stock_compile``: the native int8 file through the stock loader plus TorchCompileModel;
 - ``ours_loader``: the loader node's own function (``load_int8_diffusion_model``) with default ``LoaderOptions``;
 - ``ours_loader_node``: the same plus ``INT8LazyTorchCompile.compile`` with every input at its ``INPUT_TYPES``
-  default (only ``backend`` is ``eager`` under ``--tiny``, where inductor would spend minutes in the C++ compiler).
+  default (only ``backend`` is ``eager`` under ``--tiny``, where inductor would spend minutes in the C++ compiler);
+- ``ours_loader_node_blocks_only`` / ``ours_loader_node_whole_model`` (not run unless named): the same with
+  ``compile_transformer_blocks_only`` set on / off, to choose that input's default by measurement.
 
 Sampling is ``comfy.sample.sample`` (KSampler's path; Euler, scheduler simple, cfg 1, conditioning without text
 encoders). Per variant and resolution: ``load_s``; ``first_call_s``, the first sampling call (one Euler step from
@@ -63,8 +65,11 @@ log = logging.getLogger("comfy_int8_w8a8")
 # variant -> (weights, compile node): comfy_run.load_model's arguments
 LOADS = {"bf16": ("bf16", None), "bf16_stock_compile": ("bf16", "stock"),
          "native_int8_stock_compile": ("native_int8", "stock"), "ours_loader": ("ours", None),
-         "ours_loader_node": ("ours", "node")}
+         "ours_loader_node": ("ours", "node"), "ours_loader_node_blocks_only": ("ours", "node_blocks_only"),
+         "ours_loader_node_whole_model": ("ours", "node_whole_model")}
 VARIANTS = tuple(LOADS)
+# the five; the last two set compile_transformer_blocks_only to measure its default against the other choice
+DEFAULT_VARIANTS = VARIANTS[:5]
 REFERENCE = "bf16"  # cos is against its prediction
 RATIO_BASE = "bf16_stock_compile"  # the table's ratios are against it
 # name -> (batch, height, width)
@@ -79,8 +84,8 @@ TINY_DIVISOR = 64  # --tiny: latent side = pixels / 64 (8, 16, 24 for the three 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
-                        help="what to run (default: all)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(DEFAULT_VARIANTS),
+                        help=f"what to run (default: {', '.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--resolutions", nargs="+", choices=list(RESOLUTIONS), default=list(RESOLUTIONS),
                         help="(default: all)")
     parser.add_argument("--steps", type=int, default=8, help="steps of the timed sampling call")

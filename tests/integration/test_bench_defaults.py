@@ -32,7 +32,7 @@ def test_bench_defaults_tiny_every_variant_has_numbers_in_the_issue_json_shape(c
     # In-process (torch._dynamo reset between variants): the five variants' compiles alone take ~45 s on a CPU.
     result = _run(tmp_path, "--isolate", "none")
     assert set(result) == {"gpu", "results"} and result["gpu"] == "cpu"
-    assert list(result["results"]) == list(defaults.VARIANTS)
+    assert list(result["results"]) == list(defaults.DEFAULT_VARIANTS)
     for variant, cells in result["results"].items():
         assert list(cells) == ["512x512"], variant
         cell = cells["512x512"]
