@@ -7,13 +7,17 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
 - ``comfy_kitchen_int8``: comfy-kitchen's int8 attention, if the installed comfy-kitchen has one this file knows;
 - ``sageattention_1.0.6``: ``sageattention.sageattn`` when sageattention 1.0.6 is installed;
 - ``ours``: :func:`int8.backends.attention.int8_attention` with ``pv_precision=auto`` (fp8 P.V on sm_89+);
-- ``ours_generic``: the same Triton kernel with 16-bit P.V.
+- ``ours_generic``: the same Triton kernel with 16-bit P.V;
+- with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}``: ``ours``' kernel and P.V precision
+  launched with each tile of :func:`sweep_configs` (quant blocks at their default 64); a tile that does not compile
+  or run (e.g. past the GPU's shared memory) is printed with the reason and left out.
 
 Time: median of CUDA-event-timed back-to-back calls (bench/timing.py). ``rel_err``: ``||out - ref|| / ||ref||`` on
 the first ``--check-rows`` query rows against fp32 SDPA of those rows over all keys (a float64 reference of the
 whole call does not fit). TFLOPS count ``4 * B * H * L^2 * D``. Rows go to ``<out>/attention_<gpu>.json``.
 
-Run: ``comfy-int8 bench attention [--shapes flux_1024 ...] [--methods ours sdpa_bf16 ...] [--out docs/results]``.
+Run: ``comfy-int8 bench attention [--shapes flux_1024 ...] [--methods ours sdpa_bf16 ...] [--sweep-tiles]
+[--out docs/results]``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,12 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
 METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_generic")
 # comfy-kitchen's int8 attention entry points this benchmark knows, by module attribute (none is documented yet).
 _KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
+# --sweep-tiles: attention tile rows/keys, warps, stages. Tiles under 64 query rows or keys are left out: Hopper's
+# wgmma takes 64 rows a warpgroup, and a smaller query tile reads all of K and V for fewer rows (more traffic a flop).
+SWEEP_BLOCKS = (64, 128)
+SWEEP_WARPS = (4, 8)
+SWEEP_STAGES = (2, 3)
+_MIN_SWEEP_BLOCK = 64
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -50,6 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to time")
     parser.add_argument("--check-rows", type=int, default=1024, help="query rows compared with fp32 SDPA")
     parser.add_argument("--target-ms", type=float, default=200.0, help="time per timing repeat")
+    parser.add_argument("--sweep-tiles", action="store_true",
+                        help="also time ours with each tile of the sweep (block_m, block_n, warps, stages)")
 
 
 def flops(b: int, h: int, lq: int, lk: int, d: int) -> float:
@@ -62,6 +74,41 @@ def _ours(pv_precision: str) -> Attention:
 
     options = AttentionOptions(pv_precision=pv_precision, min_seq_len=0)
     return lambda q, k, v: int8_attention(q, k, v, options)
+
+
+def sweep_configs() -> list[tuple[int, int, int, int]]:
+    """``(block_m, block_n, warps, stages)`` of ``--sweep-tiles``, in timing order."""
+    return [(bm, bn, w, st) for bm in SWEEP_BLOCKS for bn in SWEEP_BLOCKS for w in SWEEP_WARPS for st in SWEEP_STAGES
+            if min(bm, bn) >= _MIN_SWEEP_BLOCK]
+
+
+def tile_method_name(block_m: int, block_n: int, warps: int, stages: int) -> str:
+    """The method name of one sweep tile in the rows: ``ours_tiles_m128_n64_w8_s2``."""
+    return f"ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}"
+
+
+def tile_sweep_methods(device: str = "cuda") -> dict[str, Attention]:
+    """:func:`tile_method_name` -> ``fn(q, k, v)``: the launcher with that tile and ``ours``' P.V precision
+    (``auto`` resolved for ``device`` as the attention backend does: fp8 where the GPU has it, else 16-bit)."""
+    from ..int8.backends.attention import resolve_pv
+    from ..int8.launch.attention import AttentionTiles, int8_attention_triton
+
+    pv = resolve_pv(torch.device(device), "auto")
+    methods: dict[str, Attention] = {}
+    for bm, bn, warps, stages in sweep_configs():
+        tiles = AttentionTiles(block_m=bm, block_n=bn, warps=warps, stages=stages)
+        methods[tile_method_name(bm, bn, warps, stages)] = \
+            lambda q, k, v, tiles=tiles: int8_attention_triton(q, k, v, pv=pv, tiles=tiles)
+    return methods
+
+
+def sweep_errors() -> tuple[type[BaseException], ...]:
+    """What a sweep tile that cannot run raises: too much shared memory (OutOfResources), a tile the compiler
+    rejects (CompilationError, or RuntimeError from its passes), a launch or allocation failure (RuntimeError)."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    return OutOfResources, CompilationError, RuntimeError
 
 
 def _sage() -> Attention | str:
@@ -107,9 +154,11 @@ def rel_err(out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 def measure(shape_name: str, shape: tuple[int, int, int, int], methods: dict[str, Attention | str],
             timer: Callable[[list[Callable[[], object]]], float], device: str = "cuda",
-            check_rows: int = 1024, dtype: torch.dtype = torch.bfloat16) -> list[dict]:
+            check_rows: int = 1024, dtype: torch.dtype = torch.bfloat16,
+            skip_on: tuple[type[BaseException], ...] = ()) -> list[dict]:
     """One row per runnable method: ``{"shape", "B,H,L,D", "method", "ms", "tflops", "rel_err"}``; methods that
-    cannot run are printed with their reason and left out. ``timer(fns) -> ms per call``."""
+    cannot run are printed with their reason and left out, and so are methods whose call raises one of
+    ``skip_on`` (the tile sweep's :func:`sweep_errors`). ``timer(fns) -> ms per call``."""
     b, h, length, d = shape
     gen = torch.Generator(device=device).manual_seed(0)
     q, k, v = (torch.randn(b, h, length, d, device=device, generator=gen, dtype=torch.float32) for _ in range(3))
@@ -118,13 +167,17 @@ def measure(shape_name: str, shape: tuple[int, int, int, int], methods: dict[str
     rows = []
     for name, fn in methods.items():
         if isinstance(fn, str):
-            print(f"{shape_name:14s} {name:20s} skipped: {fn}")
+            print(f"{shape_name:14s} {name:26s} skipped: {fn}")
             continue
-        err = rel_err(fn(q, k, v), q, k, v, min(check_rows, length))
-        ms = timer([lambda fn=fn: fn(q, k, v)])
+        try:
+            err = rel_err(fn(q, k, v), q, k, v, min(check_rows, length))
+            ms = timer([lambda fn=fn: fn(q, k, v)])
+        except skip_on as exc:
+            print(f"{shape_name:14s} {name:26s} skipped: {type(exc).__name__}: {str(exc).strip()[:200]}")
+            continue
         row = {"shape": shape_name, "B,H,L,D": ",".join(map(str, shape)), "method": name, "ms": round(ms, 4),
                "tflops": round(flops(b, h, length, length, d) / (ms * 1e-3) / 1e12, 1), "rel_err": round(err, 5)}
-        print(f"{shape_name:14s} {name:20s} {row['ms']:9.3f} ms {row['tflops']:7.1f} TFLOPS rel_err {err:.4f}")
+        print(f"{shape_name:14s} {name:26s} {row['ms']:9.3f} ms {row['tflops']:7.1f} TFLOPS rel_err {err:.4f}")
         rows.append(row)
     return rows
 
@@ -154,9 +207,12 @@ def run(args: argparse.Namespace, timer: Callable[[list[Callable[[], object]]], 
 
         timer = lambda fns: eager_time_ms(fns, target_ms=args.target_ms)  # noqa: E731
     methods = available_methods(args.methods)
+    sweep = tile_sweep_methods(device) if args.sweep_tiles else {}
     rows = []
     for name in args.shapes:
         rows += measure(name, SHAPES[name], methods, timer, device, args.check_rows)
+        if sweep:
+            rows += measure(name, SHAPES[name], sweep, timer, device, args.check_rows, skip_on=sweep_errors())
         if device == "cuda":
             torch.cuda.empty_cache()
     gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"

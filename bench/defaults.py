@@ -295,6 +295,22 @@ def lora_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _write_outputs(results: dict, folder: Path, out_path: Path, args: argparse.Namespace) -> str:
+    """The JSON and the markdown table of the variants measured so far (cos against bf16's saved prediction);
+    returns the table."""
+    _with_cos(results["results"], folder)
+    results["results"] = {v: results["results"][v] for v in VARIANTS if v in results["results"]}
+    table = markdown_table(results["results"])
+    if args.lora:
+        table += "\n\n" + lora_table(results["results"])
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(results, indent=1))
+    flags = (", --tiny" if args.tiny else "") + (f", --vram-cap {args.vram_cap:g}" if args.vram_cap else "")
+    out_path.with_suffix(".md").write_text(f"{results['gpu']}, --isolate {args.isolate}, --caches {args.caches}, "
+                                           f"--steps {args.steps}{flags}\n\n{table}\n")
+    return table
+
+
 def _run_variant(variant: str, spec: dict, args: argparse.Namespace) -> dict:
     if args.isolate == "none":
         try:
@@ -327,6 +343,7 @@ def run(args: argparse.Namespace) -> int:
         spec = {"files": files, "folder": str(folder), "tiny": args.tiny, "steps": args.steps,
                 "backend": "eager" if args.tiny else None, "lora": args.lora, "vram_cap_gib": args.vram_cap}
         variants = sorted(args.variants, key=lambda v: v != REFERENCE)  # bf16 first: the others' cos reference
+        table = ""
         for variant in variants:
             log.info("defaults: %s ...", variant)
             try:
@@ -336,19 +353,11 @@ def run(args: argparse.Namespace) -> int:
                 log.exception("defaults: %s failed", variant)
                 error = f"{type(exc).__name__}: {exc}"[:500]
                 results["results"][variant] = {r: {**dict.fromkeys(FIELDS), "error": error} for r in args.resolutions}
-        _with_cos(results["results"], folder)
+            # after every variant, so a run cut off by a time limit leaves the variants it finished
+            table = _write_outputs(results, folder, out_path, args)
     finally:
         if args.workdir is None:
             shutil.rmtree(folder, ignore_errors=True)
-    results["results"] = {v: results["results"][v] for v in VARIANTS if v in results["results"]}
-    table = markdown_table(results["results"])
-    if args.lora:
-        table += "\n\n" + lora_table(results["results"])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(results, indent=1))
-    flags = (", --tiny" if args.tiny else "") + (f", --vram-cap {args.vram_cap:g}" if args.vram_cap else "")
-    out_path.with_suffix(".md").write_text(f"{results['gpu']}, --isolate {args.isolate}, --caches {args.caches}, "
-                                           f"--steps {args.steps}{flags}\n\n{table}\n")
     print(table)
     print(f"wrote {out_path} in {time.perf_counter() - started:.1f} s")
     return 0

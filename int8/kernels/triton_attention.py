@@ -49,6 +49,44 @@ def _attn_quant_kernel(x_ptr, mean_ptr, q_ptr, scale_ptr, L, H, stride_xb, strid
 
 
 @triton.jit
+def _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stride_vl,
+                  BLOCK_N: tl.constexpr, D: tl.constexpr, PV_FP8: tl.constexpr, MASKED: tl.constexpr):
+    """One key block of the online softmax: returns the updated ``(acc, l_i, m_i)``. MASKED only for the ragged
+    last block (keys past Lk load as 0 and score -inf): the full blocks skip the masks, so their loads need no
+    predicates and the compiler can pipeline them as plain tiles."""
+    cols = start + tl.arange(0, BLOCK_N)
+    dcols = tl.arange(0, D)
+    k_ptrs = k_base + cols.to(tl.int64)[:, None] * D + dcols[None, :]
+    v_ptrs = v_base + cols.to(tl.int64)[:, None] * stride_vl + dcols[None, :]
+    # K as a [BLOCK_N, D] tile, D contiguous, transposed in the dot: the K-major operand int8 wgmma takes from
+    # shared memory (a [D, BLOCK_N] load would be the transposed, MN-major layout).
+    if MASKED:
+        col_mask = cols < Lk
+        k = tl.load(k_ptrs, mask=col_mask[:, None], other=0)
+        ks = tl.load(ks_base + cols, mask=col_mask, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        ks = tl.load(ks_base + cols)
+    s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32) * qs[:, None] * ks[None, :]
+    if MASKED:
+        s = tl.where(col_mask[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    alpha = tl.math.exp2(m_i - m_new)
+    p = tl.math.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=col_mask[:, None], other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    if PV_FP8:
+        pv = tl.dot((p * 448.0).to(v.dtype), v, out_dtype=tl.float32)
+    else:
+        pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+    acc = acc * alpha[:, None] + pv
+    return acc, l_i, m_new
+
+
+@triton.jit
 def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, Lq, Lk, H, GROUP,
                            stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PV_FP8: tl.constexpr):
@@ -58,7 +96,8 @@ def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, L
     ``softmax_scale * log2(e)``); the online softmax keeps the running row max ``m`` and sum ``l`` in fp32 and
     rescales the fp32 accumulator by ``exp2(m_old - m_new)`` per key block. ``P . V``: P rounded to V's dtype
     (16-bit), or PV_FP8 (sm_89+): ``P * 448`` in float8 e4m3 against V pre-quantized to e4m3 per channel, scaled
-    back by ``v_scale / 448`` at the end. Keys past Lk score -inf. Grid: (cdiv(Lq, BLOCK_M), B * H)."""
+    back by ``v_scale / 448`` at the end. The full key blocks run unmasked; a last partial block (``Lk % BLOCK_N``
+    keys) runs masked, its missing keys scoring -inf. Grid: (cdiv(Lq, BLOCK_M), B * H)."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -77,25 +116,13 @@ def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, L
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for start in range(0, Lk, BLOCK_N):
-        cols = start + tl.arange(0, BLOCK_N)
-        col_mask = cols < Lk
-        kt = tl.load(k_base + cols.to(tl.int64)[None, :] * D + dcols[:, None], mask=col_mask[None, :], other=0)
-        ks = tl.load(ks_base + cols, mask=col_mask, other=0.0)
-        s = tl.dot(q, kt, out_dtype=tl.int32).to(tl.float32) * qs[:, None] * ks[None, :]
-        s = tl.where(col_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        alpha = tl.math.exp2(m_i - m_new)
-        p = tl.math.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + cols.to(tl.int64)[:, None] * stride_vl + dcols[None, :], mask=col_mask[:, None],
-                    other=0.0)
-        if PV_FP8:
-            pv = tl.dot((p * 448.0).to(v.dtype), v, out_dtype=tl.float32)
-        else:
-            pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
-        acc = acc * alpha[:, None] + pv
-        m_i = m_new
+    full_end = Lk - Lk % BLOCK_N
+    for start in range(0, full_end, BLOCK_N):
+        acc, l_i, m_i = _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stride_vl,
+                                      BLOCK_N, D, PV_FP8, False)
+    if full_end < Lk:
+        acc, l_i, m_i = _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, full_end, Lk, stride_vl,
+                                      BLOCK_N, D, PV_FP8, True)
     if PV_FP8:
         v_scale = tl.load(vs_ptr + bh_kv.to(tl.int64) * D + dcols)
         acc = acc * (v_scale * (1.0 / 448.0))[None, :]

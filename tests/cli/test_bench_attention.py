@@ -64,3 +64,72 @@ def test_available_methods_report_why_peers_are_missing(monkeypatch):
 
 def test_gpu_slug():
     assert bench.gpu_slug("NVIDIA H100 80GB HBM3") == "nvidia_h100_80gb_hbm3"
+
+
+def test_sweep_configs_cover_the_tile_grid_with_unique_names():
+    configs = bench.sweep_configs()
+    assert len(configs) == 16 and len(set(configs)) == 16
+    assert {(bm, bn) for bm, bn, _, _ in configs} == {(64, 64), (64, 128), (128, 64), (128, 128)}
+    assert {(w, s) for _, _, w, s in configs} == {(4, 2), (4, 3), (8, 2), (8, 3)}
+    names = [bench.tile_method_name(*c) for c in configs]
+    assert len(set(names)) == 16 and not set(names) & set(bench.METHODS)
+    assert bench.tile_method_name(128, 64, 8, 2) == "ours_tiles_m128_n64_w8_s2"
+
+
+def test_sweep_configs_leave_out_tiles_under_64(monkeypatch):
+    monkeypatch.setattr(bench, "SWEEP_BLOCKS", (32, 64))
+    assert {(bm, bn) for bm, bn, _, _ in bench.sweep_configs()} == {(64, 64)}
+
+
+def test_measure_skips_a_method_raising_a_sweep_error_and_keeps_others(capsys):
+    def too_big(q, k, v):  # noqa: ANN001, ANN202
+        raise RuntimeError("out of shared memory: 300000 > 232448")
+
+    methods = {"too_big": too_big, "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v)}
+    rows = bench.measure("tiny", (1, 1, 32, 64), methods, timer=lambda fns: 1.0, device="cpu",
+                         dtype=torch.float32, skip_on=(RuntimeError,))
+    assert [r["method"] for r in rows] == ["sdpa"]
+    assert "too_big" in (out := capsys.readouterr().out) and "skipped: RuntimeError: out of shared memory" in out
+
+
+def test_measure_without_skip_on_lets_a_failing_method_raise():
+    def broken(q, k, v):  # noqa: ANN001, ANN202
+        raise RuntimeError("kernel bug")
+
+    with pytest.raises(RuntimeError, match="kernel bug"):
+        bench.measure("tiny", (1, 1, 32, 64), {"ours": broken}, timer=lambda fns: 1.0, device="cpu",
+                      dtype=torch.float32)
+
+
+def test_run_with_sweep_tiles_adds_one_row_per_runnable_tile(tmp_path, monkeypatch):
+    def out_of_resources(q, k, v):  # noqa: ANN001, ANN202
+        raise RuntimeError("out of resources")
+
+    sweep = {bench.tile_method_name(64, 64, 4, 2): lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+             bench.tile_method_name(128, 128, 8, 3): out_of_resources}
+    monkeypatch.setitem(bench.SHAPES, "flux_1024", (1, 1, 32, 64))
+    monkeypatch.setattr(bench, "tile_sweep_methods", lambda device: sweep)
+    monkeypatch.setattr(bench, "sweep_errors", lambda: (RuntimeError,))
+    args = _args("--shapes", "flux_1024", "--methods", "sdpa_bf16", "--sweep-tiles", "--out", str(tmp_path))
+    assert args.sweep_tiles and not _args().sweep_tiles
+    assert bench.run(args, timer=lambda fns: 1.0, device="cpu") == 0
+    rows = json.loads((tmp_path / "attention_cpu.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["sdpa_bf16", "ours_tiles_m64_n64_w4_s2"]
+    assert all(set(r) == ROW_KEYS for r in rows)
+
+
+def test_tile_sweep_methods_launch_each_tile_with_ours_pv(monkeypatch):
+    pytest.importorskip("triton")
+    from comfy_int8_w8a8.int8.backends import attention as backend
+    from comfy_int8_w8a8.int8.launch import attention as launch
+
+    asked, calls = [], []
+    monkeypatch.setattr(backend, "resolve_pv", lambda device, pref: asked.append((device.type, pref)) or "fp8")
+    monkeypatch.setattr(launch, "int8_attention_triton", lambda q, k, v, **kw: calls.append(kw))
+    methods = bench.tile_sweep_methods("cpu")
+    assert asked == [("cpu", "auto")]
+    assert list(methods) == [bench.tile_method_name(*c) for c in bench.sweep_configs()]
+    methods["ours_tiles_m128_n64_w8_s3"](None, None, None)
+    assert calls == [{"pv": "fp8", "tiles": launch.AttentionTiles(block_m=128, block_n=64, warps=8, stages=3)}]
+    assert calls[0]["tiles"].quant_block_q == calls[0]["tiles"].quant_block_k == 64
+    assert bench.sweep_errors()[-1] is RuntimeError
