@@ -215,6 +215,7 @@ def run(args: argparse.Namespace, timer: Callable[[list[Callable[[], object]]], 
             rows += measure(name, SHAPES[name], sweep, timer, device, args.check_rows, skip_on=sweep_errors())
         if device == "cuda":
             torch.cuda.empty_cache()
-    gpu = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    print(f"wrote {write_results(rows, args.out, gpu)}")
+        # after every shape, so a run cut off by a time limit keeps the shapes it finished
+        path = write_results(rows, args.out, torch.cuda.get_device_name() if device == "cuda" else "cpu")
+    print(f"wrote {path}")
     return 0
