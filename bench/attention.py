@@ -6,8 +6,9 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
 - ``sdpa_bf16``: ``torch.nn.functional.scaled_dot_product_attention`` (FlashAttention / cuDNN as torch picks);
 - ``comfy_kitchen_int8``: comfy-kitchen's int8 attention, if the installed comfy-kitchen has one this file knows;
 - ``sageattention_1.0.6``: ``sageattention.sageattn`` when sageattention 1.0.6 is installed;
-- ``ours``: :func:`int8.backends.attention.int8_attention` with ``pv_precision=auto`` (fp8 P.V on sm_89+);
-- ``ours_generic``: the same Triton kernel with 16-bit P.V;
+- ``ours``: :func:`int8.backends.attention.int8_attention` with ``pv_precision=auto`` (16-bit P.V; the generic
+  Triton kernel, the only one there is: no Hopper-specific version yet);
+- ``ours_fp8``: the same kernel with fp8 P.V (sm_89+);
 - with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}``: ``ours``' kernel and P.V precision
   launched with each tile of :func:`sweep_configs` (quant blocks at their default 64); a tile that does not compile
   or run (e.g. past the GPU's shared memory) is printed with the reason and left out.
@@ -41,7 +42,7 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "wan_480p_81f": (1, 40, 32760, 128),
     "wan_720p_81f": (1, 40, 75600, 128),
 }
-METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_generic")
+METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8")
 # comfy-kitchen's int8 attention entry points this benchmark knows, by module attribute (none is documented yet).
 _KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
 # --sweep-tiles: attention tile rows/keys, warps, stages. Tiles under 64 query rows or keys are left out: Hopper's
@@ -111,6 +112,18 @@ def sweep_errors() -> tuple[type[BaseException], ...]:
     return OutOfResources, CompilationError, RuntimeError
 
 
+def _ours_fp8() -> Attention | str:
+    from ..int8.backends.attention import resolve_pv
+
+    if not torch.cuda.is_available():
+        return "fp8 P.V needs a CUDA GPU"
+    try:
+        resolve_pv(torch.device("cuda", torch.cuda.current_device()), "fp8")
+    except RuntimeError as exc:  # this GPU has no fp8 tensor cores: the row is left out with the reason
+        return str(exc)
+    return _ours("fp8")
+
+
 def _sage() -> Attention | str:
     if importlib.util.find_spec("sageattention") is None:
         return "sageattention is not installed"
@@ -140,7 +153,7 @@ def available_methods(names: list[str]) -> dict[str, Attention | str]:
         "comfy_kitchen_int8": _kitchen,
         "sageattention_1.0.6": _sage,
         "ours": lambda: _ours("auto"),
-        "ours_generic": lambda: _ours("16bit"),
+        "ours_fp8": _ours_fp8,
     }
     return {name: builders[name]() for name in names}
 
