@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -137,7 +138,10 @@ def _variants_for(params: int, args: argparse.Namespace) -> tuple[list[str], str
     return ["fp8_e4m3fn_fast", *[v for v in variants if v != "fp8_e4m3fn_fast"]], note
 
 
-def run_family(family: Family, args: argparse.Namespace, folder: Path) -> dict:
+def run_family(family: Family, args: argparse.Namespace, folder: Path,
+               progress: Callable[[dict], None] | None = None) -> dict:
+    """One family's variants; ``progress(summary)`` after each variant, so a run cut off by a time limit keeps the
+    variants it finished."""
     from . import family_models as fm
     from . import family_sampling as fs
 
@@ -174,6 +178,8 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path) -> dict:
         result["final_latent_cos"] = round(fs.cosine(tensors[1], reference[1]), 6)
         out["variants"][variant] = result
         log.info("families: %s / %s: %s", family.name, variant, json.dumps(result))
+        if progress is not None:
+            progress(_summarise(out))
     for path in (files.get("bf16"), files.get("native_int8")):
         if path is not None:
             path.unlink(missing_ok=True)
@@ -210,12 +216,16 @@ def run(args: argparse.Namespace) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     torch._dynamo.config.cache_size_limit = 640
     try:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+
+        def save(name: str, summary: dict) -> None:
+            results["families"][name] = summary
+            results["elapsed_s"] = round(time.perf_counter() - started, 1)
+            out_path.write_text(json.dumps(results, indent=1, default=str))
+
         for name in args.families:
             log.info("families: %s ...", name)
-            results["families"][name] = run_family(FAMILIES[name], args, folder)
-            results["elapsed_s"] = round(time.perf_counter() - started, 1)
-            out_path.parent.mkdir(parents=True, exist_ok=True)
-            out_path.write_text(json.dumps(results, indent=1, default=str))
+            save(name, run_family(FAMILIES[name], args, folder, lambda summary, name=name: save(name, summary)))
     finally:
         if args.workdir is None:
             shutil.rmtree(folder, ignore_errors=True)

@@ -118,3 +118,26 @@ def test_bench_families_tiny_run_writes_the_issue_json_shape(comfy, tmp_path) ->
     assert wan["variants"]["bf16"]["cos"] == 1.0 and wan["cos"] >= COSINE_MIN
     assert wan["variants"]["native_int8_stock_compile"]["cos"] >= COSINE_MIN
     assert not list(tmp_path.glob("*.safetensors"))  # the model files are deleted per family
+
+
+def test_bench_families_keeps_finished_variants_when_cut_off(comfy, tmp_path, monkeypatch) -> None:
+    # A device call's time limit kills the run mid-family: the JSON must already hold the variants that finished.
+    from comfy_int8_w8a8.bench import families
+
+    parser = argparse.ArgumentParser()
+    families.add_arguments(parser)
+    out = tmp_path / "families.json"
+    args = parser.parse_args(["--tiny", "--families", "flux1_dev", "--steps", "2", "--out", str(out),
+                              "--variants", "bf16", "ours_eager"])
+    real = families._run_variant
+
+    def cut_off_at_the_second(variant, *rest):  # noqa: ANN001, ANN002, ANN202
+        if variant == "ours_eager":
+            raise KeyboardInterrupt  # what a time limit's signal looks like to the run (not an Exception)
+        return real(variant, *rest)
+
+    monkeypatch.setattr(families, "_run_variant", cut_off_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        families.run(args)
+    flux = json.loads(out.read_text())["families"]["flux1_dev"]
+    assert list(flux["variants"]) == ["bf16"] and flux["step_ms"]["bf16"] > 0
