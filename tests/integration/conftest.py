@@ -86,6 +86,25 @@ def comfy_cpu():
         pytest.skip(f"comfy is not importable from {COMFYUI} ({exc}). {HOW_TO}")
     return comfy
 
+
+@pytest.fixture
+def cut_off_at(monkeypatch):  # noqa: ANN001, ANN201
+    """``cut_off_at(bench_module, variant)``: that benchmark's ``_run_variant`` raises KeyboardInterrupt (what a
+    device call's time limit looks like to the run: not an Exception, so not recorded as a failed variant) when it
+    reaches ``variant``, and runs the others as before."""
+    def install(module, variant: str) -> None:  # noqa: ANN001
+        real = module._run_variant
+
+        def cut_off(name, *rest):  # noqa: ANN001, ANN002, ANN202
+            if name == variant:
+                raise KeyboardInterrupt
+            return real(name, *rest)
+
+        monkeypatch.setattr(module, "_run_variant", cut_off)
+
+    return install
+
+
 # A text-encoder stand-in: a fixed random CONDITIONING of the width the model expects (stock nodes that need no
 # text encoder emit a fixed 1024-wide one, Wan needs 4096). Installed only in the test server's custom_nodes.
 _STUB_NODE = '''

@@ -78,16 +78,9 @@ def test_bench_defaults_tiny_lora_and_vram_cap(comfy_cpu, tmp_path) -> None:
     assert table.count("| 512x512 | ours_loader |") == 2  # the main table and the LoRA table
 
 
-def test_bench_defaults_keeps_finished_variants_when_cut_off(comfy_cpu, tmp_path, monkeypatch) -> None:
+def test_bench_defaults_keeps_finished_variants_when_cut_off(comfy_cpu, tmp_path, cut_off_at) -> None:
     # A device call's time limit kills the run mid-way: the JSON and table must already hold the finished variants.
-    real = defaults._run_variant
-
-    def cut_off_at_the_second(variant, *rest):  # noqa: ANN001, ANN002, ANN202
-        if variant == "ours_loader":
-            raise KeyboardInterrupt  # what a time limit's signal looks like to the run (not an Exception)
-        return real(variant, *rest)
-
-    monkeypatch.setattr(defaults, "_run_variant", cut_off_at_the_second)
+    cut_off_at(defaults, "ours_loader")
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, "--isolate", "none", "--variants", "bf16", "ours_loader")
     out = tmp_path / "defaults.json"

@@ -120,7 +120,7 @@ def test_bench_families_tiny_run_writes_the_issue_json_shape(comfy, tmp_path) ->
     assert not list(tmp_path.glob("*.safetensors"))  # the model files are deleted per family
 
 
-def test_bench_families_keeps_finished_variants_when_cut_off(comfy, tmp_path, monkeypatch) -> None:
+def test_bench_families_keeps_finished_variants_when_cut_off(comfy, tmp_path, cut_off_at) -> None:
     # A device call's time limit kills the run mid-family: the JSON must already hold the variants that finished.
     from comfy_int8_w8a8.bench import families
 
@@ -129,14 +129,7 @@ def test_bench_families_keeps_finished_variants_when_cut_off(comfy, tmp_path, mo
     out = tmp_path / "families.json"
     args = parser.parse_args(["--tiny", "--families", "flux1_dev", "--steps", "2", "--out", str(out),
                               "--variants", "bf16", "ours_eager"])
-    real = families._run_variant
-
-    def cut_off_at_the_second(variant, *rest):  # noqa: ANN001, ANN002, ANN202
-        if variant == "ours_eager":
-            raise KeyboardInterrupt  # what a time limit's signal looks like to the run (not an Exception)
-        return real(variant, *rest)
-
-    monkeypatch.setattr(families, "_run_variant", cut_off_at_the_second)
+    cut_off_at(families, "ours_eager")
     with pytest.raises(KeyboardInterrupt):
         families.run(args)
     flux = json.loads(out.read_text())["families"]["flux1_dev"]
