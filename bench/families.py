@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import logging
 import shutil
@@ -225,7 +226,7 @@ def run(args: argparse.Namespace) -> int:
 
         for name in args.families:
             log.info("families: %s ...", name)
-            save(name, run_family(FAMILIES[name], args, folder, lambda summary, name=name: save(name, summary)))
+            save(name, run_family(FAMILIES[name], args, folder, functools.partial(save, name)))
     finally:
         if args.workdir is None:
             shutil.rmtree(folder, ignore_errors=True)
