@@ -218,3 +218,46 @@ def _rotated_row_quant_kernel(
         _rot_row_store4(q_ptr, q_off, g_a, mask_a, a0, a1, a2, a3, scale, r, DT, INTERPRETED)
         if G_B > 0:
             _rot_row_store4(q_ptr, q_off, g_b, mask_b, b0, b1, b2, b3, scale, r, DT, INTERPRETED)
+
+
+@triton.jit
+def _rot_row_store_rotated(o_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, DT: tl.constexpr):
+    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+    tl.store(o_ptr + row_off + cols, y.to(DT), mask=g_mask[:, None])
+
+
+@triton.jit
+def _rot_row_store_rotated4(o_ptr, row_off, g, g_mask, z0, z1, z2, z3, DT: tl.constexpr):
+    _rot_row_store_rotated(o_ptr, row_off, g, g_mask, 0, z0, DT)
+    _rot_row_store_rotated(o_ptr, row_off, g, g_mask, 1, z1, DT)
+    _rot_row_store_rotated(o_ptr, row_off, g, g_mask, 2, z2, DT)
+    _rot_row_store_rotated(o_ptr, row_off, g, g_mask, 3, z3, DT)
+
+
+@triton.jit
+def _rotated_row_kernel(
+    x_ptr, smooth_ptr, h64_ptr, o_ptr, M, K, stride_xm, stride_om,
+    GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr, G_A: tl.constexpr, G_B: tl.constexpr,
+):
+    """The rotation alone, ``(x * smooth) @ blockdiag(H)`` rounded to x's dtype, for the few-rows W8A16 path, which
+    multiplies 16-bit activations: one launch where the torch form (cast to fp32, batched matmul, cast back) is
+    three, and a launch an eager plan can replay. Same walk and layout as :func:`_rotated_row_quant_kernel` (its
+    constraints: ``K % 256 == 0``, ``K <= 64 * 256``), storing the rotated row instead of quantizing it."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    g_a = tl.arange(0, G_A)
+    mask_a = g_a < K // 256
+    if G_B > 0:
+        g_b = G_A + tl.arange(0, G_B)
+        mask_b = g_b < K // 256
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    for it in range(0, tl.cdiv(M - pid, n_prog)):
+        row = pid + it * n_prog
+        x_off = row.to(tl.int64) * stride_xm
+        o_off = row.to(tl.int64) * stride_om
+        a0, a1, a2, a3 = _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g_a, mask_a, GROUP, HAS_SMOOTH)
+        _rot_row_store_rotated4(o_ptr, o_off, g_a, mask_a, a0, a1, a2, a3, DT)
+        if G_B > 0:
+            b0, b1, b2, b3 = _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g_b, mask_b, GROUP, HAS_SMOOTH)
+            _rot_row_store_rotated4(o_ptr, o_off, g_b, mask_b, b0, b1, b2, b3, DT)

@@ -17,12 +17,13 @@ from ..kernels.triton_quant_rotated import (
     ROT_ROW_MAX_K,
     ROT_WARPS,
     _rotated_quant_kernel,
+    _rotated_row_kernel,
     _rotated_row_quant_kernel,
 )
 from .fast_launch import CompiledLauncher, note_temporary
 from .host import alignment_bits, cdiv, next_power_of_2, sm_count, supports_pdl
 
-__all__ = ["quantize_per_token_triton", "launch_rotated", "rot_row_group_split", "one_pass_launch_shape",
+__all__ = ["quantize_per_token_triton", "launch_rotated", "rotate_rows_triton", "one_pass_rotation_fits", "rot_row_group_split", "one_pass_launch_shape",
            "smooth_operand", "can_trigger_dependents", "grid_sm_count", "spec_key"]
 
 
@@ -63,6 +64,12 @@ def rot_row_group_split(groups: int) -> tuple[int, int]:
 
 _rot_launch = CompiledLauncher(_rotated_quant_kernel)
 _rot_row_launch = CompiledLauncher(_rotated_row_quant_kernel)
+_rotate_only_launch = CompiledLauncher(_rotated_row_kernel)
+
+
+def one_pass_rotation_fits(k: int, group: int) -> bool:
+    """Whether the one-pass rotation kernels take rows of ``k`` columns: whole 256-column groups, a row in registers."""
+    return group <= 256 and k % 256 == 0 and k <= ROT_ROW_MAX_K
 
 
 def one_pass_launch_shape(k: int) -> tuple[int, int, int]:
@@ -84,7 +91,7 @@ def launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, 
     # build_hadamard caches per device (no host-to-device copy per call, CUDA-graph safe). In x's dtype: the
     # entries +-1/8 are exact in 16-bit, and half the bytes per load.
     h = build_hadamard(64, x.device, x.dtype)
-    if group <= 256 and k % 256 == 0 and k <= ROT_ROW_MAX_K:
+    if one_pass_rotation_fits(k, group):
         g_a, g_b = rot_row_group_split(k // 256)
         per_sm, warps, stages = config or one_pass_launch_shape(k)
         runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
@@ -101,6 +108,29 @@ def launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, 
         runtime = (x, smooth_arg, h, q, scale, part, m, k, x.stride(0), q.stride(0), n_chunks)
         constexprs = (group, has_smooth, ROT_BLOCK_M, next_power_of_2(n_chunks), quant, INTERPRETED)
         _rot_launch(spec_key(runtime, constexprs), dev, grid, runtime + constexprs, ROT_WARPS, 3)
+
+
+def rotate_rows_triton(x: torch.Tensor, smooth: torch.Tensor | None, group: int) -> torch.Tensor:
+    """``(x * smooth) @ blockdiag(H_group)`` in x's dtype for a row-major ``x [M, K]`` on CUDA, in one launch (the
+    few-rows W8A16 path's input transform): :func:`int8.backends.base.prepare_activation`'s result up to the fp32
+    summation order. Needs :func:`one_pass_rotation_fits`; raises ValueError otherwise."""
+    m, k = x.shape
+    if x.stride(1) != 1 or not one_pass_rotation_fits(k, group):
+        raise ValueError(f"rotate_rows_triton takes a row-major [M, K] input with K a multiple of 256 up to "
+                         f"{ROT_ROW_MAX_K} and a group of at most 256: shape {tuple(x.shape)}, group {group}")
+    out = torch.empty((m, k), dtype=x.dtype, device=x.device)
+    note_temporary(out)  # the W8A16 kernel's input: a replayed eager plan allocates it per call
+    if m == 0:
+        return out
+    smooth_arg = smooth_operand(smooth, x)
+    dev = x.device.index
+    g_a, g_b = rot_row_group_split(k // 256)
+    per_sm, warps, stages = one_pass_launch_shape(k)
+    runtime = (x, smooth_arg, build_hadamard(64, x.device, x.dtype), out, m, k, x.stride(0), out.stride(0))
+    constexprs = (group, smooth is not None, g_a, g_b)
+    _rotate_only_launch(spec_key(runtime, constexprs + (warps, stages)), dev,
+                        (min(m, grid_sm_count(dev) * per_sm), 1, 1), runtime + constexprs, warps, stages)
+    return out
 
 
 _plain_launch = CompiledLauncher(_quant_per_token_kernel)

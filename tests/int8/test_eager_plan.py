@@ -54,6 +54,24 @@ def test_replayed_plan_equals_normal_path(m, k, n, dtype, bias):
     assert len(plans) == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m,k,n,smooth", [(1, 3072, 18432, False), (16, 5120, 5120, True), (32, 3072, 3072, False)])
+def test_rotated_few_rows_layer_replays_rotation_and_w8a16_as_one_plan(m, k, n, smooth, dtype):
+    # A hadamard layer's few-rows path is two launches (the Triton rotation, then W8A16) with the rotated activation
+    # a per-call temporary: one plan replays both. The torch rotation it replaced could not be replayed.
+    from comfy_int8_w8a8.int8.launch.eager_plan import EagerPlan
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(k, n, device="cuda")
+    s = torch.rand(k, device="cuda") + 0.5 if smooth else None
+    layer = Int8Linear.from_linear(lin, Int8Config(runtime_backend="triton"), hadamard_group=256, smooth=s)
+    xs = [(torch.randn(m, k, device="cuda") * 3).to(dtype) for _ in range(4)]
+    for x in xs:
+        assert torch.equal(layer(x), _unplanned(layer, x))
+    plans = _plans(layer)
+    assert len(plans) == 1 and isinstance(next(iter(plans.values())), EagerPlan)
+
+
 def test_plan_with_smoothing_and_3d_input():
     layer = _layer(1024, 1536, smooth=True)
     for _ in range(3):

@@ -35,6 +35,7 @@ KERNEL_MODULES = {
     "_quant_per_token_kernel": f"{_PKG}.triton_quant",
     "_rotated_quant_kernel": f"{_PKG}.triton_quant_rotated",
     "_rotated_row_quant_kernel": f"{_PKG}.triton_quant_rotated",
+    "_rotated_row_kernel": f"{_PKG}.triton_quant_rotated",
     "_int8_gemm_kernel": f"{_PKG}.triton_gemm",
     "_split_k_kernel": f"{_PKG}.triton_splitk",
     "_gemv_kernel": f"{_PKG}.triton_gemv",
@@ -224,6 +225,35 @@ def test_rotated_row_quant_kernel_matches_rotate_activation(m, k, group, g_a, g_
     fn[(min(m, programs),)](x, x, h, q, scale, m, k, x.stride(0), k, GROUP=group, HAS_SMOOTH=False, G_A=g_a,
                             G_B=g_b, INTERPRETED=True, num_warps=4)
     _check_rotated(x, group, q, scale)
+
+
+@pytest.mark.parametrize("dtype", [BF16_DOT, torch.float16])
+@pytest.mark.parametrize("m,k,group,g_a,g_b,programs,smooth", [
+    (1, 3072, 256, 16, 0, 1, False),  # Flux's 3072: 12 groups padded to 16, one row (the modulation layers)
+    (3, 5120, 64, 16, 16, 2, True),   # 20 groups in 16 + 16, smoothing, programs walk several rows
+    (2, 768, 256, 16, 0, 2, True),
+])
+def test_rotated_row_kernel_matches_prepare_activation(m, k, group, g_a, g_b, programs, smooth, dtype):
+    # The rotation alone (the few-rows W8A16 path's input): the torch path's values up to the fp32 summation
+    # order, i.e. within the rotation's fp32 bound plus one rounding to x's dtype.
+    from comfy_int8_w8a8.int8.backends.base import prepare_activation
+    from comfy_int8_w8a8.int8.weights import Int8Weights
+
+    fn = kernel("_rotated_row_kernel")
+    x = _acts(m, k, dtype)
+    s = torch.rand(k) + 0.5 if smooth else None
+    h = build_hadamard(64, "cpu", dtype)
+    out = torch.full((m, k), float("nan"), dtype=dtype)
+    fn[(min(m, programs),)](x, s.to(dtype) if smooth else x, h, out, m, k, x.stride(0), k, GROUP=group,
+                            HAS_SMOOTH=smooth, G_A=g_a, G_B=g_b, num_warps=4)
+    ref = prepare_activation(x, Int8Weights(torch.zeros(1, k, dtype=torch.int8), torch.ones(1), None, group, s))
+    xs = x.float() * s.to(dtype).float() if smooth else x.float()
+    group_abs = xs.abs().reshape(m, -1, group).sum(-1) / group**0.5
+    bound = 2 * group * torch.finfo(torch.float32).eps * group_abs.amax(-1, keepdim=True)
+    tol = bound + ref.float().abs() * torch.finfo(dtype).eps
+    assert not out.isnan().any()
+    assert ((out.float() - ref.float()).abs() <= tol).all()
+    assert (out == ref).float().mean() > 0.9  # mostly the same bits: a different order, not a different sum
 
 
 # ------------------------------------------------------------------------------------------------- pointer GEMM
