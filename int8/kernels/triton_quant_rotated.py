@@ -132,10 +132,11 @@ def _rotated_quant_kernel(
 
 
 @triton.jit
-def _rot_row_tile(x_ptr, smooth_ptr, h, row_off, g, g_mask, SUB: tl.constexpr, HAS_SMOOTH: tl.constexpr):
-    """Sub-block SUB (0..3) of every 256-column group of one row, times H64: fp32 ``[G_P2, 64]``. The groups of a
+def _rot_row_tile(x_ptr, smooth_ptr, h, row_off, g, g_mask, SUB: tl.constexpr, HAS_SMOOTH: tl.constexpr,
+                  G_COLS: tl.constexpr):
+    """Sub-block SUB of every ``G_COLS``-column group of one row, times H64: fp32 ``[G_P2, 64]``. The groups of a
     row are the dot's M dimension, so one row alone fills a tensor-core tile."""
-    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+    cols = g[:, None] * G_COLS + SUB * 64 + tl.arange(0, 64)[None, :]
     x = tl.load(x_ptr + row_off + cols, mask=g_mask[:, None], other=0.0)
     if HAS_SMOOTH:
         s = tl.load(smooth_ptr + cols, mask=g_mask[:, None], other=0.0)
@@ -147,8 +148,8 @@ def _rot_row_tile(x_ptr, smooth_ptr, h, row_off, g, g_mask, SUB: tl.constexpr, H
 
 @triton.jit
 def _rot_row_store(q_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, s, r, DT: tl.constexpr,
-                   INTERPRETED: tl.constexpr):
-    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+                   INTERPRETED: tl.constexpr, G_COLS: tl.constexpr):
+    cols = g[:, None] * G_COLS + SUB * 64 + tl.arange(0, 64)[None, :]
     tl.store(q_ptr + row_off + cols, quantize_by(y.to(DT).to(tl.float32), s, r, INTERPRETED),
              mask=g_mask[:, None])
 
@@ -156,10 +157,10 @@ def _rot_row_store(q_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, s, r, DT: tl
 @triton.jit
 def _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g, g_mask, GROUP: tl.constexpr, HAS_SMOOTH: tl.constexpr):
     """The groups ``g`` of one row, rotated: four ``[len(g), 64]`` sub-block tiles."""
-    z0 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 0, HAS_SMOOTH)
-    z1 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 1, HAS_SMOOTH)
-    z2 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 2, HAS_SMOOTH)
-    z3 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 3, HAS_SMOOTH)
+    z0 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 0, HAS_SMOOTH, 256)
+    z1 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 1, HAS_SMOOTH, 256)
+    z2 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 2, HAS_SMOOTH, 256)
+    z3 = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g, g_mask, 3, HAS_SMOOTH, 256)
     if GROUP >= 256:  # H4 butterfly over the four sub-blocks (see _rot256)
         t = 0.5 * (z0 + z1 + z2 + z3)
         z0, z1, z2, z3 = t - z3, t - z2, t - z1, t - z0
@@ -176,10 +177,10 @@ def _rot_row_absmax(z0, z1, z2, z3, DT: tl.constexpr):
 
 @triton.jit
 def _rot_row_store4(q_ptr, q_off, g, g_mask, z0, z1, z2, z3, scale, r, DT: tl.constexpr, INTERPRETED: tl.constexpr):
-    _rot_row_store(q_ptr, q_off, g, g_mask, 0, z0, scale, r, DT, INTERPRETED)
-    _rot_row_store(q_ptr, q_off, g, g_mask, 1, z1, scale, r, DT, INTERPRETED)
-    _rot_row_store(q_ptr, q_off, g, g_mask, 2, z2, scale, r, DT, INTERPRETED)
-    _rot_row_store(q_ptr, q_off, g, g_mask, 3, z3, scale, r, DT, INTERPRETED)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 0, z0, scale, r, DT, INTERPRETED, 256)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 1, z1, scale, r, DT, INTERPRETED, 256)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 2, z2, scale, r, DT, INTERPRETED, 256)
+    _rot_row_store(q_ptr, q_off, g, g_mask, 3, z3, scale, r, DT, INTERPRETED, 256)
 
 
 @triton.jit
@@ -218,6 +219,45 @@ def _rotated_row_quant_kernel(
         _rot_row_store4(q_ptr, q_off, g_a, mask_a, a0, a1, a2, a3, scale, r, DT, INTERPRETED)
         if G_B > 0:
             _rot_row_store4(q_ptr, q_off, g_b, mask_b, b0, b1, b2, b3, scale, r, DT, INTERPRETED)
+
+
+@triton.jit
+def _rot_blocks64_absmax(z, DT: tl.constexpr):
+    return tl.max(tl.max(tl.abs(z.to(DT).to(tl.float32)), axis=1), axis=0)
+
+
+@triton.jit
+def _rotated_blocks64_quant_kernel(
+    x_ptr, smooth_ptr, h64_ptr, q_ptr, scale_ptr, M, K, stride_xm, stride_qm,
+    HAS_SMOOTH: tl.constexpr, G_A: tl.constexpr, G_B: tl.constexpr, INTERPRETED: tl.constexpr,
+):
+    """:func:`_rotated_row_quant_kernel` for 64-column groups when ``K % 256 != 0`` (SD3.5-large's K = 2432 = 38 x 64):
+    a row's K / 64 blocks are the dot's M dimension (``G_A`` + ``G_B`` of them, as there), one ``[blocks, 64] x
+    H64`` tile per row and no butterfly. x is read once; the chunked kernel this replaces reads it twice."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    g_a = tl.arange(0, G_A)
+    mask_a = g_a < K // 64
+    if G_B > 0:
+        g_b = G_A + tl.arange(0, G_B)
+        mask_b = g_b < K // 64
+    pid = tl.program_id(0)
+    n_prog = tl.num_programs(0)
+    for it in range(0, tl.cdiv(M - pid, n_prog)):
+        row = pid + it * n_prog
+        x_off = row.to(tl.int64) * stride_xm
+        a = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g_a, mask_a, 0, HAS_SMOOTH, 64)
+        amax = _rot_blocks64_absmax(a, DT)
+        if G_B > 0:
+            b = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g_b, mask_b, 0, HAS_SMOOTH, 64)
+            amax = tl.maximum(amax, _rot_blocks64_absmax(b, DT))
+        scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
+        tl.store(scale_ptr + row, scale)
+        r = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+        q_off = row.to(tl.int64) * stride_qm
+        _rot_row_store(q_ptr, q_off, g_a, mask_a, 0, a, scale, r, DT, INTERPRETED, 64)
+        if G_B > 0:
+            _rot_row_store(q_ptr, q_off, g_b, mask_b, 0, b, scale, r, DT, INTERPRETED, 64)
 
 
 @triton.jit

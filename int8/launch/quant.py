@@ -16,6 +16,7 @@ from ..kernels.triton_quant_rotated import (
     ROT_BLOCK_M,
     ROT_ROW_MAX_K,
     ROT_WARPS,
+    _rotated_blocks64_quant_kernel,
     _rotated_quant_kernel,
     _rotated_row_kernel,
     _rotated_row_quant_kernel,
@@ -23,7 +24,8 @@ from ..kernels.triton_quant_rotated import (
 from .fast_launch import CompiledLauncher, note_temporary
 from .host import alignment_bits, cdiv, next_power_of_2, sm_count, supports_pdl
 
-__all__ = ["quantize_per_token_triton", "launch_rotated", "rotate_rows_triton", "one_pass_rotation_fits", "rot_row_group_split", "one_pass_launch_shape",
+__all__ = ["quantize_per_token_triton", "launch_rotated", "rotate_rows_triton", "one_pass_rotation_fits",
+           "one_pass_blocks64_fits", "rot_row_group_split", "one_pass_launch_shape",
            "smooth_operand", "can_trigger_dependents", "grid_sm_count", "spec_key"]
 
 
@@ -65,11 +67,18 @@ def rot_row_group_split(groups: int) -> tuple[int, int]:
 _rot_launch = CompiledLauncher(_rotated_quant_kernel)
 _rot_row_launch = CompiledLauncher(_rotated_row_quant_kernel)
 _rotate_only_launch = CompiledLauncher(_rotated_row_kernel)
+_rot_blocks64_launch = CompiledLauncher(_rotated_blocks64_quant_kernel)
 
 
 def one_pass_rotation_fits(k: int, group: int) -> bool:
     """Whether the one-pass rotation kernels take rows of ``k`` columns: whole 256-column groups, a row in registers."""
     return group <= 256 and k % 256 == 0 and k <= ROT_ROW_MAX_K
+
+
+def one_pass_blocks64_fits(k: int, group: int) -> bool:
+    """Whether the one-pass 64-column-block kernel quantizes rows of ``k`` columns: group 64 where K is not a whole
+    number of 256-column groups (those take :func:`one_pass_rotation_fits`'s kernel), a row in registers."""
+    return group == 64 and k % 64 == 0 and k % 256 != 0 and k <= ROT_ROW_MAX_K
 
 
 def one_pass_launch_shape(k: int) -> tuple[int, int, int]:
@@ -99,6 +108,15 @@ def launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, 
         grid = (min(m, grid_sm_count(dev) * per_sm), 1, 1)
         _rot_row_launch(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
                         stages)
+        return
+    if one_pass_blocks64_fits(k, group):
+        g_a, g_b = rot_row_group_split(k // 64)
+        per_sm, warps, stages = config or one_pass_launch_shape(k)
+        runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
+        constexprs = (has_smooth, g_a, g_b, INTERPRETED)
+        grid = (min(m, grid_sm_count(dev) * per_sm), 1, 1)
+        _rot_blocks64_launch(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
+                             stages)
         return
     chunk_cols = 1024 if group >= 1024 else 256
     n_chunks = cdiv(k, chunk_cols)

@@ -35,6 +35,7 @@ KERNEL_MODULES = {
     "_quant_per_token_kernel": f"{_PKG}.triton_quant",
     "_rotated_quant_kernel": f"{_PKG}.triton_quant_rotated",
     "_rotated_row_quant_kernel": f"{_PKG}.triton_quant_rotated",
+    "_rotated_blocks64_quant_kernel": f"{_PKG}.triton_quant_rotated",
     "_rotated_row_kernel": f"{_PKG}.triton_quant_rotated",
     "_int8_gemm_kernel": f"{_PKG}.triton_gemm",
     "_split_k_kernel": f"{_PKG}.triton_splitk",
@@ -227,6 +228,23 @@ def test_rotated_row_quant_kernel_matches_rotate_activation(m, k, group, g_a, g_
     _check_rotated(x, group, q, scale)
 
 
+@pytest.mark.parametrize("dtype", [BF16_DOT, torch.float16, torch.float32])
+@pytest.mark.parametrize("m,k,g_a,g_b,programs", [
+    (3, 2432, 32, 16, 2),  # SD3.5-large's K: 38 blocks of 64 in 32 + 16, programs walk several rows
+    (2, 320, 16, 0, 2),    # 5 blocks padded to 16
+])
+def test_rotated_blocks64_quant_kernel_matches_rotate_activation(m, k, g_a, g_b, programs, dtype):
+    # The one-pass kernel for 64-column groups when K % 256 != 0: a row's 64-blocks as the dot's M dimension.
+    fn = kernel("_rotated_blocks64_quant_kernel")
+    x = _acts(m, k, dtype)
+    h = build_hadamard(64, "cpu", dtype)
+    q = torch.zeros(m, k, dtype=torch.int8)
+    scale = torch.empty(m, 1, dtype=torch.float32)
+    fn[(min(m, programs),)](x, x, h, q, scale, m, k, x.stride(0), k, HAS_SMOOTH=False, G_A=g_a, G_B=g_b,
+                            INTERPRETED=True, num_warps=4)
+    _check_rotated(x, 64, q, scale)
+
+
 @pytest.mark.parametrize("dtype", [BF16_DOT, torch.float16])
 @pytest.mark.parametrize("m,k,group,g_a,g_b,programs,smooth", [
     (1, 3072, 256, 16, 0, 1, False),  # Flux's 3072: 12 groups padded to 16, one row (the modulation layers)
@@ -254,6 +272,26 @@ def test_rotated_row_kernel_matches_prepare_activation(m, k, group, g_a, g_b, pr
     assert not out.isnan().any()
     assert ((out.float() - ref.float()).abs() <= tol).all()
     assert (out == ref).float().mean() > 0.9  # mostly the same bits: a different order, not a different sum
+
+
+@pytest.mark.parametrize("k,group,kernel", [
+    (2432, 64, "blocks64"),   # SD3.5-large: 38 blocks of 64, K % 256 != 0
+    (3072, 64, "row"),        # whole 256-column groups take the one-pass group kernel, any group <= 256
+    (3072, 256, "row"),
+    (4096, 1024, "chunked"),  # 1024-groups: the chunked kernel
+    (20480, 256, "chunked"),  # a row past the registers
+])
+def test_rotation_launch_picks_the_one_pass_kernel_where_it_fits(monkeypatch, k, group, kernel):
+    from comfy_int8_w8a8.int8.launch import quant
+
+    launched = []
+    for name, launcher in (("row", "_rot_row_launch"), ("blocks64", "_rot_blocks64_launch"),
+                           ("chunked", "_rot_launch")):
+        monkeypatch.setattr(quant, launcher, lambda *a, name=name, **kw: launched.append(name))
+    monkeypatch.setattr(quant, "grid_sm_count", lambda dev: 132)
+    x = torch.zeros(4, k, dtype=torch.bfloat16)
+    quant.launch_rotated(x, x, False, group, torch.empty(4, k, dtype=torch.int8), torch.empty(4, 1), None)
+    assert set(launched) == {kernel}
 
 
 # ------------------------------------------------------------------------------------------------- pointer GEMM

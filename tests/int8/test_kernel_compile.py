@@ -87,6 +87,12 @@ def rotated_specs(arch: int, dtype: torch.dtype) -> list[Spec]:
         specs.append(Spec(f"rotation only group={group} k={k}", rot._rotated_row_kernel,
                           (dtype, dtype, dtype, dtype, 32, k, k, k),
                           dict(GROUP=group, HAS_SMOOTH=smooth, G_A=g_a, G_B=g_b), warps, stages, "float"))
+    k = 2432  # 64-column groups, K % 256 != 0 (SD3.5-large): 38 blocks in 32 + 16
+    g_a, g_b = rot_row_group_split(k // 64)
+    _, warps, stages = one_pass_launch_shape(k)
+    specs.append(Spec(f"rotated one-pass 64-blocks k={k}", rot._rotated_blocks64_quant_kernel,
+                      (dtype, dtype, dtype, torch.int8, torch.float32, 4096, k, k, k),
+                      dict(HAS_SMOOTH=True, G_A=g_a, G_B=g_b, INTERPRETED=False), warps, stages, "float"))
     # chunked (K past the one-pass kernel, or not a multiple of 256): 1024-column chunks, quant pass; 64-groups
     # with K % 256 != 0, absmax pass (the two passes share the rotation; one of each keeps the time down)
     for group, k, quant in ((1024, 4096, True), (64, 3136, False)):

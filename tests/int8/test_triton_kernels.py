@@ -325,6 +325,22 @@ def test_one_pass_rotation_kernel_matches_rotate_activation(m, k, group):
     assert (q.int() - q_ref.int()).abs().max() <= 1
 
 
+@pytest.mark.parametrize("m,k", [(1500, 2432), (3, 2432), (9, 1088)])
+def test_one_pass_blocks64_kernel_matches_rotate_activation(m, k):
+    # 64-column groups with K % 256 != 0 (SD3.5-large's 2432 = 38 x 64; 1088 = 17 x 64, padded to 32).
+    from comfy_int8_w8a8.int8.launch.quant import one_pass_blocks64_fits, quantize_per_token_triton
+
+    assert one_pass_blocks64_fits(k, 64)
+    dtype = torch.bfloat16
+    x = _acts(m, k, dtype)
+    q, s = quantize_per_token_triton(x, None, 64)
+    q_ref, s_ref = quantize_per_token(rotate_activation(x, 64))
+    group_abs = x.float().abs().reshape(m, -1, 64).sum(-1) / 8
+    rot_err = 2 * 64 * torch.finfo(torch.float32).eps * group_abs.amax(-1, keepdim=True)
+    assert ((s - s_ref).abs() <= rot_err / 127 + s_ref * torch.finfo(dtype).eps).all()
+    assert (q.int() - q_ref.int()).abs().max() <= 1
+
+
 def test_reserved_workspace_covers_every_small_batch_call_without_growing(assert_workspace_kept):
     # A workspace grown during a CUDA-graph warm-up would be allocated in the graph's pool: preparing the layer's
     # state must reserve enough for every row count the small-batch path takes.
