@@ -30,6 +30,28 @@ python3 -m pip install -q --no-deps --target "$DEST/site" --python-version "$PYV
     comfy-kitchen==0.2.40 comfy-aimdo==0.4.10 einops psutil torchsde trampoline sageattention==1.0.6 \
     pytest pluggy iniconfig pytest-xdist execnet
 rm -f "$DEST/site/comfy_kitchen/backends/hip/_C.abi3.so"  # AMD only, 10+ MB
+# PyAV's manylinux wheel (~40 MB with FFmpeg) would not fit the bundle, and ComfyUI's comfy_api imports av at start-up
+# (the stock TorchCompileModel node imports comfy_api): an import stand-in whose every use raises. The benchmarks
+# never decode or encode media.
+python3 - "$DEST/site" <<'PY'
+import pathlib, sys
+site = pathlib.Path(sys.argv[1])
+stub = (
+    '"""Import stand-in for PyAV (bench/offline_bundle.sh): any use raises."""\n'
+    "class _Missing:\n"
+    "    def __init__(self, *args, **kwargs):\n"
+    "        raise ImportError('PyAV is not installed here: this is the benchmark bundle\\'s import stand-in')\n\n\n"
+    "def __getattr__(name):\n"
+    "    if name.startswith('__'):\n"
+    "        raise AttributeError(name)\n"
+    "    return type(name, (_Missing,), {})\n"
+)
+for module in ("av", "av/container", "av/subtitles", "av/subtitles/stream", "av/video", "av/video/reformatter",
+               "av/audio", "av/audio/resampler", "av/error", "av/filter", "av/logging"):
+    folder = site / module
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "__init__.py").write_text(stub)
+PY
 
 if [ -n "$BASE" ]; then
     rm -rf "$DEST/base"
