@@ -27,6 +27,12 @@ ROT_ROW_MAX_K = 64 * 256
 
 
 @triton.jit
+def _load_h64(h64_ptr):
+    """H64 ``[64, 64]`` (row-major, in x's dtype), loaded once per program."""
+    return tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+
+
+@triton.jit
 def _rot64(x_ptr, smooth_ptr, h, rows, row_mask, stride_xm, col0, K, HAS_SMOOTH: tl.constexpr):
     """One 64-column block times H64 on the tensor cores: fp32 ``[BLOCK_M, 64]``."""
     x = load_tile(x_ptr, smooth_ptr, rows, row_mask, stride_xm, col0 + tl.arange(0, 64), K, HAS_SMOOTH)
@@ -87,7 +93,7 @@ def _rotated_quant_kernel(
     row_mask = rows < M
     chunk = tl.program_id(1)
     DT: tl.constexpr = x_ptr.dtype.element_ty
-    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
+    h = _load_h64(h64_ptr)
     part_ptrs = part_ptr + rows.to(tl.int64) * n_chunks
     if QUANT:
         chunks = tl.arange(0, NCHUNK_P2)
@@ -132,11 +138,37 @@ def _rotated_quant_kernel(
 
 
 @triton.jit
+def _row_groups(n_groups, G_A: tl.constexpr, G_B: tl.constexpr):
+    """The one-pass kernels' group indices of a row (the dots' M dimension) and their masks of groups that exist:
+    ``G_A`` from 0, then ``G_B`` after them (with ``G_B`` = 0: the first ones again, for code that never uses them)."""
+    g_a = tl.arange(0, G_A)
+    if G_B > 0:
+        g_b = G_A + tl.arange(0, G_B)
+    else:
+        g_b = g_a
+    return g_a, g_a < n_groups, g_b, g_b < n_groups
+
+
+@triton.jit
+def _row_scale(scale_ptr, row, amax):
+    """One row's scale, ``absmax * (1/127)`` floored at 1e-12 (stored), and its correctly rounded reciprocal."""
+    scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
+    tl.store(scale_ptr + row, scale)
+    return scale, tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+
+
+@triton.jit
+def _rot_row_cols(g, SUB: tl.constexpr, G_COLS: tl.constexpr):
+    """Columns of sub-block SUB (64 wide) of the ``G_COLS``-column groups ``g``: ``[len(g), 64]``."""
+    return g[:, None] * G_COLS + SUB * 64 + tl.arange(0, 64)[None, :]
+
+
+@triton.jit
 def _rot_row_tile(x_ptr, smooth_ptr, h, row_off, g, g_mask, SUB: tl.constexpr, HAS_SMOOTH: tl.constexpr,
                   G_COLS: tl.constexpr):
     """Sub-block SUB of every ``G_COLS``-column group of one row, times H64: fp32 ``[G_P2, 64]``. The groups of a
     row are the dot's M dimension, so one row alone fills a tensor-core tile."""
-    cols = g[:, None] * G_COLS + SUB * 64 + tl.arange(0, 64)[None, :]
+    cols = _rot_row_cols(g, SUB, G_COLS)
     x = tl.load(x_ptr + row_off + cols, mask=g_mask[:, None], other=0.0)
     if HAS_SMOOTH:
         s = tl.load(smooth_ptr + cols, mask=g_mask[:, None], other=0.0)
@@ -149,7 +181,7 @@ def _rot_row_tile(x_ptr, smooth_ptr, h, row_off, g, g_mask, SUB: tl.constexpr, H
 @triton.jit
 def _rot_row_store(q_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, s, r, DT: tl.constexpr,
                    INTERPRETED: tl.constexpr, G_COLS: tl.constexpr):
-    cols = g[:, None] * G_COLS + SUB * 64 + tl.arange(0, 64)[None, :]
+    cols = _rot_row_cols(g, SUB, G_COLS)
     tl.store(q_ptr + row_off + cols, quantize_by(y.to(DT).to(tl.float32), s, r, INTERPRETED),
              mask=g_mask[:, None])
 
@@ -196,12 +228,8 @@ def _rotated_row_quant_kernel(
     ``G_A`` groups plus, if ``G_B`` > 0, ``G_B`` more (48 groups = 32 + 16 rather than 64 with 16 masked: the
     padded rows cost as much as real ones, so at K = 12288 this is a quarter less work per row)."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
-    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
-    g_a = tl.arange(0, G_A)
-    mask_a = g_a < K // 256
-    if G_B > 0:
-        g_b = G_A + tl.arange(0, G_B)
-        mask_b = g_b < K // 256
+    h = _load_h64(h64_ptr)
+    g_a, mask_a, g_b, mask_b = _row_groups(K // 256, G_A, G_B)
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     for it in range(0, tl.cdiv(M - pid, n_prog)):
@@ -212,9 +240,7 @@ def _rotated_row_quant_kernel(
         if G_B > 0:
             b0, b1, b2, b3 = _rot_row_groups(x_ptr, smooth_ptr, h, x_off, g_b, mask_b, GROUP, HAS_SMOOTH)
             amax = tl.maximum(amax, _rot_row_absmax(b0, b1, b2, b3, DT))
-        scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
-        tl.store(scale_ptr + row, scale)
-        r = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+        scale, r = _row_scale(scale_ptr, row, amax)
         q_off = row.to(tl.int64) * stride_qm
         _rot_row_store4(q_ptr, q_off, g_a, mask_a, a0, a1, a2, a3, scale, r, DT, INTERPRETED)
         if G_B > 0:
@@ -235,12 +261,8 @@ def _rotated_blocks64_quant_kernel(
     a row's K / 64 blocks are the dot's M dimension (``G_A`` + ``G_B`` of them, as there), one ``[blocks, 64] x
     H64`` tile per row and no butterfly. x is read once; the chunked kernel this replaces reads it twice."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
-    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
-    g_a = tl.arange(0, G_A)
-    mask_a = g_a < K // 64
-    if G_B > 0:
-        g_b = G_A + tl.arange(0, G_B)
-        mask_b = g_b < K // 64
+    h = _load_h64(h64_ptr)
+    g_a, mask_a, g_b, mask_b = _row_groups(K // 64, G_A, G_B)
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     for it in range(0, tl.cdiv(M - pid, n_prog)):
@@ -251,9 +273,7 @@ def _rotated_blocks64_quant_kernel(
         if G_B > 0:
             b = _rot_row_tile(x_ptr, smooth_ptr, h, x_off, g_b, mask_b, 0, HAS_SMOOTH, 64)
             amax = tl.maximum(amax, _rot_blocks64_absmax(b, DT))
-        scale = tl.maximum(amax * (1.0 / 127.0), 1e-12)
-        tl.store(scale_ptr + row, scale)
-        r = tl.math.div_rn(tl.full([], 1.0, tl.float32), scale)
+        scale, r = _row_scale(scale_ptr, row, amax)
         q_off = row.to(tl.int64) * stride_qm
         _rot_row_store(q_ptr, q_off, g_a, mask_a, 0, a, scale, r, DT, INTERPRETED, 64)
         if G_B > 0:
@@ -262,7 +282,7 @@ def _rotated_blocks64_quant_kernel(
 
 @triton.jit
 def _rot_row_store_rotated(o_ptr, row_off, g, g_mask, SUB: tl.constexpr, y, DT: tl.constexpr):
-    cols = g[:, None] * 256 + SUB * 64 + tl.arange(0, 64)[None, :]
+    cols = _rot_row_cols(g, SUB, 256)
     tl.store(o_ptr + row_off + cols, y.to(DT), mask=g_mask[:, None])
 
 
@@ -284,12 +304,8 @@ def _rotated_row_kernel(
     three, and a launch an eager plan can replay. Same walk and layout as :func:`_rotated_row_quant_kernel` (its
     constraints: ``K % 256 == 0``, ``K <= 64 * 256``), storing the rotated row instead of quantizing it."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
-    h = tl.load(h64_ptr + tl.arange(0, 64)[:, None] * 64 + tl.arange(0, 64)[None, :])
-    g_a = tl.arange(0, G_A)
-    mask_a = g_a < K // 256
-    if G_B > 0:
-        g_b = G_A + tl.arange(0, G_B)
-        mask_b = g_b < K // 256
+    h = _load_h64(h64_ptr)
+    g_a, mask_a, g_b, mask_b = _row_groups(K // 256, G_A, G_B)
     pid = tl.program_id(0)
     n_prog = tl.num_programs(0)
     for it in range(0, tl.cdiv(M - pid, n_prog)):

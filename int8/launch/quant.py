@@ -100,23 +100,18 @@ def launch_rotated(x: torch.Tensor, smooth_arg: torch.Tensor, has_smooth: bool, 
     # build_hadamard caches per device (no host-to-device copy per call, CUDA-graph safe). In x's dtype: the
     # entries +-1/8 are exact in 16-bit, and half the bytes per load.
     h = build_hadamard(64, x.device, x.dtype)
-    if one_pass_rotation_fits(k, group):
-        g_a, g_b = rot_row_group_split(k // 256)
+    # One pass where a rotated row fits in registers: 256-column groups (the group is a constexpr), or 64-column
+    # blocks where K is not a whole number of 256s; (launcher, groups per row, leading constexprs).
+    one_pass = ((_rot_row_launch, k // 256, (group,)) if one_pass_rotation_fits(k, group) else
+                (_rot_blocks64_launch, k // 64, ()) if one_pass_blocks64_fits(k, group) else None)
+    if one_pass is not None:
+        launcher, groups, lead = one_pass
+        g_a, g_b = rot_row_group_split(groups)
         per_sm, warps, stages = config or one_pass_launch_shape(k)
         runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
-        constexprs = (group, has_smooth, g_a, g_b, INTERPRETED)
+        constexprs = (*lead, has_smooth, g_a, g_b, INTERPRETED)
         grid = (min(m, grid_sm_count(dev) * per_sm), 1, 1)
-        _rot_row_launch(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
-                        stages)
-        return
-    if one_pass_blocks64_fits(k, group):
-        g_a, g_b = rot_row_group_split(k // 64)
-        per_sm, warps, stages = config or one_pass_launch_shape(k)
-        runtime = (x, smooth_arg, h, q, scale, m, k, x.stride(0), q.stride(0))
-        constexprs = (has_smooth, g_a, g_b, INTERPRETED)
-        grid = (min(m, grid_sm_count(dev) * per_sm), 1, 1)
-        _rot_blocks64_launch(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps,
-                             stages)
+        launcher(spec_key(runtime, constexprs + (warps, stages)), dev, grid, runtime + constexprs, warps, stages)
         return
     chunk_cols = 1024 if group >= 1024 else 256
     n_chunks = cdiv(k, chunk_cols)
