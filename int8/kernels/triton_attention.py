@@ -57,7 +57,10 @@ def _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stri
     cols = start + tl.arange(0, BLOCK_N)
     dcols = tl.arange(0, D)
     k_ptrs = k_base + cols.to(tl.int64)[:, None] * D + dcols[None, :]
-    v_ptrs = v_base + cols.to(tl.int64)[:, None] * stride_vl + dcols[None, :]
+    if PV_FP8:  # V^T [D, keys], keys contiguous: a K-major operand (see the kernel)
+        v_ptrs = v_base + dcols.to(tl.int64)[:, None] * stride_vl + cols[None, :]
+    else:
+        v_ptrs = v_base + cols.to(tl.int64)[:, None] * stride_vl + dcols[None, :]
     # K as a [BLOCK_N, D] tile, D contiguous, transposed in the dot: the K-major operand int8 wgmma takes from
     # shared memory (a [D, BLOCK_N] load would be the transposed, MN-major layout).
     if MASKED:
@@ -74,13 +77,17 @@ def _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stri
     alpha = tl.math.exp2(m_i - m_new)
     p = tl.math.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    if MASKED:
-        v = tl.load(v_ptrs, mask=col_mask[:, None], other=0.0)
-    else:
-        v = tl.load(v_ptrs)
     if PV_FP8:
-        pv = tl.dot((p * 448.0).to(v.dtype), v, out_dtype=tl.float32)
+        if MASKED:
+            vt = tl.load(v_ptrs, mask=col_mask[None, :], other=0.0)
+        else:
+            vt = tl.load(v_ptrs)
+        pv = tl.dot((p * 448.0).to(vt.dtype), tl.trans(vt), out_dtype=tl.float32)
     else:
+        if MASKED:
+            v = tl.load(v_ptrs, mask=col_mask[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
         pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
     acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
@@ -96,7 +103,10 @@ def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, L
     ``softmax_scale * log2(e)``); the online softmax keeps the running row max ``m`` and sum ``l`` in fp32 and
     rescales the fp32 accumulator by ``exp2(m_old - m_new)`` per key block. ``P . V``: P rounded to V's dtype
     (16-bit), or PV_FP8 (sm_89+): ``P * 448`` in float8 e4m3 against V pre-quantized to e4m3 per channel, scaled
-    back by ``v_scale / 448`` at the end. The full key blocks run unmasked; a last partial block (``Lk % BLOCK_N``
+    back by ``v_scale / 448`` at the end. The fp8 V comes transposed, ``V^T (D, keys)`` per kv head with row stride
+    ``stride_vl``: fp8 wgmma takes only K-major operands, and a ``[keys, D]`` tile could not go to shared memory as
+    one (Triton loaded it through registers, outside the software pipeline: fp8 ran 1.4-1.6x slower than 16-bit on
+    an H100, docs/results/attention_h100.json). The full key blocks run unmasked; a last partial block (``Lk % BLOCK_N``
     keys) runs masked, its missing keys scoring -inf. Grid: (cdiv(Lq, BLOCK_M), B * H)."""
     bh = tl.program_id(1)
     b = bh // H

@@ -84,10 +84,14 @@ def _quantize(x: torch.Tensor, mean: torch.Tensor | None, mult: float, block: in
 
 
 def _fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """V in float8 e4m3 ``(B, Hkv, Lk, D)`` with one fp32 scale per (batch, head, channel), ``absmax / 448``.
+    """V in float8 e4m3, transposed: ``(B, Hkv, D, Lk')`` with ``Lk'`` = Lk rounded up to 16 (16-byte rows; the
+    padding is never read), and one fp32 scale per (batch, head, channel), ``absmax / 448``, as ``(B*Hkv, D)``.
     Plain torch ops for now (one read of V for the absmax, one for the cast); a fused pre-pass is future work."""
+    b, hkv, lk, d = v.shape
     scale = (v.abs().amax(dim=2, keepdim=True).float() / FP8_MAX).clamp_(min=1e-12)
-    return (v.float() / scale).to(torch.float8_e4m3fn), scale.reshape(-1, v.shape[-1]).contiguous()
+    vt = torch.empty(b, hkv, d, cdiv(lk, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
+    vt[..., :lk] = (v.float() / scale).to(torch.float8_e4m3fn).transpose(2, 3)
+    return vt, scale.reshape(-1, d).contiguous()
 
 
 def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,

@@ -62,8 +62,9 @@ def attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
     tiles = attention_tiles(head_dim, pv)
     fp8 = pv == "fp8"
     hd = ATT_H * head_dim
-    # fp8: V is _fp8_values' contiguous (B, H, L, D) e4m3 copy; 16-bit: V as given, (B, L, H, D) seen as (B, H, L, D)
-    v_dtype, v_strides = (torch.float8_e4m3fn, (ATT_L * hd, ATT_L * head_dim, head_dim)) if fp8 else \
+    # fp8: V is _fp8_values' transposed (B, H, D, L) e4m3 copy (L = 4608, a multiple of 16: no padding);
+    # 16-bit: V as given, (B, L, H, D) seen as (B, H, L, D)
+    v_dtype, v_strides = (torch.float8_e4m3fn, (ATT_L * hd, ATT_L * head_dim, ATT_L)) if fp8 else \
         (dtype, (ATT_L * hd, head_dim, hd))
     return [Spec(f"attention D={head_dim} pv={pv} {tiles}", _int8_attention_kernel,
                  (torch.int8, torch.float32, torch.int8, torch.float32, v_dtype, torch.float32, dtype, ATT_L, ATT_L,
@@ -94,3 +95,31 @@ def test_attention_kernels_compile_for_arch_with_int8_mma(head_dim: int, arch: i
     if pv == "16bit":  # the pre-pass does not depend on the P . V precision
         specs += attention_quant_specs(dtype, head_dim)
     check_all(specs, arch)
+
+
+@pytest.mark.parametrize("pv", ("16bit", "fp8"))
+def test_hopper_attention_pipelines_v_like_k(pv: str) -> None:
+    # On sm_90 both operand tiles of the key loop must reach shared memory by asynchronous copies inside the software
+    # pipeline. An fp8 V tile in [keys, D] layout (not K-major, which fp8 wgmma requires) was loaded through registers
+    # with a blocking tt.load in the loop instead: fp8 P . V ran 1.4-1.6x slower than 16-bit on an H100.
+    import re
+
+    from kernel_compile_harness import compile_spec
+
+    _skip_unless_the_pack_compiles_here(90)
+    if pv == "fp8":
+        from comfy_int8_w8a8.int8 import compat
+
+        reason = compat.fp8_dot_unavailable_reason((9, 0), _triton_version())
+        if reason is not None:
+            pytest.skip(f"the pack runs 16-bit P . V here: {reason}")
+    (spec,) = attention_specs(torch.bfloat16, 128, pv)
+    ttgir = compile_spec(spec, 90).asm["ttgir"]
+    v_type = "f8E4M3FN" if pv == "fp8" else "bf16"
+
+    def async_copies(element: str) -> int:
+        return len(re.findall(rf"ttg\.async_copy_global_to_local [^\n]*-> <\d+x\d+x{element},", ttgir))
+
+    # (the ragged last key block loads both tiles with plain loads, outside the loop)
+    assert async_copies("i8") > 0, "K is not copied asynchronously into shared memory"
+    assert async_copies(v_type) == async_copies("i8"), f"V ({v_type}) is not pipelined like K"

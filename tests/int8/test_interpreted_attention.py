@@ -105,3 +105,18 @@ def test_int8_attention_launcher_rejects_unsupported_head_size():
     q = torch.randn(1, 1, 8, 96).half()
     with pytest.raises(ValueError, match="head sizes"):
         attention.int8_attention_triton(q, q, q, tiles=tiles)
+
+
+def test_fp8_values_are_transposed_and_padded_for_a_k_major_operand():
+    # fp8 wgmma takes K-major operands only: P . V's V goes in as V^T (D, keys), rows padded to 16 bytes.
+    from comfy_int8_w8a8.int8.launch.attention import _fp8_values
+
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 37, 64, dtype=torch.bfloat16)
+    vt, scale = _fp8_values(v)
+    assert vt.dtype == torch.float8_e4m3fn and vt.shape == (2, 3, 64, 48) and vt.is_contiguous()
+    assert scale.shape == (6, 64)
+    expected_scale = (v.float().abs().amax(dim=2) / 448.0).reshape(6, 64)
+    assert torch.equal(scale, expected_scale)
+    expected = (v.float() / expected_scale.reshape(2, 3, 1, 64)).to(torch.float8_e4m3fn)
+    assert torch.equal(vt[..., :37].float(), expected.transpose(2, 3).float())
