@@ -9,6 +9,8 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
 - ``ours``: :func:`int8.backends.attention.int8_attention` with ``pv_precision=auto`` (16-bit P.V; the generic
   Triton kernel, the only one there is: no Hopper-specific version yet);
 - ``ours_fp8``: the same kernel with fp8 P.V (sm_89+);
+- ``ours_hopper`` / ``ours_hopper_fp8``: the warp-specialized Gluon kernel (sm_90, :mod:`int8.launch.gluon_attention`)
+  with 16-bit / fp8 P.V, called through the launcher with ``kernel="hopper"`` (not yet what the node runs);
 - with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}``: ``ours``' kernel and P.V precision
   launched with each tile of :func:`sweep_configs` (quant blocks at their default 64); a tile that does not compile
   or run (e.g. past the GPU's shared memory) is printed with the reason and left out.
@@ -42,7 +44,8 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "wan_480p_81f": (1, 40, 32760, 128),
     "wan_720p_81f": (1, 40, 75600, 128),
 }
-METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8")
+METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8", "ours_hopper",
+           "ours_hopper_fp8")
 # comfy-kitchen's int8 attention entry points this benchmark knows, by module attribute (none is documented yet).
 _KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
 # --sweep-tiles: attention tile rows/keys, warps, stages. Tiles under 64 query rows or keys are left out: Hopper's
@@ -124,6 +127,27 @@ def _ours_fp8() -> Attention | str:
     return _ours("fp8")
 
 
+def _ours_hopper(pv: str) -> Attention | str:
+    if not torch.cuda.is_available():
+        return "the Hopper kernel needs a CUDA GPU"
+    from ..int8.launch.attention import int8_attention_triton
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return int8_attention_triton(q, k, v, pv=pv, kernel="hopper")
+
+    try:  # one tiny call: a GPU or Triton that cannot run it leaves the row out with the reason
+        q = torch.zeros(1, 1, 128, 128, device="cuda", dtype=torch.bfloat16)
+        attention(q, q, q)
+    except (ValueError, RuntimeError) as exc:
+        return str(exc)
+    return attention
+
+
+def _ours_hopper_fp8() -> Attention | str:
+    fp8 = _ours_fp8()
+    return fp8 if isinstance(fp8, str) else _ours_hopper("fp8")
+
+
 def _sage() -> Attention | str:
     if importlib.util.find_spec("sageattention") is None:
         return "sageattention is not installed"
@@ -154,6 +178,8 @@ def available_methods(names: list[str]) -> dict[str, Attention | str]:
         "sageattention_1.0.6": _sage,
         "ours": lambda: _ours("auto"),
         "ours_fp8": _ours_fp8,
+        "ours_hopper": lambda: _ours_hopper("16bit"),
+        "ours_hopper_fp8": _ours_hopper_fp8,
     }
     return {name: builders[name]() for name in names}
 

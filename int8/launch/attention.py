@@ -16,10 +16,11 @@ from ..kernels.triton_attention import _attn_quant_kernel, _int8_attention_kerne
 from ..kernels.triton_quant_common import INTERPRETED
 from .host import cdiv
 
-__all__ = ["HEAD_DIMS", "GRANULARITIES", "OUT_LAYOUTS", "AttentionTiles", "attention_tiles", "int8_attention_triton"]
+__all__ = ["HEAD_DIMS", "GRANULARITIES", "OUT_LAYOUTS", "KERNELS", "AttentionTiles", "attention_tiles", "int8_attention_triton"]
 
 HEAD_DIMS = (64, 128)  # tl.arange needs a power of two; the two head sizes of Flux, Wan, SD3, HunyuanVideo, LTX
 GRANULARITIES = ("block", "token")
+KERNELS = ("generic", "hopper")  # the Triton kernel (any GPU); the warp-specialized Gluon one (sm_90)
 OUT_LAYOUTS = ("bhld", "blhd")  # (B, H, Lq, D), or (B, Lq, H, D): ComfyUI's (B, Lq, H*D) without a copy
 _LOG2E = math.log2(math.e)
 
@@ -85,28 +86,42 @@ def _quantize(x: torch.Tensor, mean: torch.Tensor | None, mult: float, block: in
 
 def _fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """V in float8 e4m3, transposed: ``(B, Hkv, D, Lk')`` with ``Lk'`` = Lk rounded up to 16 (16-byte rows; the
-    padding is never read), and one fp32 scale per (batch, head, channel), ``absmax / 448``, as ``(B*Hkv, D)``.
+    padding is zero), and one fp32 scale per (batch, head, channel), ``absmax / 448``, as ``(B*Hkv, D)``.
     Plain torch ops for now (one read of V for the absmax, one for the cast); a fused pre-pass is future work."""
     b, hkv, lk, d = v.shape
     scale = (v.abs().amax(dim=2, keepdim=True).float() / FP8_MAX).clamp_(min=1e-12)
     vt = torch.empty(b, hkv, d, cdiv(lk, 16) * 16, dtype=torch.float8_e4m3fn, device=v.device)
     vt[..., :lk] = (v.float() / scale).to(torch.float8_e4m3fn).transpose(2, 3)
+    vt[..., lk:] = 0  # the Hopper kernel's TMA reads the padding (0 * NaN would be NaN); the generic one masks it
     return vt, scale.reshape(-1, d).contiguous()
 
 
 def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                           smooth_k: bool = True, pv: str = "16bit", granularity: str = "block",
-                          out_layout: str = "bhld", tiles: AttentionTiles | None = None) -> torch.Tensor:
+                          out_layout: str = "bhld", tiles: AttentionTiles | None = None,
+                          kernel: str = "generic") -> torch.Tensor:
     """Attention with int8 ``Q . K^T`` (no mask, not causal), numerics of
     :func:`int8.attention_reference.int8_attention_reference` with ``block_q``/``block_k`` the tiles' quant blocks
     (1 with ``granularity="token"``).
 
     ``q (B, H, Lq, D)``, ``k, v (B, Hkv, Lk, D)`` (any strides with a contiguous last dim; ``H % Hkv == 0``),
     ``D`` in :data:`HEAD_DIMS`, one float dtype. ``pv="fp8"`` needs a GPU that
-    :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks). Returns the output in ``q``'s
-    dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``, ``(B, Lq, H, D)``. Raises ValueError on bad inputs.
+    :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks). ``kernel``: ``generic`` (the
+    Triton kernel, any GPU) or ``hopper`` (the warp-specialized Gluon kernel, :mod:`int8.launch.gluon_attention`;
+    sm_90 only). Returns the output in ``q``'s dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``,
+    ``(B, Lq, H, D)``. Raises ValueError on bad inputs.
     """
     _check(q, k, v, pv, granularity, out_layout)
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if kernel == "hopper":
+        try:
+            from .gluon_attention import gluon_attention, gluon_attention_supported
+        except ImportError as exc:  # a Triton without Gluon's Hopper API
+            raise ValueError(f"the Hopper attention kernel cannot run here ({exc}): use kernel='generic'") from exc
+        if not gluon_attention_supported(q.device):
+            raise ValueError(f"the Hopper attention kernel needs an sm_90 GPU and Gluon (compat.gluon()); {q.device} "
+                             "has not: use kernel='generic'")
     b, h, lq, d = q.shape
     tiles = tiles or attention_tiles(d, pv)
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
@@ -125,6 +140,9 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     else:
         out = torch.empty(b, lq, h, d, dtype=q.dtype, device=q.device)
         ob, oh, ol = out.stride(0), out.stride(2), out.stride(1)
+    if kernel == "hopper":
+        gluon_attention(q8, qs, k8, ks, v, vs, out, (ob, oh, ol), h, pv)
+        return out
     _int8_attention_kernel[(cdiv(lq, tiles.block_m), b * h)](
         q8, qs, k8, ks, v, vs, out, lq, k.shape[2], h, h // k.shape[1],
         v.stride(0), v.stride(1), v.stride(2), ob, oh, ol,

@@ -124,3 +124,40 @@ def test_hopper_attention_pipelines_v_like_k(pv: str) -> None:
     assert async_copies(v_type) == async_copies("i8"), f"V ({v_type}) is not pipelined like K"
     if _triton_version() >= (3, 3):  # Triton 3.2's pipeliner copies neither tile asynchronously in this loop
         assert async_copies("i8") > 0, "K is not copied asynchronously into shared memory"
+
+
+# ------------------------------------------------------------------------------------- Hopper (Gluon) attention
+def gluon_attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels import gluon_attention as kernel
+    from comfy_int8_w8a8.int8.launch.gluon_attention import _layout, gluon_attention_tiles
+
+    tiles = gluon_attention_tiles(head_dim, pv)
+    bm, bn, d = tiles.block_m, tiles.block_n, head_dim
+    descriptor = kernel._api.TensorDescriptor
+    i8 = torch.empty(0, dtype=torch.int8)
+    q = descriptor(i8, [ATT_H * ATT_L, d], [d, 1], [bm, d], _layout(bm, d, torch.int8))
+    k = descriptor(i8, [ATT_H * ATT_L, d], [d, 1], [bn, d], _layout(bn, d, torch.int8))
+    if pv == "fp8":  # V^T (B*H*D, L) e4m3
+        v = descriptor(torch.empty(0, dtype=torch.float8_e4m3fn), [ATT_H * d, ATT_L], [ATT_L, 1], [d, bn],
+                       _layout(d, bn, torch.float8_e4m3fn))
+        v_rows = (0, 0, 0)
+    else:  # ComfyUI's (B, L, H*D)
+        v = descriptor(torch.empty(0, dtype=dtype), [ATT_L, ATT_H * d], [ATT_H * d, 1], [bn, d], _layout(bn, d, dtype))
+        v_rows = (ATT_L, 0, d)
+    return [Spec(f"gluon attention D={d} pv={pv} {tiles}", kernel._int8_attention_ws_kernel,
+                 (q, k, v, torch.float32, torch.float32, torch.float32, dtype, ATT_L, ATT_L, ATT_H, 1, *v_rows,
+                  ATT_L * ATT_H * d, d, ATT_H * d),
+                 dict(STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=kernel.WORKER_REGS), tiles.warps, 1,
+                 ("int8", "fp8" if pv == "fp8" else "float"), dict(maxnreg=tiles.maxnreg))]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("pv", ("16bit", "fp8"))
+@pytest.mark.parametrize("head_dim", (64, 128))
+def test_gluon_attention_compiles_for_sm90_with_wgmma(head_dim: int, pv: str, dtype: torch.dtype) -> None:
+    from comfy_int8_w8a8.int8 import compat
+
+    version = compat.triton_release()
+    if not version.startswith(compat.TESTED_TRITON) or compat.gluon_api() is None:
+        pytest.skip(f"compat.gluon() runs Gluon kernels only on Triton {compat.TESTED_TRITON}x, this is {version}")
+    check_all(gluon_attention_specs(dtype, head_dim, pv), 90)

@@ -120,3 +120,11 @@ def test_fp8_values_are_transposed_and_padded_for_a_k_major_operand():
     assert torch.equal(scale, expected_scale)
     expected = (v.float() / expected_scale.reshape(2, 3, 1, 64)).to(torch.float8_e4m3fn)
     assert torch.equal(vt[..., :37].float(), expected.transpose(2, 3).float())
+
+
+@pytest.mark.parametrize("kernel", ["hopper", "cuda"])
+def test_kernel_choice_other_than_generic_is_refused_off_hopper(kernel):
+    attention, _ = _launcher()
+    q, k, v = _qkv(1, 2, 2, 32, 32, 64)
+    with pytest.raises(ValueError, match="sm_90|Hopper" if kernel == "hopper" else "kernel must be one of"):
+        attention.int8_attention_triton(q, k, v, kernel=kernel)
