@@ -13,14 +13,16 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
   with 16-bit / fp8 P.V, called through the launcher with ``kernel="hopper"`` (not yet what the node runs);
 - with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}``: ``ours``' kernel and P.V precision
   launched with each tile of :func:`sweep_configs` (quant blocks at their default 64); a tile that does not compile
-  or run (e.g. past the GPU's shared memory) is printed with the reason and left out.
+  or run (e.g. past the GPU's shared memory) is printed with the reason and left out;
+- with ``--sweep-hopper``, ``ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}[_fp8]``: the Hopper kernel
+  with each tile of :data:`HOPPER_SWEEP` (same skipping).
 
 Time: median of CUDA-event-timed back-to-back calls (bench/timing.py). ``rel_err``: ``||out - ref|| / ||ref||`` on
 the first ``--check-rows`` query rows against fp32 SDPA of those rows over all keys (a float64 reference of the
 whole call does not fit). TFLOPS count ``4 * B * H * L^2 * D``. Rows go to ``<out>/attention_<gpu>.json``.
 
 Run: ``comfy-int8 bench attention [--shapes flux_1024 ...] [--methods ours sdpa_bf16 ...] [--sweep-tiles]
-[--out docs/results]``.
+[--sweep-hopper] [--out docs/results]``.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ SWEEP_BLOCKS = (64, 128)
 SWEEP_WARPS = (4, 8)
 SWEEP_STAGES = (2, 3)
 _MIN_SWEEP_BLOCK = 64
+# --sweep-hopper: the Hopper kernel's (block_m, block_n, stages, consumer warps, registers per thread), each built
+# for sm_90 without spills (ptxas, Triton 3.6); 4 warps at 128 registers leave room for two programs on an SM.
+HOPPER_SWEEP = ((128, 128, 2, 8, 168), (128, 64, 3, 8, 168), (128, 128, 3, 8, 168), (64, 128, 2, 4, 256),
+                (64, 64, 3, 4, 128), (64, 128, 2, 4, 128))
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -66,6 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-ms", type=float, default=200.0, help="time per timing repeat")
     parser.add_argument("--sweep-tiles", action="store_true",
                         help="also time ours with each tile of the sweep (block_m, block_n, warps, stages)")
+    parser.add_argument("--sweep-hopper", action="store_true",
+                        help="also time the Hopper (sm_90) kernel with each tile of HOPPER_SWEEP, 16-bit and fp8 P.V")
 
 
 def flops(b: int, h: int, lq: int, lk: int, d: int) -> float:
@@ -103,6 +111,28 @@ def tile_sweep_methods(device: str = "cuda") -> dict[str, Attention]:
         tiles = AttentionTiles(block_m=bm, block_n=bn, warps=warps, stages=stages)
         methods[tile_method_name(bm, bn, warps, stages)] = \
             lambda q, k, v, tiles=tiles: int8_attention_triton(q, k, v, pv=pv, tiles=tiles)
+    return methods
+
+
+def hopper_method_name(block_m: int, block_n: int, stages: int, warps: int, regs: int, pv: str) -> str:
+    """The method name of one ``--sweep-hopper`` tile: ``ours_hopper_m128_n128_s2_w8_r168`` (``_fp8`` appended)."""
+    return f"ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}" + ("_fp8" if pv == "fp8" else "")
+
+
+def hopper_sweep_methods() -> dict[str, Attention]:
+    """:func:`hopper_method_name` -> ``fn(q, k, v)``: the Hopper kernel with each :data:`HOPPER_SWEEP` tile, 16-bit
+    and (where the GPU has it) fp8 P.V."""
+    from ..int8.launch.attention import int8_attention_triton
+    from ..int8.launch.gluon_attention import GluonAttentionTiles
+
+    pvs = ["16bit"] + ([] if isinstance(_ours_fp8(), str) else ["fp8"])
+    methods: dict[str, Attention] = {}
+    for pv in pvs:
+        for bm, bn, stages, warps, regs in HOPPER_SWEEP:
+            tiles = GluonAttentionTiles(block_m=bm, block_n=bn, stages=stages, warps=warps, maxnreg=regs)
+            methods[hopper_method_name(bm, bn, stages, warps, regs, pv)] = \
+                lambda q, k, v, tiles=tiles, pv=pv: int8_attention_triton(q, k, v, pv=pv, kernel="hopper",
+                                                                          hopper_tiles=tiles)
     return methods
 
 
@@ -247,6 +277,8 @@ def run(args: argparse.Namespace, timer: Callable[[list[Callable[[], object]]], 
         timer = lambda fns: eager_time_ms(fns, target_ms=args.target_ms)  # noqa: E731
     methods = available_methods(args.methods)
     sweep = tile_sweep_methods(device) if args.sweep_tiles else {}
+    if args.sweep_hopper:
+        sweep.update(hopper_sweep_methods())
     rows = []
     for name in args.shapes:
         rows += measure(name, SHAPES[name], methods, timer, device, args.check_rows)

@@ -99,7 +99,7 @@ def _fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                           smooth_k: bool = True, pv: str = "16bit", granularity: str = "block",
                           out_layout: str = "bhld", tiles: AttentionTiles | None = None,
-                          kernel: str = "generic") -> torch.Tensor:
+                          kernel: str = "generic", hopper_tiles: object | None = None) -> torch.Tensor:
     """Attention with int8 ``Q . K^T`` (no mask, not causal), numerics of
     :func:`int8.attention_reference.int8_attention_reference` with ``block_q``/``block_k`` the tiles' quant blocks
     (1 with ``granularity="token"``).
@@ -108,7 +108,7 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     ``D`` in :data:`HEAD_DIMS`, one float dtype. ``pv="fp8"`` needs a GPU that
     :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks). ``kernel``: ``generic`` (the
     Triton kernel, any GPU) or ``hopper`` (the warp-specialized Gluon kernel, :mod:`int8.launch.gluon_attention`;
-    sm_90 only). Returns the output in ``q``'s dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``,
+    sm_90 only; ``hopper_tiles``: its :class:`~int8.launch.gluon_attention.GluonAttentionTiles`). Returns the output in ``q``'s dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``,
     ``(B, Lq, H, D)``. Raises ValueError on bad inputs.
     """
     _check(q, k, v, pv, granularity, out_layout)
@@ -141,7 +141,7 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
         out = torch.empty(b, lq, h, d, dtype=q.dtype, device=q.device)
         ob, oh, ol = out.stride(0), out.stride(2), out.stride(1)
     if kernel == "hopper":
-        gluon_attention(q8, qs, k8, ks, v, vs, out, (ob, oh, ol), h, pv)
+        gluon_attention(q8, qs, k8, ks, v, vs, out, (ob, oh, ol), h, pv, hopper_tiles)
         return out
     _int8_attention_kernel[(cdiv(lq, tiles.block_m), b * h)](
         q8, qs, k8, ks, v, vs, out, lq, k.shape[2], h, h // k.shape[1],

@@ -133,3 +133,19 @@ def test_tile_sweep_methods_launch_each_tile_with_ours_pv(monkeypatch):
     assert calls == [{"pv": "fp8", "tiles": launch.AttentionTiles(block_m=128, block_n=64, warps=8, stages=3)}]
     assert calls[0]["tiles"].quant_block_q == calls[0]["tiles"].quant_block_k == 64
     assert bench.sweep_errors()[-1] is RuntimeError
+
+
+def test_hopper_sweep_names_are_unique_and_join_the_run(tmp_path, monkeypatch):
+    names = {bench.hopper_method_name(*cfg, pv) for cfg in bench.HOPPER_SWEEP for pv in ("16bit", "fp8")}
+    assert len(names) == 2 * len(bench.HOPPER_SWEEP) and not names & set(bench.METHODS)
+    assert bench.hopper_method_name(128, 128, 2, 8, 168, "fp8") == "ours_hopper_m128_n128_s2_w8_r168_fp8"
+    sweep = {bench.hopper_method_name(64, 64, 3, 4, 128, "16bit"): lambda q, k, v: F.scaled_dot_product_attention(
+        q, k, v)}
+    monkeypatch.setitem(bench.SHAPES, "flux_1024", (1, 1, 32, 64))
+    monkeypatch.setattr(bench, "hopper_sweep_methods", lambda: sweep)
+    monkeypatch.setattr(bench, "sweep_errors", lambda: (RuntimeError,))
+    args = _args("--shapes", "flux_1024", "--methods", "sdpa_bf16", "--sweep-hopper", "--out", str(tmp_path))
+    assert args.sweep_hopper and not _args().sweep_hopper
+    assert bench.run(args, timer=lambda fns: 1.0, device="cpu") == 0
+    rows = json.loads((tmp_path / "attention_cpu.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == ["sdpa_bf16", "ours_hopper_m64_n64_s3_w4_r128"]
