@@ -80,12 +80,13 @@ def _attend_block(j, smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN: gl.constexpr, PV_F
         ks = gl.load(ks_ptr + cols, mask=cols < Lk, other=0.0)
     else:
         ks = gl.load(ks_ptr + cols)
-    x = scores.to(gl.float32) * qs[:, None] * ks[None, :]
+    # The score is x * qs (qs > 0 per row): the row max is qs * max(x), and exp2(x * qs - m) is one FMA per element.
+    x = scores.to(gl.float32) * ks[None, :]
     if MASKED:
         x = gl.where((cols < Lk)[None, :], x, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(x, axis=1))
+    m_new = gl.maximum(m_i, gl.max(x, axis=1) * qs)
     alpha = gl.exp2(m_i - m_new)
-    p = gl.exp2(x - m_new[:, None])
+    p = gl.exp2(x * qs[:, None] - m_new[:, None])
     l_i = l_i * alpha + gl.sum(p, axis=1)
     acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
     mbarrier.wait(v_ready.index(s), phase)
@@ -95,7 +96,7 @@ def _attend_block(j, smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN: gl.constexpr, PV_F
     else:
         p_op = gl.convert_layout(p.to(v_bufs.dtype), gl.DotOperandLayout(0, o_layout, 2))
         acc = warpgroup_mma(p_op, v_bufs.index(s), acc)
-    gl.thread_barrier()  # both warpgroups are done with the stage before thread 0 frees it
+    gl.thread_barrier()  # this consumer's warps are done with the stage before one thread frees it (its share)
     mbarrier.arrive(kv_empty.index(s), count=1)
     return acc, l_i, m_new
 
@@ -103,13 +104,15 @@ def _attend_block(j, smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN: gl.constexpr, PV_F
 @gluon.jit
 def _consumer(smem, qs_ptr, ks_ptr, vs_ptr, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN: gl.constexpr,
               D: gl.constexpr, PV_FP8: gl.constexpr):
+    """The query rows of ``smem[0]`` (the whole Q tile, or this consumer's half) from ``m0`` on: softmax and both
+    matmuls for every key block, then the normalized output."""
     q_smem = smem[0]
     q_bar = smem[3]
     BM: gl.constexpr = q_smem.type.shape[0]
     s_layout: gl.constexpr = _acc_layout(gl.num_warps(), BN, 32)
     o_layout: gl.constexpr = _acc_layout(gl.num_warps(), D, 32 if PV_FP8 else 16)
     rows = m0 + gl.arange(0, BM, gl.SliceLayout(1, s_layout))
-    qs = gl.load(qs_ptr + rows, mask=rows < Lq, other=0.0)
+    qs = gl.load(qs_ptr + rows, mask=rows < Lq, other=1.0)  # (rows past Lq: any finite scale; not stored)
     m_i = gl.full([BM], float("-inf"), gl.float32, gl.SliceLayout(1, s_layout))
     l_i = gl.zeros([BM], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([BM, D], gl.float32, o_layout)
@@ -131,9 +134,15 @@ def _consumer(smem, qs_ptr, ks_ptr, vs_ptr, o_ptr, m0, Lq, Lk, o_base, stride_ol
 @gluon.jit
 def _int8_attention_ws_kernel(q_desc, k_desc, v_desc, qs_ptr, ks_ptr, vs_ptr, o_ptr, Lq, Lk, H, GROUP,
                               V_ROWS_B, V_ROWS_H, V_COL_H, stride_ob, stride_oh, stride_ol,
-                              STAGES: gl.constexpr, PV_FP8: gl.constexpr, WORKER_REGS: gl.constexpr):
+                              STAGES: gl.constexpr, PV_FP8: gl.constexpr, WORKER_REGS: gl.constexpr,
+                              CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     """One BLOCK_M tile of query rows of one (batch, head) against every key of its kv head (``h // GROUP``).
-    Grid: (cdiv(Lq, BLOCK_M), B * H); the tile sizes are the descriptors' block shapes."""
+    Grid: (cdiv(Lq, BLOCK_M), B * H); the tile sizes are the descriptors' block shapes.
+
+    CONSUMERS = 1: the default partition (all of num_warps) computes the whole tile. CONSUMERS = 2: it computes the
+    tile's first half and a worker partition of as many warps (CONSUMER_REGS registers each) the second, on the same
+    K/V stages (each stage is freed when both have arrived). The two then drift apart, so one's softmax can overlap
+    the other's tensor-core work, which two warpgroups of one partition, in lock step, cannot."""
     BM: gl.constexpr = q_desc.block_type.shape[0]
     D: gl.constexpr = q_desc.block_type.shape[1]
     BN: gl.constexpr = k_desc.block_type.shape[0]
@@ -154,7 +163,7 @@ def _int8_attention_ws_kernel(q_desc, k_desc, v_desc, qs_ptr, ks_ptr, vs_ptr, o_
     for i in gl.static_range(STAGES):
         mbarrier.init(k_ready.index(i), count=1)
         mbarrier.init(v_ready.index(i), count=1)
-        mbarrier.init(kv_empty.index(i), count=1)
+        mbarrier.init(kv_empty.index(i), count=CONSUMERS)
     smem = (q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty)
     if PV_FP8:
         v_row = bh_kv * D
@@ -163,9 +172,25 @@ def _int8_attention_ws_kernel(q_desc, k_desc, v_desc, qs_ptr, ks_ptr, vs_ptr, o_
         v_row = b * V_ROWS_B + g * V_ROWS_H
         v_col = g * V_COL_H
     o_base = b.to(gl.int64) * stride_ob + h.to(gl.int64) * stride_oh
-    gl.warp_specialize(
-        [(_consumer, (smem, qs_ptr + bh.to(gl.int64) * Lq, ks_ptr + bh_kv.to(gl.int64) * Lk,
-                      vs_ptr + bh_kv.to(gl.int64) * D, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN, D, PV_FP8)),
-         (_producer, (q_desc, k_desc, v_desc, smem, bh * Lq + m0, bh_kv * Lk, v_row, v_col, gl.cdiv(Lk, BN),
-                      PV_FP8))],
-        [1], [WORKER_REGS])
+    qs_base = qs_ptr + bh.to(gl.int64) * Lq
+    ks_base = ks_ptr + bh_kv.to(gl.int64) * Lk
+    vs_base = vs_ptr + bh_kv.to(gl.int64) * D
+    q_row = bh * Lq + m0
+    k_row = bh_kv * Lk
+    n_blocks = gl.cdiv(Lk, BN)
+    if CONSUMERS == 1:
+        gl.warp_specialize(
+            [(_consumer, (smem, qs_base, ks_base, vs_base, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN, D, PV_FP8)),
+             (_producer, (q_desc, k_desc, v_desc, smem, q_row, k_row, v_row, v_col, n_blocks, PV_FP8))],
+            [1], [WORKER_REGS])
+    else:
+        gl.static_assert(CONSUMERS == 2, "CONSUMERS must be 1 or 2")
+        HALF: gl.constexpr = BM // 2
+        first = (q_smem.slice(0, HALF), k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty)
+        second = (q_smem.slice(HALF, HALF), k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty)
+        gl.warp_specialize(
+            [(_consumer, (first, qs_base, ks_base, vs_base, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN, D, PV_FP8)),
+             (_producer, (q_desc, k_desc, v_desc, smem, q_row, k_row, v_row, v_col, n_blocks, PV_FP8)),
+             (_consumer, (second, qs_base, ks_base, vs_base, o_ptr, m0 + HALF, Lq, Lk, o_base, stride_ol, BN, D,
+                          PV_FP8))],
+            [1, gl.num_warps()], [WORKER_REGS, CONSUMER_REGS])

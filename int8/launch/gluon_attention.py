@@ -21,7 +21,9 @@ _GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.floa
 
 @dataclass(frozen=True)
 class GluonAttentionTiles:
-    """Query rows and key rows per tile, K/V stages, warps of the consumer partition, registers per thread."""
+    """Query rows and key rows per tile, K/V stages, warps of the default partition, registers per thread at launch;
+    ``consumers``: 1 (the default partition computes the tile) or 2 (it and a worker of as many warps with
+    ``consumer_regs`` registers each compute one half each; see the kernel)."""
 
     block_m: int = 128
     block_n: int = 128
@@ -30,6 +32,8 @@ class GluonAttentionTiles:
     # 8 consumer warps + the TMA warp padded to a warpgroup = 12 warps: 12 * 32 * 168 fits the 64K registers
     # (ptxas: 168 registers, no spills, for D = 64/128 in both P . V precisions).
     maxnreg: int = 168
+    consumers: int = 1
+    consumer_regs: int = 0
 
 
 def gluon_attention_tiles(head_dim: int, pv: str) -> GluonAttentionTiles:
@@ -85,5 +89,5 @@ def gluon_attention(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: to
         v_desc = descriptor(v2, [bn, d], _layout(bn, d, v.dtype))
     _int8_attention_ws_kernel[(cdiv(lq, bm), bh)](
         q_desc, k_desc, v_desc, qs, ks, vs, out, lq, lk, heads, heads // hkv, v_rows_b, v_rows_h, v_col_h,
-        *out_strides, STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=WORKER_REGS, num_warps=tiles.warps,
-        maxnreg=tiles.maxnreg)
+        *out_strides, STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=WORKER_REGS, CONSUMERS=tiles.consumers,
+        CONSUMER_REGS=tiles.consumer_regs, num_warps=tiles.warps, maxnreg=tiles.maxnreg)

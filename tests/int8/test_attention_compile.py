@@ -127,11 +127,11 @@ def test_hopper_attention_pipelines_v_like_k(pv: str) -> None:
 
 
 # ------------------------------------------------------------------------------------- Hopper (Gluon) attention
-def gluon_attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
+def gluon_attention_specs(dtype: torch.dtype, head_dim: int, pv: str, tiles: object = None) -> list[Spec]:
     from comfy_int8_w8a8.int8.kernels import gluon_attention as kernel
     from comfy_int8_w8a8.int8.launch.gluon_attention import _layout, gluon_attention_tiles
 
-    tiles = gluon_attention_tiles(head_dim, pv)
+    tiles = tiles or gluon_attention_tiles(head_dim, pv)
     bm, bn, d = tiles.block_m, tiles.block_n, head_dim
     descriptor = kernel._api.TensorDescriptor
     i8 = torch.empty(0, dtype=torch.int8)
@@ -147,7 +147,8 @@ def gluon_attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Sp
     return [Spec(f"gluon attention D={d} pv={pv} {tiles}", kernel._int8_attention_ws_kernel,
                  (q, k, v, torch.float32, torch.float32, torch.float32, dtype, ATT_L, ATT_L, ATT_H, 1, *v_rows,
                   ATT_L * ATT_H * d, d, ATT_H * d),
-                 dict(STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=kernel.WORKER_REGS), tiles.warps, 1,
+                 dict(STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=kernel.WORKER_REGS,
+                      CONSUMERS=tiles.consumers, CONSUMER_REGS=tiles.consumer_regs), tiles.warps, 1,
                  ("int8", "fp8" if pv == "fp8" else "float"), dict(maxnreg=tiles.maxnreg))]
 
 
@@ -161,3 +162,21 @@ def test_gluon_attention_compiles_for_sm90_with_wgmma(head_dim: int, pv: str, dt
     if not version.startswith(compat.TESTED_TRITON) or compat.gluon_api() is None:
         pytest.skip(f"compat.gluon() runs Gluon kernels only on Triton {compat.TESTED_TRITON}x, this is {version}")
     check_all(gluon_attention_specs(dtype, head_dim, pv), 90)
+
+
+@pytest.mark.parametrize("pv", ("16bit", "fp8"))
+def test_every_hopper_sweep_tile_compiles_for_sm90(pv: str) -> None:
+    # bench attention --sweep-hopper times these on the GPU; each must at least build (one and two consumers).
+    from comfy_int8_w8a8.bench.attention import HOPPER_SWEEP
+    from comfy_int8_w8a8.int8 import compat
+    from comfy_int8_w8a8.int8.launch.gluon_attention import GluonAttentionTiles
+
+    version = compat.triton_release()
+    if not version.startswith(compat.TESTED_TRITON) or compat.gluon_api() is None:
+        pytest.skip(f"compat.gluon() runs Gluon kernels only on Triton {compat.TESTED_TRITON}x, this is {version}")
+    specs = []
+    for bm, bn, stages, warps, regs, consumers, consumer_regs in HOPPER_SWEEP:
+        tiles = GluonAttentionTiles(block_m=bm, block_n=bn, stages=stages, warps=warps, maxnreg=regs,
+                                    consumers=consumers, consumer_regs=consumer_regs)
+        specs += gluon_attention_specs(torch.bfloat16, 128, pv, tiles)
+    check_all(specs, 90)

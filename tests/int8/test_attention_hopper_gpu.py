@@ -87,3 +87,19 @@ def test_hopper_attention_captures_in_a_cuda_graph():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, eager)
+
+
+@pytest.mark.parametrize("consumers", [1, 2])
+def test_hopper_attention_one_or_two_consumers_match_reference(consumers):
+    # Two consumer partitions split the 128-row tile (bench attention --sweep-hopper times both forms).
+    from comfy_int8_w8a8.int8.launch.attention import attention_tiles, int8_attention_triton
+    from comfy_int8_w8a8.int8.launch.gluon_attention import GluonAttentionTiles
+
+    tiles = GluonAttentionTiles(block_m=128, block_n=64, stages=3, warps=4 if consumers == 2 else 8, maxnreg=168,
+                                consumers=consumers, consumer_regs=232 if consumers == 2 else 0)
+    q, k, v = _qkv(1, 4, 2, 1100, 1000, 128, torch.bfloat16, comfy_layout=True)
+    quant = attention_tiles(128, "16bit")
+    out = int8_attention_triton(q, k, v, pv="16bit", kernel="hopper", hopper_tiles=tiles)
+    ref = int8_attention_reference(q.cpu(), k.cpu(), v.cpu(), pv="16bit", block_q=quant.quant_block_q,
+                                   block_k=quant.quant_block_k, key_block=64)
+    assert not out.isnan().any() and relative_error(out.cpu(), ref) < 1e-2
