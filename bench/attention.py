@@ -6,11 +6,13 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
 - ``sdpa_bf16``: ``torch.nn.functional.scaled_dot_product_attention`` (FlashAttention / cuDNN as torch picks);
 - ``comfy_kitchen_int8``: comfy-kitchen's int8 attention, if the installed comfy-kitchen has one this file knows;
 - ``sageattention_1.0.6``: ``sageattention.sageattn`` when sageattention 1.0.6 is installed;
-- ``ours``: :func:`int8.backends.attention.int8_attention` with ``pv_precision=auto`` (16-bit P.V; the generic
-  Triton kernel, the only one there is: no Hopper-specific version yet);
-- ``ours_fp8``: the same kernel with fp8 P.V (sm_89+);
-- ``ours_hopper`` / ``ours_hopper_fp8``: the warp-specialized Gluon kernel (sm_90, :mod:`int8.launch.gluon_attention`)
-  with 16-bit / fp8 P.V, called through the launcher with ``kernel="hopper"`` (not yet what the node runs);
+- ``ours``: :func:`int8.backends.attention.int8_attention` with ``pv_precision=auto`` (16-bit P.V), what the INT8
+  Attention node runs: the warp-specialized Gluon kernel on sm_90 (:mod:`int8.launch.gluon_attention`), else the
+  generic Triton kernel;
+- ``ours_fp8``: the same with fp8 P.V (sm_89+);
+- ``ours_generic``: the generic Triton kernel on any GPU (16-bit P.V), called through the launcher;
+- ``ours_hopper`` / ``ours_hopper_fp8``: the Gluon kernel with 16-bit / fp8 P.V, through the launcher with
+  ``kernel="hopper"`` (sm_90);
 - with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}``: ``ours``' kernel and P.V precision
   launched with each tile of :func:`sweep_configs` (quant blocks at their default 64); a tile that does not compile
   or run (e.g. past the GPU's shared memory) is printed with the reason and left out;
@@ -46,8 +48,8 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "wan_480p_81f": (1, 40, 32760, 128),
     "wan_720p_81f": (1, 40, 75600, 128),
 }
-METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8", "ours_hopper",
-           "ours_hopper_fp8")
+METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8", "ours_generic",
+           "ours_hopper", "ours_hopper_fp8")
 # comfy-kitchen's int8 attention entry points this benchmark knows, by module attribute (none is documented yet).
 _KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
 # --sweep-tiles: attention tile rows/keys, warps, stages. Tiles under 64 query rows or keys are left out: Hopper's
@@ -181,6 +183,15 @@ def _ours_hopper(pv: str) -> Attention | str:
     return attention
 
 
+def _ours_generic() -> Attention:
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from ..int8.launch.attention import int8_attention_triton  # (imports Triton: only when timed)
+
+        return int8_attention_triton(q, k, v, pv="16bit", kernel="generic")
+
+    return attention
+
+
 def _ours_hopper_fp8() -> Attention | str:
     fp8 = _ours_fp8()
     return fp8 if isinstance(fp8, str) else _ours_hopper("fp8")
@@ -216,6 +227,7 @@ def available_methods(names: list[str]) -> dict[str, Attention | str]:
         "sageattention_1.0.6": _sage,
         "ours": lambda: _ours("auto"),
         "ours_fp8": _ours_fp8,
+        "ours_generic": _ours_generic,
         "ours_hopper": lambda: _ours_hopper("16bit"),
         "ours_hopper_fp8": _ours_hopper_fp8,
     }

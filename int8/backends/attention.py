@@ -1,5 +1,6 @@
-"""Which attention runs: the int8 Triton kernel (:mod:`int8.launch.attention`) for calls it supports, else the
-caller's own attention (SDPA), with the reason logged once by the caller.
+"""Which attention runs: the int8 kernels (:mod:`int8.launch.attention`: the warp-specialized one on sm_90, else
+the generic Triton one) for calls they support, else the caller's own attention (SDPA), with the reason logged once
+by the caller.
 
 Decided per call from tensor metadata only (device, dtype, head size, lengths, mask), so it traces under
 ``torch.compile``; compiled code calls the kernel through the ``comfy_int8::int8_attention`` op (opaque to
@@ -93,7 +94,7 @@ def _attention_impl(q, k, v, scale, smooth_k, pv_precision, granularity, out_lay
     from ..launch.attention import int8_attention_triton
 
     return int8_attention_triton(q, k, v, scale=scale, smooth_k=smooth_k, pv=resolve_pv(q.device, pv_precision),
-                                 granularity=granularity, out_layout=out_layout)
+                                 granularity=granularity, out_layout=out_layout, kernel="auto")
 
 
 def _attention_fake(q, k, v, scale, smooth_k, pv_precision, granularity, out_layout):  # noqa: ANN001, ANN202

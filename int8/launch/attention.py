@@ -6,6 +6,7 @@ output layout and the launches. Which precision runs, and whether this path runs
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -16,11 +17,19 @@ from ..kernels.triton_attention import _attn_quant_kernel, _int8_attention_kerne
 from ..kernels.triton_quant_common import INTERPRETED
 from .host import cdiv
 
-__all__ = ["HEAD_DIMS", "GRANULARITIES", "OUT_LAYOUTS", "KERNELS", "AttentionTiles", "attention_tiles", "int8_attention_triton"]
+try:
+    from triton.errors import TritonError as _BuildError  # base of Triton's compile, resource and ptxas errors
+except ImportError:  # pragma: no cover - older Triton
+    from triton.compiler.errors import CompilationError as _BuildError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HEAD_DIMS", "GRANULARITIES", "OUT_LAYOUTS", "KERNELS", "AttentionTiles", "attention_tiles",
+           "hopper_kernel_runs", "int8_attention_triton"]
 
 HEAD_DIMS = (64, 128)  # tl.arange needs a power of two; the two head sizes of Flux, Wan, SD3, HunyuanVideo, LTX
 GRANULARITIES = ("block", "token")
-KERNELS = ("generic", "hopper")  # the Triton kernel (any GPU); the warp-specialized Gluon one (sm_90)
+KERNELS = ("generic", "hopper", "auto")  # the Triton kernel (any GPU); the warp-specialized Gluon one (sm_90)
 OUT_LAYOUTS = ("bhld", "blhd")  # (B, H, Lq, D), or (B, Lq, H, D): ComfyUI's (B, Lq, H*D) without a copy
 _LOG2E = math.log2(math.e)
 
@@ -45,6 +54,21 @@ def attention_tiles(head_dim: int, pv: str) -> AttentionTiles:
     if head_dim == 64:
         return AttentionTiles(block_m=128, block_n=64, warps=4, stages=3)
     return AttentionTiles(block_m=128, block_n=64 if pv == "16bit" else 128, warps=8, stages=2)
+
+
+_hopper_broken: set[torch.device] = set()  # devices where the Hopper kernel failed to build (kernel="auto")
+
+
+def hopper_kernel_runs(device: torch.device) -> bool:
+    """Whether ``kernel="auto"`` takes the Hopper kernel on ``device``: an sm_90 GPU, Gluon's Hopper API and the
+    Gluon gate (:func:`int8.launch.gluon_attention.gluon_attention_supported`), and no earlier build failure."""
+    if device.type != "cuda" or device in _hopper_broken:
+        return False
+    try:
+        from .gluon_attention import gluon_attention_supported
+    except ImportError:  # a Triton without Gluon's Hopper API: compat.gluon() has said so for the GEMM
+        return False
+    return gluon_attention_supported(device)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pv: str, granularity: str, out_layout: str) -> None:
@@ -107,14 +131,19 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     ``q (B, H, Lq, D)``, ``k, v (B, Hkv, Lk, D)`` (any strides with a contiguous last dim; ``H % Hkv == 0``),
     ``D`` in :data:`HEAD_DIMS`, one float dtype. ``pv="fp8"`` needs a GPU that
     :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks). ``kernel``: ``generic`` (the
-    Triton kernel, any GPU) or ``hopper`` (the warp-specialized Gluon kernel, :mod:`int8.launch.gluon_attention`;
-    sm_90 only; ``hopper_tiles``: its :class:`~int8.launch.gluon_attention.GluonAttentionTiles`). Returns the output in ``q``'s dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``,
-    ``(B, Lq, H, D)``. Raises ValueError on bad inputs.
+    Triton kernel, any GPU), ``hopper`` (the warp-specialized Gluon kernel, :mod:`int8.launch.gluon_attention`;
+    sm_90 only; ``hopper_tiles``: its :class:`~int8.launch.gluon_attention.GluonAttentionTiles`) or ``auto``
+    (:func:`hopper_kernel_runs` decides; a Hopper kernel that fails to build falls back to the generic one, said
+    once). Returns the output in ``q``'s dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``, ``(B, Lq, H, D)``.
+    Raises ValueError on bad inputs.
     """
     _check(q, k, v, pv, granularity, out_layout)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    if kernel == "hopper":
+    fallback = kernel == "auto"
+    if fallback:
+        kernel = "hopper" if hopper_kernel_runs(q.device) else "generic"
+    elif kernel == "hopper":
         try:
             from .gluon_attention import gluon_attention, gluon_attention_supported
         except ImportError as exc:  # a Triton without Gluon's Hopper API
@@ -141,8 +170,17 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
         out = torch.empty(b, lq, h, d, dtype=q.dtype, device=q.device)
         ob, oh, ol = out.stride(0), out.stride(2), out.stride(1)
     if kernel == "hopper":
-        gluon_attention(q8, qs, k8, ks, v, vs, out, (ob, oh, ol), h, pv, hopper_tiles)
-        return out
+        from .gluon_attention import gluon_attention
+
+        try:
+            gluon_attention(q8, qs, k8, ks, v, vs, out, (ob, oh, ol), h, pv, hopper_tiles)
+            return out
+        except _BuildError as exc:
+            if not fallback:
+                raise
+            _hopper_broken.add(q.device)
+            log.warning("INT8 Attention: the Hopper kernel does not build here (%s: %s); the generic Triton kernel "
+                        "runs instead", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
     _int8_attention_kernel[(cdiv(lq, tiles.block_m), b * h)](
         q8, qs, k8, ks, v, vs, out, lq, k.shape[2], h, h // k.shape[1],
         v.stride(0), v.stride(1), v.stride(2), ob, oh, ol,

@@ -128,3 +128,33 @@ def test_kernel_choice_other_than_generic_is_refused_off_hopper(kernel):
     q, k, v = _qkv(1, 2, 2, 32, 32, 64)
     with pytest.raises(ValueError, match="sm_90|Hopper" if kernel == "hopper" else "kernel must be one of"):
         attention.int8_attention_triton(q, k, v, kernel=kernel)
+
+
+def test_auto_kernel_is_generic_off_hopper_and_falls_back_once_when_hopper_does_not_build(monkeypatch, caplog):
+    attention, tiles = _launcher()
+    q, k, v = _qkv(1, 2, 2, 40, 40, 64)
+    assert not attention.hopper_kernel_runs(q.device)  # not an sm_90 GPU
+    generic = attention.int8_attention_triton(q, k, v, tiles=tiles)
+    assert torch.equal(attention.int8_attention_triton(q, k, v, tiles=tiles, kernel="auto"), generic)
+
+    # A Hopper kernel that fails to build: "auto" says so once and runs the generic kernel; an explicit "hopper" raises.
+    try:
+        from comfy_int8_w8a8.int8.launch import gluon_attention
+    except ImportError:
+        pytest.skip("this Triton has no Gluon: kernel='auto' never tries the Hopper kernel (checked above)")
+
+    def does_not_build(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise attention._BuildError("ptxas: out of registers")
+
+    broken: set = set()
+    monkeypatch.setattr(attention, "_hopper_broken", broken)
+    monkeypatch.setattr(attention, "hopper_kernel_runs", lambda device: device not in broken)  # as on an sm_90 GPU
+    monkeypatch.setattr(gluon_attention, "gluon_attention", does_not_build)
+    monkeypatch.setattr(gluon_attention, "gluon_attention_supported", lambda device: True)
+    with caplog.at_level("WARNING"):
+        assert torch.equal(attention.int8_attention_triton(q, k, v, tiles=tiles, kernel="auto"), generic)
+        assert torch.equal(attention.int8_attention_triton(q, k, v, tiles=tiles, kernel="auto"), generic)
+    assert broken == {q.device}
+    assert [r.message.count("does not build") for r in caplog.records] == [1]
+    with pytest.raises(attention._BuildError):
+        attention.int8_attention_triton(q, k, v, tiles=tiles, kernel="hopper")
