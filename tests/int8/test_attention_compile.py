@@ -169,11 +169,12 @@ def test_every_hopper_sweep_tile_compiles_for_sm90(pv: str) -> None:
     # bench attention --sweep-hopper times these on the GPU; each must at least build (one and two consumers).
     from comfy_int8_w8a8.bench.attention import HOPPER_SWEEP
     from comfy_int8_w8a8.int8 import compat
-    from comfy_int8_w8a8.int8.launch.gluon_attention import GluonAttentionTiles
 
     version = compat.triton_release()
     if not version.startswith(compat.TESTED_TRITON) or compat.gluon_api() is None:
         pytest.skip(f"compat.gluon() runs Gluon kernels only on Triton {compat.TESTED_TRITON}x, this is {version}")
+    from comfy_int8_w8a8.int8.launch.gluon_attention import GluonAttentionTiles  # (imports Gluon)
+
     specs = []
     for bm, bn, stages, warps, regs, consumers, consumer_regs in HOPPER_SWEEP:
         tiles = GluonAttentionTiles(block_m=bm, block_n=bn, stages=stages, warps=warps, maxnreg=regs,
