@@ -86,7 +86,8 @@ def load_model(files: dict, source: str, compiled: str | None, backend: str | No
     ``native_int8`` (the stock loader on ``files["native_int8"]``), ``fp8`` (the stock loader, weight dtype
     ``fp8_e4m3fn_fast``) or ``ours`` (the INT8 loader node's function, default options, on ``files["bf16"]``);
     ``compiled``: None, ``stock`` (TorchCompileModel) or ``node`` (INT8 Lazy Torch Compile), at their defaults, or
-    another of :data:`NODE_SCOPES`."""
+    another of :data:`NODE_SCOPES`; a ``+attention`` suffix (``"+attention"`` alone: no compile) puts the INT8
+    Attention node, at its defaults, before the compile."""
     import comfy.sd
 
     from ..nodes.loader_node import LoaderOptions, load_int8_diffusion_model
@@ -98,6 +99,18 @@ def load_model(files: dict, source: str, compiled: str | None, backend: str | No
                                                                      "fp8_optimizations": True})
     else:
         patcher = comfy.sd.load_diffusion_model(str(files[source]))
+    compiled, _, attention = (compiled or "").partition("+")
+    if attention == "attention":
+        patcher = int8_attention(patcher)
     if compiled == "stock":
         return stock_compile(patcher, backend)
     return node_compile(patcher, backend, NODE_SCOPES[compiled]) if compiled in NODE_SCOPES else patcher
+
+
+def int8_attention(patcher):  # noqa: ANN001, ANN201 - a ModelPatcher
+    """``patcher`` through the INT8 Attention node with its default inputs."""
+    from ..nodes.attention_node import INT8Attention
+
+    required = INT8Attention.INPUT_TYPES()["required"]
+    defaults = {name: spec[1]["default"] for name, spec in required.items() if name != "model"}
+    return INT8Attention().patch(patcher, **defaults)[0]

@@ -66,9 +66,11 @@ log = logging.getLogger("comfy_int8_w8a8")
 LOADS = {"bf16": ("bf16", None), "bf16_stock_compile": ("bf16", "stock"),
          "native_int8_stock_compile": ("native_int8", "stock"), "ours_loader": ("ours", None),
          "ours_loader_node": ("ours", "node"), "ours_loader_node_blocks_only": ("ours", "node_blocks_only"),
-         "ours_loader_node_whole_model": ("ours", "node_whole_model")}
+         "ours_loader_node_whole_model": ("ours", "node_whole_model"),
+         "ours_loader_attention": ("ours", "+attention"), "ours_loader_node_attention": ("ours", "node+attention")}
 VARIANTS = tuple(LOADS)
-# the five; the last two set compile_transformer_blocks_only to measure its default against the other choice
+# the five; then compile_transformer_blocks_only set either way (to choose its default by measurement), then
+# the INT8 Attention node (defaults) added to the loader alone and to loader + compile node
 DEFAULT_VARIANTS = VARIANTS[:5]
 REFERENCE = "bf16"  # cos is against its prediction
 RATIO_BASE = "bf16_stock_compile"  # the table's ratios are against it

@@ -40,11 +40,12 @@ class INT8LazyTorchCompile:
                 "dynamic": (["auto", "true", "false"], {"default": "true", "tooltip":
                             "Shape handling: true compiles shape-generic graphs (no recompiles when the resolution "
                             "changes), false specialises to each shape, auto lets torch decide after a change."}),
-                "compile_transformer_blocks_only": ("BOOLEAN", {"default": False, "tooltip":
+                "compile_transformer_blocks_only": ("BOOLEAN", {"default": True, "tooltip":
                                                     "Compile each transformer block on its own, and the embedders "
                                                     "and final layer around them (those never as CUDA graphs), "
-                                                    "instead of the whole model (compiles in seconds, reused "
-                                                    "across identical blocks)."}),
+                                                    "instead of the whole model: compiles in seconds, reused "
+                                                    "across identical blocks. On an H100, Flux-dev 1024x1024: first "
+                                                    "sampling call 44 s on, 181 s off; 119 vs 112 ms per step."}),
                 "dynamo_cache_size_limit": ("INT", {"default": 640, "min": 0, "max": 2048, "step": 1, "tooltip":
                                             "torch._dynamo.config.cache_size_limit: compiled variants kept per "
                                             "function before falling back to eager (0 keeps torch's value)."}),

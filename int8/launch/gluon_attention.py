@@ -25,19 +25,22 @@ class GluonAttentionTiles:
     ``consumers``: 1 (the default partition computes the tile) or 2 (it and a worker of as many warps with
     ``consumer_regs`` registers each compute one half each; see the kernel)."""
 
-    block_m: int = 128
+    block_m: int = 64
     block_n: int = 128
     stages: int = 2
-    warps: int = 8
-    # 8 consumer warps + the TMA warp padded to a warpgroup = 12 warps: 12 * 32 * 168 fits the 64K registers
-    # (ptxas: 168 registers, no spills, for D = 64/128 in both P . V precisions).
-    maxnreg: int = 168
+    warps: int = 4
+    # 4 consumer warps + the TMA warp padded to a warpgroup = 8 warps: 8 * 32 * 128 registers and ~104 KB of shared
+    # memory (D = 128) let two CTAs share an SM. On an H100 this tile was the fastest of bench attention
+    # --sweep-hopper (Flux 1024^2 0.58 ms vs 0.71 ms for 128 x 128 with 8 warps; Wan 480p 37.9 vs 44.9 ms); the same
+    # tile with 256 registers (one CTA per SM) ran 0.82 / 52.9 ms.
+    maxnreg: int = 128
     consumers: int = 1
     consumer_regs: int = 0
 
 
 def gluon_attention_tiles(head_dim: int, pv: str) -> GluonAttentionTiles:
-    """A first table (compiled, not yet tuned on a GPU): 128 x 128 tiles, two stages."""
+    """The tile :class:`GluonAttentionTiles` defaults to, for every head size and P . V precision: the sweep's
+    fastest on an H100 at both Flux and Wan lengths (BENCHMARKS.md, "INT8 attention")."""
     return GluonAttentionTiles()
 
 

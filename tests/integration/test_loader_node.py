@@ -16,7 +16,7 @@ LOADER_DEFAULTS = {
 }
 COMPILE_DEFAULTS = {
     "backend": "inductor", "fullgraph": False, "mode": "default", "dynamic": "true",
-    "compile_transformer_blocks_only": False, "dynamo_cache_size_limit": 640, "use_guard_filter": True,
+    "compile_transformer_blocks_only": True, "dynamo_cache_size_limit": 640, "use_guard_filter": True,
     "disable_dynamic_vram": True, "log_compile": False,
 }
 
