@@ -59,14 +59,12 @@ SWEEP_WARPS = (4, 8)
 SWEEP_STAGES = (2, 3)
 _MIN_SWEEP_BLOCK = 64
 # --sweep-hopper: the Hopper kernel's (block_m, block_n, stages, default-partition warps, registers per thread,
-# consumers, a second consumer's registers, pipelined), each built for sm_90 without spills (ptxas, Triton 3.6).
-# 4 warps at 128 registers leave room for two programs on an SM; two consumers of 64 rows split a 128-row tile
-# (4 + 4 + the TMA warp's 4 = 12 warps at launch, the second consumer raised to 232 registers). Pipelined tiles
-# (one key block of look-ahead) hold a second score tile: at 128 registers only 64-key blocks fit without spills.
-# The first three are the earlier H100 sweep's default and two best; the pipelined tiles time 16-bit P.V only.
-HOPPER_SWEEP = ((128, 128, 2, 8, 168, 1, 0, 0), (64, 128, 2, 4, 128, 1, 0, 0), (128, 128, 2, 4, 168, 2, 232, 0),
-                (64, 64, 3, 4, 128, 1, 0, 0), (64, 64, 2, 4, 128, 1, 0, 1), (64, 64, 3, 4, 128, 1, 0, 1),
-                (64, 64, 4, 4, 128, 1, 0, 1), (128, 64, 2, 4, 168, 2, 232, 1), (128, 64, 3, 4, 168, 2, 232, 1))
+# consumers, a second consumer's registers), each built for sm_90 without spills (ptxas, Triton 3.6). 4 warps at 128
+# registers leave room for two programs on an SM; two consumers of 64 rows split a 128-row tile (4 + 4 + the TMA
+# warp's 4 = 12 warps at launch, the second consumer raised to 232 registers).
+HOPPER_SWEEP = ((128, 128, 2, 8, 168, 1, 0), (128, 64, 3, 8, 168, 1, 0), (128, 128, 3, 8, 168, 1, 0),
+                (64, 128, 2, 4, 256, 1, 0), (64, 64, 3, 4, 128, 1, 0), (64, 128, 2, 4, 128, 1, 0),
+                (128, 128, 2, 4, 168, 2, 232), (128, 64, 3, 4, 168, 2, 232))
 
 Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -122,17 +120,16 @@ def tile_sweep_methods(device: str = "cuda") -> dict[str, Attention]:
 
 
 def hopper_method_name(block_m: int, block_n: int, stages: int, warps: int, regs: int, consumers: int,
-                       consumer_regs: int, pipelined: int, pv: str) -> str:
+                       consumer_regs: int, pv: str) -> str:
     """The method name of one ``--sweep-hopper`` tile: ``ours_hopper_m128_n128_s2_w8_r168`` (``_c2r232`` for two
-    consumers, ``_p`` for pipelined, ``_fp8`` appended)."""
+    consumers, ``_fp8`` appended)."""
     two = f"_c{consumers}r{consumer_regs}" if consumers > 1 else ""
-    return (f"ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}{two}" + ("_p" if pipelined else "")
-            + ("_fp8" if pv == "fp8" else ""))
+    return f"ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}{two}" + ("_fp8" if pv == "fp8" else "")
 
 
 def hopper_sweep_methods() -> dict[str, Attention]:
     """:func:`hopper_method_name` -> ``fn(q, k, v)``: the Hopper kernel with each :data:`HOPPER_SWEEP` tile, 16-bit
-    and (where the GPU has it, not pipelined) fp8 P.V."""
+    and (where the GPU has it) fp8 P.V."""
     from ..int8.launch.attention import int8_attention_triton
     from ..int8.launch.gluon_attention import GluonAttentionTiles
 
@@ -140,11 +137,9 @@ def hopper_sweep_methods() -> dict[str, Attention]:
     methods: dict[str, Attention] = {}
     for pv in pvs:
         for cfg in HOPPER_SWEEP:
-            bm, bn, stages, warps, regs, consumers, consumer_regs, pipelined = cfg
-            if pipelined and pv == "fp8":
-                continue  # the launcher runs these without look-ahead (see gluon_attention)
+            bm, bn, stages, warps, regs, consumers, consumer_regs = cfg
             tiles = GluonAttentionTiles(block_m=bm, block_n=bn, stages=stages, warps=warps, maxnreg=regs,
-                                        consumers=consumers, consumer_regs=consumer_regs, pipelined=bool(pipelined))
+                                        consumers=consumers, consumer_regs=consumer_regs)
             methods[hopper_method_name(*cfg, pv)] = \
                 lambda q, k, v, tiles=tiles, pv=pv: int8_attention_triton(q, k, v, pv=pv, kernel="hopper",
                                                                           hopper_tiles=tiles)

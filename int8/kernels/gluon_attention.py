@@ -27,8 +27,7 @@ _api = gluon_api()
 if _api is None:
     raise ImportError("this Triton has no Gluon with the Hopper API the warp-specialized attention uses")
 gluon, gl = _api.gluon, _api.gl
-mbarrier, tma = _api.mbarrier, _api.tma
-warpgroup_mma, warpgroup_mma_wait = _api.warpgroup_mma, _api.warpgroup_mma_wait
+mbarrier, tma, warpgroup_mma = _api.mbarrier, _api.tma, _api.warpgroup_mma
 
 __all__ = ["WORKER_REGS"]
 
@@ -62,20 +61,20 @@ def _producer(q_desc, k_desc, v_desc, smem, q_row, k_row, v_row, v_col, n_blocks
 
 
 @gluon.jit
-def _issue_scores(j, smem, s_layout: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, ASYNC: gl.constexpr):
-    """``Q . K_j^T`` (int32) on wgmma once key block ``j`` has landed: the scores, or with ASYNC the in-flight token."""
+def _attend_block(j, smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN: gl.constexpr, PV_FP8: gl.constexpr,
+                  MASKED: gl.constexpr):
+    """One key block of the online softmax (see triton_attention._attend_block): the updated ``(acc, l_i, m_i)``.
+    MASKED only for the ragged last block: its keys past Lk score -inf."""
     q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty = smem
     NB: gl.constexpr = k_bufs.type.shape[0]
-    mbarrier.wait(k_ready.index(j % NB), (j // NB) & 1)
-    return warpgroup_mma(q_smem, k_bufs.index(j % NB).permute((1, 0)), gl.zeros([BM, BN], gl.int32, s_layout),
-                         use_acc=False, is_async=ASYNC)
-
-
-@gluon.jit
-def _softmax_block(j, scores, qs, ks_ptr, l_i, m_i, Lk, BN: gl.constexpr, MASKED: gl.constexpr):
-    """Online-softmax step of key block ``j`` (see triton_attention._attend_block): ``(p, alpha, l_i, m_new)``.
-    MASKED only for the ragged last block: its keys past Lk score -inf."""
     s_layout: gl.constexpr = qs.type.layout.parent
+    o_layout: gl.constexpr = acc.type.layout
+    BM: gl.constexpr = acc.shape[0]
+    s = j % NB
+    phase = (j // NB) & 1
+    mbarrier.wait(k_ready.index(s), phase)
+    scores = warpgroup_mma(q_smem, k_bufs.index(s).permute((1, 0)), gl.zeros([BM, BN], gl.int32, s_layout),
+                           use_acc=False)
     cols = j * BN + gl.arange(0, BN, gl.SliceLayout(0, s_layout))
     if MASKED:
         ks = gl.load(ks_ptr + cols, mask=cols < Lk, other=0.0)
@@ -88,91 +87,23 @@ def _softmax_block(j, scores, qs, ks_ptr, l_i, m_i, Lk, BN: gl.constexpr, MASKED
     m_new = gl.maximum(m_i, gl.max(x, axis=1) * qs)
     alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(x * qs[:, None] - m_new[:, None])
-    return p, alpha, l_i * alpha + gl.sum(p, axis=1), m_new
-
-
-@gluon.jit
-def _issue_values(j, smem, p, acc, PV_FP8: gl.constexpr, ASYNC: gl.constexpr):
-    """``acc + P_j . V_j`` on wgmma (P from registers) once value block ``j`` has landed: ``(result or in-flight
-    token, P operand)``; the operand must stay alive until an async product retires."""
-    q_smem, k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty = smem
-    NB: gl.constexpr = k_bufs.type.shape[0]
-    o_layout: gl.constexpr = acc.type.layout
-    mbarrier.wait(v_ready.index(j % NB), (j // NB) & 1)
+    l_i = l_i * alpha + gl.sum(p, axis=1)
+    acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, o_layout))[:, None]
+    mbarrier.wait(v_ready.index(s), phase)
     if PV_FP8:
         p_op = gl.convert_layout((p * FP8_MAX).to(gl.float8e4nv), gl.DotOperandLayout(0, o_layout, 4))
-        out = warpgroup_mma(p_op, v_bufs.index(j % NB).permute((1, 0)), acc, is_async=ASYNC)
+        acc = warpgroup_mma(p_op, v_bufs.index(s).permute((1, 0)), acc)
     else:
         p_op = gl.convert_layout(p.to(v_bufs.dtype), gl.DotOperandLayout(0, o_layout, 2))
-        out = warpgroup_mma(p_op, v_bufs.index(j % NB), acc, is_async=ASYNC)
-    return out, p_op
-
-
-@gluon.jit
-def _release(j, smem):
-    kv_empty = smem[6]
+        acc = warpgroup_mma(p_op, v_bufs.index(s), acc)
     gl.thread_barrier()  # this consumer's warps are done with the stage before one thread frees it (its share)
-    mbarrier.arrive(kv_empty.index(j % kv_empty.type.shape[0]), count=1)
-
-
-@gluon.jit
-def _rescaled(acc, alpha):
-    return acc * gl.convert_layout(alpha, gl.SliceLayout(1, acc.type.layout))[:, None]
-
-
-@gluon.jit
-def _sequential_blocks(smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN: gl.constexpr, PV_FP8: gl.constexpr):
-    """Every key block in turn, each wgmma waited for: the final ``(acc, l_i)``."""
-    s_layout: gl.constexpr = qs.type.layout.parent
-    BM: gl.constexpr = acc.shape[0]
-    full_blocks = Lk // BN
-    for j in range(full_blocks):
-        scores = _issue_scores(j, smem, s_layout, BM, BN, False)
-        p, alpha, l_i, m_i = _softmax_block(j, scores, qs, ks_ptr, l_i, m_i, Lk, BN, False)
-        acc, p_op = _issue_values(j, smem, p, _rescaled(acc, alpha), PV_FP8, False)
-        _release(j, smem)
-    if full_blocks * BN < Lk:
-        scores = _issue_scores(full_blocks, smem, s_layout, BM, BN, False)
-        p, alpha, l_i, m_i = _softmax_block(full_blocks, scores, qs, ks_ptr, l_i, m_i, Lk, BN, True)
-        acc, p_op = _issue_values(full_blocks, smem, p, _rescaled(acc, alpha), PV_FP8, False)
-        _release(full_blocks, smem)
-    return acc, l_i
-
-
-@gluon.jit
-def _pipelined_blocks(smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN: gl.constexpr, PV_FP8: gl.constexpr):
-    """The key blocks with one block of look-ahead inside the warpgroup (FlashAttention-3's intra-warpgroup
-    overlap): block j's ``Q . K^T`` and block j-1's ``P . V`` are in flight on the tensor cores while the threads
-    run block j's softmax. Same arithmetic as :func:`_sequential_blocks`, in the same order."""
-    s_layout: gl.constexpr = qs.type.layout.parent
-    BM: gl.constexpr = acc.shape[0]
-    full_blocks = Lk // BN
-    n_blocks = gl.cdiv(Lk, BN)
-    # (names first bound inside the loop stay out of its carried state: only acc, p, l_i, m_i cross iterations)
-    first_scores = _issue_scores(0, smem, s_layout, BM, BN, False)
-    if full_blocks > 0:
-        p, alpha0, l_i, m_i = _softmax_block(0, first_scores, qs, ks_ptr, l_i, m_i, Lk, BN, False)
-    else:
-        p, alpha0, l_i, m_i = _softmax_block(0, first_scores, qs, ks_ptr, l_i, m_i, Lk, BN, True)
-    for j in range(1, n_blocks):
-        s_token = _issue_scores(j, smem, s_layout, BM, BN, True)
-        o_token, p_op = _issue_values(j - 1, smem, p, acc, PV_FP8, True)
-        scores = warpgroup_mma_wait(num_outstanding=1, deps=(s_token,))  # in order: block j's scores are done
-        if j < full_blocks:
-            p, alpha, l_i, m_i = _softmax_block(j, scores, qs, ks_ptr, l_i, m_i, Lk, BN, False)
-        else:
-            p, alpha, l_i, m_i = _softmax_block(j, scores, qs, ks_ptr, l_i, m_i, Lk, BN, True)
-        pv, p_done = warpgroup_mma_wait(num_outstanding=0, deps=(o_token, p_op))
-        _release(j - 1, smem)
-        acc = _rescaled(pv, alpha)
-    last, p_op = _issue_values(n_blocks - 1, smem, p, acc, PV_FP8, False)
-    _release(n_blocks - 1, smem)
-    return last, l_i
+    mbarrier.arrive(kv_empty.index(s), count=1)
+    return acc, l_i, m_new
 
 
 @gluon.jit
 def _consumer(smem, qs_ptr, ks_ptr, vs_ptr, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN: gl.constexpr,
-              D: gl.constexpr, PV_FP8: gl.constexpr, PIPELINED: gl.constexpr):
+              D: gl.constexpr, PV_FP8: gl.constexpr):
     """The query rows of ``smem[0]`` (the whole Q tile, or this consumer's half) from ``m0`` on: softmax and both
     matmuls for every key block, then the normalized output."""
     q_smem = smem[0]
@@ -186,10 +117,11 @@ def _consumer(smem, qs_ptr, ks_ptr, vs_ptr, o_ptr, m0, Lq, Lk, o_base, stride_ol
     l_i = gl.zeros([BM], gl.float32, gl.SliceLayout(1, s_layout))
     acc = gl.zeros([BM, D], gl.float32, o_layout)
     mbarrier.wait(q_bar, 0)
-    if PIPELINED:
-        acc, l_i = _pipelined_blocks(smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN, PV_FP8)
-    else:
-        acc, l_i = _sequential_blocks(smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN, PV_FP8)
+    full_blocks = Lk // BN
+    for j in range(full_blocks):
+        acc, l_i, m_i = _attend_block(j, smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN, PV_FP8, False)
+    if full_blocks * BN < Lk:
+        acc, l_i, m_i = _attend_block(full_blocks, smem, qs, ks_ptr, acc, l_i, m_i, Lk, BN, PV_FP8, True)
     dcols = gl.arange(0, D, gl.SliceLayout(0, o_layout))
     if PV_FP8:
         acc = acc * (gl.load(vs_ptr + dcols) * (1.0 / FP8_MAX))[None, :]
@@ -203,7 +135,7 @@ def _consumer(smem, qs_ptr, ks_ptr, vs_ptr, o_ptr, m0, Lq, Lk, o_base, stride_ol
 def _int8_attention_ws_kernel(q_desc, k_desc, v_desc, qs_ptr, ks_ptr, vs_ptr, o_ptr, Lq, Lk, H, GROUP,
                               V_ROWS_B, V_ROWS_H, V_COL_H, stride_ob, stride_oh, stride_ol,
                               STAGES: gl.constexpr, PV_FP8: gl.constexpr, WORKER_REGS: gl.constexpr,
-                              CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, PIPELINED: gl.constexpr):
+                              CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr):
     """One BLOCK_M tile of query rows of one (batch, head) against every key of its kv head (``h // GROUP``).
     Grid: (cdiv(Lq, BLOCK_M), B * H); the tile sizes are the descriptors' block shapes.
 
@@ -248,7 +180,7 @@ def _int8_attention_ws_kernel(q_desc, k_desc, v_desc, qs_ptr, ks_ptr, vs_ptr, o_
     n_blocks = gl.cdiv(Lk, BN)
     if CONSUMERS == 1:
         gl.warp_specialize(
-            [(_consumer, (smem, qs_base, ks_base, vs_base, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN, D, PV_FP8, PIPELINED)),
+            [(_consumer, (smem, qs_base, ks_base, vs_base, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN, D, PV_FP8)),
              (_producer, (q_desc, k_desc, v_desc, smem, q_row, k_row, v_row, v_col, n_blocks, PV_FP8))],
             [1], [WORKER_REGS])
     else:
@@ -257,8 +189,8 @@ def _int8_attention_ws_kernel(q_desc, k_desc, v_desc, qs_ptr, ks_ptr, vs_ptr, o_
         first = (q_smem.slice(0, HALF), k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty)
         second = (q_smem.slice(HALF, HALF), k_bufs, v_bufs, q_bar, k_ready, v_ready, kv_empty)
         gl.warp_specialize(
-            [(_consumer, (first, qs_base, ks_base, vs_base, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN, D, PV_FP8, PIPELINED)),
+            [(_consumer, (first, qs_base, ks_base, vs_base, o_ptr, m0, Lq, Lk, o_base, stride_ol, BN, D, PV_FP8)),
              (_producer, (q_desc, k_desc, v_desc, smem, q_row, k_row, v_row, v_col, n_blocks, PV_FP8)),
              (_consumer, (second, qs_base, ks_base, vs_base, o_ptr, m0 + HALF, Lq, Lk, o_base, stride_ol, BN, D,
-                          PV_FP8, PIPELINED))],
+                          PV_FP8))],
             [1, gl.num_warps()], [WORKER_REGS, CONSUMER_REGS])

@@ -36,10 +36,6 @@ class GluonAttentionTiles:
     maxnreg: int = 128
     consumers: int = 1
     consumer_regs: int = 0
-    # one key block of look-ahead inside each consumer (the next Q . K^T and this P . V in flight during the
-    # softmax); 16-bit P . V only: Triton 3.6 fails to lower an async e4m3 wgmma whose P comes from registers
-    # (ConvertNVGPUToLLVM), so fp8 runs these tiles without look-ahead
-    pipelined: bool = False
 
 
 def gluon_attention_tiles(head_dim: int, pv: str) -> GluonAttentionTiles:
@@ -97,5 +93,4 @@ def gluon_attention(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: to
     _int8_attention_ws_kernel[(cdiv(lq, bm), bh)](
         q_desc, k_desc, v_desc, qs, ks, vs, out, lq, lk, heads, heads // hkv, v_rows_b, v_rows_h, v_col_h,
         *out_strides, STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=WORKER_REGS, CONSUMERS=tiles.consumers,
-        CONSUMER_REGS=tiles.consumer_regs, PIPELINED=tiles.pipelined and pv != "fp8", num_warps=tiles.warps,
-        maxnreg=tiles.maxnreg)
+        CONSUMER_REGS=tiles.consumer_regs, num_warps=tiles.warps, maxnreg=tiles.maxnreg)

@@ -148,8 +148,7 @@ def gluon_attention_specs(dtype: torch.dtype, head_dim: int, pv: str, tiles: obj
                  (q, k, v, torch.float32, torch.float32, torch.float32, dtype, ATT_L, ATT_L, ATT_H, 1, *v_rows,
                   ATT_L * ATT_H * d, d, ATT_H * d),
                  dict(STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=kernel.WORKER_REGS,
-                      CONSUMERS=tiles.consumers, CONSUMER_REGS=tiles.consumer_regs, PIPELINED=tiles.pipelined),
-                 tiles.warps, 1,
+                      CONSUMERS=tiles.consumers, CONSUMER_REGS=tiles.consumer_regs), tiles.warps, 1,
                  ("int8", "fp8" if pv == "fp8" else "float"), dict(maxnreg=tiles.maxnreg))]
 
 
@@ -177,9 +176,8 @@ def test_every_hopper_sweep_tile_compiles_for_sm90(pv: str) -> None:
     from comfy_int8_w8a8.int8.launch.gluon_attention import GluonAttentionTiles  # (imports Gluon)
 
     specs = []
-    for bm, bn, stages, warps, regs, consumers, consumer_regs, pipelined in HOPPER_SWEEP:
+    for bm, bn, stages, warps, regs, consumers, consumer_regs in HOPPER_SWEEP:
         tiles = GluonAttentionTiles(block_m=bm, block_n=bn, stages=stages, warps=warps, maxnreg=regs,
-                                    consumers=consumers, consumer_regs=consumer_regs,
-                                    pipelined=bool(pipelined) and pv != "fp8")  # (as the launcher runs fp8)
+                                    consumers=consumers, consumer_regs=consumer_regs)
         specs += gluon_attention_specs(torch.bfloat16, 128, pv, tiles)
     check_all(specs, 90)

@@ -4,7 +4,6 @@ against the running max of the Hopper kernel's 128-key blocks."""
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 
 import pytest
@@ -104,29 +103,3 @@ def test_hopper_attention_one_or_two_consumers_match_reference(consumers):
     ref = int8_attention_reference(q.cpu(), k.cpu(), v.cpu(), pv="16bit", block_q=quant.quant_block_q,
                                    block_k=quant.quant_block_k, key_block=64)
     assert not out.isnan().any() and relative_error(out.cpu(), ref) < 1e-2
-
-
-@pytest.mark.parametrize("bm,bn,stages,warps,regs,consumers,consumer_regs", [
-    (64, 64, 2, 4, 128, 1, 0), (64, 64, 4, 4, 128, 1, 0), (128, 64, 2, 4, 168, 2, 232)])
-@pytest.mark.parametrize("lq,lk,d", [
-    (1100, 1000, 128),  # a ragged last key block after full ones
-    (300, 50, 64),      # one ragged block only (the look-ahead loop never runs)
-    (256, 512, 128),    # keys a multiple of the block (no masked block)
-])
-def test_hopper_attention_pipelined_matches_reference(bm, bn, stages, warps, regs, consumers, consumer_regs, lq, lk,
-                                                      d):
-    # One key block of look-ahead (bench attention --sweep-hopper's "_p" tiles): same arithmetic as without it.
-    from comfy_int8_w8a8.int8.launch.attention import attention_tiles, int8_attention_triton
-    from comfy_int8_w8a8.int8.launch.gluon_attention import GluonAttentionTiles
-
-    tiles = GluonAttentionTiles(block_m=bm, block_n=bn, stages=stages, warps=warps, maxnreg=regs,
-                                consumers=consumers, consumer_regs=consumer_regs, pipelined=True)
-    q, k, v = _qkv(1, 4, 2, lq, lk, d, torch.bfloat16, comfy_layout=True)
-    quant = attention_tiles(d, "16bit")
-    out = int8_attention_triton(q, k, v, pv="16bit", kernel="hopper", hopper_tiles=tiles)
-    sequential = int8_attention_triton(q, k, v, pv="16bit", kernel="hopper",
-                                       hopper_tiles=dataclasses.replace(tiles, pipelined=False))
-    ref = int8_attention_reference(q.cpu(), k.cpu(), v.cpu(), pv="16bit", block_q=quant.quant_block_q,
-                                   block_k=quant.quant_block_k, key_block=bn)
-    assert not out.isnan().any() and relative_error(out.cpu(), ref) < 1e-2
-    assert torch.equal(out, sequential)
