@@ -12,7 +12,9 @@ converter (``int8/formats/converter.py``, defaults, as ``bench families`` does).
 - ``ours_loader_node``: the same plus ``INT8LazyTorchCompile.compile`` with every input at its ``INPUT_TYPES``
   default (only ``backend`` is ``eager`` under ``--tiny``, where inductor would spend minutes in the C++ compiler);
 - ``ours_loader_node_blocks_only`` / ``ours_loader_node_whole_model`` (not run unless named): the same with
-  ``compile_transformer_blocks_only`` set on / off, to choose that input's default by measurement.
+  ``compile_transformer_blocks_only`` set on / off, to choose that input's default by measurement;
+- ``ours_loader_attention`` / ``ours_loader_node_attention`` (not run unless named): ``ours_loader`` /
+  ``ours_loader_node`` with the INT8 Attention node at its defaults before the compile.
 
 Sampling is ``comfy.sample.sample`` (KSampler's path; Euler, scheduler simple, cfg 1, conditioning without text
 encoders). Per variant and resolution: ``load_s``; ``first_call_s``, the first sampling call (one Euler step from

@@ -25,3 +25,30 @@ def test_markdown_table_ratios_are_against_stock_compile() -> None:
     row = next(line for line in table.splitlines() if "ours_loader_node" in line)
     assert "| 0.50x |" in row and "| 3.00x |" in row and "0.999" in row
     assert len(table.splitlines()) == 4
+
+
+class _Patcher:
+    """What INT8 Attention needs of a ModelPatcher: ``model_options`` and a ``clone`` that copies them."""
+
+    def __init__(self, model_options: dict | None = None) -> None:
+        self.model_options = model_options or {"transformer_options": {}}
+
+    def clone(self) -> _Patcher:
+        return _Patcher({k: dict(v) if isinstance(v, dict) else v for k, v in self.model_options.items()})
+
+
+def test_attention_variants_add_the_int8_attention_node_at_its_defaults() -> None:
+    from comfy_int8_w8a8.nodes.attention_node import OVERRIDE_KEY, INT8Attention
+    from comfy_int8_w8a8.nodes.attention_override import Int8AttentionOverride
+
+    assert defaults.LOADS["ours_loader_attention"] == ("ours", "+attention")
+    assert defaults.LOADS["ours_loader_node_attention"] == ("ours", "node+attention")
+    assert not {"ours_loader_attention", "ours_loader_node_attention"} & set(defaults.DEFAULT_VARIANTS)
+    original = _Patcher()
+    patched = comfy_run.int8_attention(original)
+    override = patched.model_options["transformer_options"][OVERRIDE_KEY]
+    assert isinstance(override, Int8AttentionOverride) and OVERRIDE_KEY not in original.model_options[
+        "transformer_options"]
+    widgets = INT8Attention.INPUT_TYPES()["required"]
+    assert override.options.min_seq_len == widgets["min_seq_len"][1]["default"]
+    assert override.options.pv_precision == widgets["pv_precision"][1]["default"]
