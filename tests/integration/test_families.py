@@ -47,7 +47,8 @@ def _linears(model: torch.nn.Module) -> dict[str, torch.Size]:
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_published_config_is_detected_and_quantized_by_its_preset(comfy, name: str) -> None:
     from comfy_int8_w8a8.bench.family_models import build_model
-    from comfy_int8_w8a8.int8.quantize_model import should_quantize
+    from comfy_int8_w8a8.int8.launch.quant import one_pass_blocks64_fits, one_pass_rotation_fits
+    from comfy_int8_w8a8.int8.quantize_model import QuantizeConfig, hadamard_group_for, should_quantize
     from comfy_int8_w8a8.presets.detect import resolve_preset
 
     family: Family = FAMILIES[name]
@@ -64,6 +65,13 @@ def test_family_published_config_is_detected_and_quantized_by_its_preset(comfy, 
     assert not_by_preset == {}  # e.g. in/out features not multiples of the int8 GEMM alignment
     quantized = sum(linears[n].numel() for n, r in reasons.items() if r is None)
     assert quantized / sum(s.numel() for s in linears.values()) >= QUANTIZED_SHARE_MIN
+    # With the default Hadamard group every quantized layer's activation rotates and quantizes in one launch (the
+    # two-pass chunked kernel is the slow fallback): K a whole number of 256-column groups or of 64-column blocks.
+    group = QuantizeConfig().hadamard_group
+    two_pass = {n: linears[n] for n, r in reasons.items() if r is None and not (
+        one_pass_rotation_fits(linears[n][1], hadamard_group_for(linears[n][1], group))
+        or one_pass_blocks64_fits(linears[n][1], hadamard_group_for(linears[n][1], group)))}
+    assert two_pass == {}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
