@@ -56,7 +56,7 @@ _KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
 # wgmma takes 64 rows a warpgroup, and a smaller query tile reads all of K and V for fewer rows (more traffic a flop).
 SWEEP_BLOCKS = (64, 128)
 SWEEP_WARPS = (4, 8)
-SWEEP_STAGES = (2, 3)
+SWEEP_STAGES = (2, 3, 4)  # (SageAttention 1.0.6's Triton kernel runs 3-4 stages)
 _MIN_SWEEP_BLOCK = 64
 # --sweep-hopper: the Hopper kernel's (block_m, block_n, stages, default-partition warps, registers per thread,
 # consumers, a second consumer's registers), each built for sm_90 without spills (ptxas, Triton 3.6). 4 warps at 128
@@ -105,8 +105,8 @@ def tile_method_name(block_m: int, block_n: int, warps: int, stages: int) -> str
 
 
 def tile_sweep_methods(device: str = "cuda") -> dict[str, Attention]:
-    """:func:`tile_method_name` -> ``fn(q, k, v)``: the launcher with that tile and ``ours``' P.V precision
-    (``auto`` resolved for ``device`` as the attention backend does: fp8 where the GPU has it, else 16-bit)."""
+    """:func:`tile_method_name` -> ``fn(q, k, v)``: the generic kernel with that tile and ``ours``' P.V precision
+    (``auto`` resolved for ``device`` as the attention backend does)."""
     from ..int8.backends.attention import resolve_pv
     from ..int8.launch.attention import AttentionTiles, int8_attention_triton
 

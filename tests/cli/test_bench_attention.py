@@ -68,11 +68,11 @@ def test_gpu_slug():
 
 def test_sweep_configs_cover_the_tile_grid_with_unique_names():
     configs = bench.sweep_configs()
-    assert len(configs) == 16 and len(set(configs)) == 16
+    assert len(configs) == 24 and len(set(configs)) == 24
     assert {(bm, bn) for bm, bn, _, _ in configs} == {(64, 64), (64, 128), (128, 64), (128, 128)}
-    assert {(w, s) for _, _, w, s in configs} == {(4, 2), (4, 3), (8, 2), (8, 3)}
+    assert {(w, s) for _, _, w, s in configs} == {(4, 2), (4, 3), (4, 4), (8, 2), (8, 3), (8, 4)}
     names = [bench.tile_method_name(*c) for c in configs]
-    assert len(set(names)) == 16 and not set(names) & set(bench.METHODS)
+    assert len(set(names)) == 24 and not set(names) & set(bench.METHODS)
     assert bench.tile_method_name(128, 64, 8, 2) == "ours_tiles_m128_n64_w8_s2"
 
 
