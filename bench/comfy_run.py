@@ -47,12 +47,17 @@ def free_models() -> None:
     torch._dynamo.reset()
 
 
+def _input_defaults(node: type) -> dict:
+    """A MODEL-patching node's inputs, other than the model, at their ``INPUT_TYPES`` defaults."""
+    required = node.INPUT_TYPES()["required"]
+    return {name: spec[1]["default"] for name, spec in required.items() if name != "model"}
+
+
 def node_defaults(backend: str | None = None) -> dict:
     """INT8 Lazy Torch Compile's inputs at their ``INPUT_TYPES`` defaults (``backend`` replaced when given)."""
     from ..nodes.compile_node import INT8LazyTorchCompile
 
-    required = INT8LazyTorchCompile.INPUT_TYPES()["required"]
-    kwargs = {name: spec[1]["default"] for name, spec in required.items() if name != "model"}
+    kwargs = _input_defaults(INT8LazyTorchCompile)
     if backend is not None:
         kwargs["backend"] = backend
     return kwargs
@@ -111,6 +116,4 @@ def int8_attention(patcher):  # noqa: ANN001, ANN201 - a ModelPatcher
     """``patcher`` through the INT8 Attention node with its default inputs."""
     from ..nodes.attention_node import INT8Attention
 
-    required = INT8Attention.INPUT_TYPES()["required"]
-    defaults = {name: spec[1]["default"] for name, spec in required.items() if name != "model"}
-    return INT8Attention().patch(patcher, **defaults)[0]
+    return INT8Attention().patch(patcher, **_input_defaults(INT8Attention))[0]

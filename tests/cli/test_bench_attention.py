@@ -101,19 +101,26 @@ def test_measure_without_skip_on_lets_a_failing_method_raise():
                       dtype=torch.float32)
 
 
+
+def _run_with_sweep(tmp_path, monkeypatch, flag: str, attr: str) -> list[dict]:  # noqa: ANN001
+    """``bench.run`` on a tiny flux_1024 with SDPA and ``flag`` (its sweep methods patched by the caller; a
+    RuntimeError counts as a sweep error): the rows it wrote. Checks the flag is off unless given."""
+    monkeypatch.setitem(bench.SHAPES, "flux_1024", (1, 1, 32, 64))
+    monkeypatch.setattr(bench, "sweep_errors", lambda: (RuntimeError,))
+    args = _args("--shapes", "flux_1024", "--methods", "sdpa_bf16", flag, "--out", str(tmp_path))
+    assert getattr(args, attr) and not getattr(_args(), attr)
+    assert bench.run(args, timer=lambda fns: 1.0, device="cpu") == 0
+    return json.loads((tmp_path / "attention_cpu.json").read_text())["rows"]
+
+
 def test_run_with_sweep_tiles_adds_one_row_per_runnable_tile(tmp_path, monkeypatch):
     def out_of_resources(q, k, v):  # noqa: ANN001, ANN202
         raise RuntimeError("out of resources")
 
     sweep = {bench.tile_method_name(64, 64, 4, 2): lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
              bench.tile_method_name(128, 128, 8, 3): out_of_resources}
-    monkeypatch.setitem(bench.SHAPES, "flux_1024", (1, 1, 32, 64))
     monkeypatch.setattr(bench, "tile_sweep_methods", lambda device: sweep)
-    monkeypatch.setattr(bench, "sweep_errors", lambda: (RuntimeError,))
-    args = _args("--shapes", "flux_1024", "--methods", "sdpa_bf16", "--sweep-tiles", "--out", str(tmp_path))
-    assert args.sweep_tiles and not _args().sweep_tiles
-    assert bench.run(args, timer=lambda fns: 1.0, device="cpu") == 0
-    rows = json.loads((tmp_path / "attention_cpu.json").read_text())["rows"]
+    rows = _run_with_sweep(tmp_path, monkeypatch, "--sweep-tiles", "sweep_tiles")
     assert [r["method"] for r in rows] == ["sdpa_bf16", "ours_tiles_m64_n64_w4_s2"]
     assert all(set(r) == ROW_KEYS for r in rows)
 
@@ -142,11 +149,6 @@ def test_hopper_sweep_names_are_unique_and_join_the_run(tmp_path, monkeypatch):
     assert bench.hopper_method_name(128, 64, 3, 4, 168, 2, 232, "16bit") == "ours_hopper_m128_n64_s3_w4_r168_c2r232"
     sweep = {bench.hopper_method_name(64, 64, 3, 4, 128, 1, 0, "16bit"): lambda q, k, v: F.scaled_dot_product_attention(
         q, k, v)}
-    monkeypatch.setitem(bench.SHAPES, "flux_1024", (1, 1, 32, 64))
     monkeypatch.setattr(bench, "hopper_sweep_methods", lambda: sweep)
-    monkeypatch.setattr(bench, "sweep_errors", lambda: (RuntimeError,))
-    args = _args("--shapes", "flux_1024", "--methods", "sdpa_bf16", "--sweep-hopper", "--out", str(tmp_path))
-    assert args.sweep_hopper and not _args().sweep_hopper
-    assert bench.run(args, timer=lambda fns: 1.0, device="cpu") == 0
-    rows = json.loads((tmp_path / "attention_cpu.json").read_text())["rows"]
+    rows = _run_with_sweep(tmp_path, monkeypatch, "--sweep-hopper", "sweep_hopper")
     assert [r["method"] for r in rows] == ["sdpa_bf16", "ours_hopper_m64_n64_s3_w4_r128"]
