@@ -188,6 +188,19 @@ def host_tma() -> bool:
     return True
 
 
+@functools.cache
+def triton_build_error() -> type[Exception]:
+    """The base class of Triton's compile, resource and ptxas errors (``TritonError``; ``CompilationError`` before
+    it existed), for launchers that fall back when a kernel does not build. Only where Triton imports."""
+    try:
+        from triton.errors import TritonError
+    except ImportError:  # older Triton
+        from triton.compiler.errors import CompilationError
+
+        return CompilationError
+    return TritonError
+
+
 def tensor_descriptor_class(gluon_layout: bool = False) -> type:
     """The host ``TensorDescriptor`` class: Gluon's (it carries a shared-memory layout) or Triton's. Only after
     :func:`gluon` / :func:`host_tma` said yes."""

@@ -12,15 +12,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import compat
 from ..attention_reference import FP8_MAX, PV_PRECISIONS
 from ..kernels.triton_attention import _attn_quant_kernel, _int8_attention_kernel
 from ..kernels.triton_quant_common import INTERPRETED
 from .host import cdiv
 
-try:
-    from triton.errors import TritonError as _BuildError  # base of Triton's compile, resource and ptxas errors
-except ImportError:  # pragma: no cover - older Triton
-    from triton.compiler.errors import CompilationError as _BuildError
+_BuildError = compat.triton_build_error()
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +143,7 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
         kernel = "hopper" if hopper_kernel_runs(q.device) else "generic"
     elif kernel == "hopper":
         try:
-            from .gluon_attention import gluon_attention, gluon_attention_supported
+            from .gluon_attention import gluon_attention_supported
         except ImportError as exc:  # a Triton without Gluon's Hopper API
             raise ValueError(f"the Hopper attention kernel cannot run here ({exc}): use kernel='generic'") from exc
         if not gluon_attention_supported(q.device):

@@ -25,10 +25,7 @@ from .tuning import sustained_bench
 
 log = logging.getLogger(__name__)
 
-try:
-    from triton.errors import TritonError as _BuildError  # base of Triton's compile, resource and ptxas errors
-except ImportError:  # pragma: no cover - older Triton
-    from triton.compiler.errors import CompilationError as _BuildError
+_BuildError = compat.triton_build_error()
 
 if compat.gluon_api() is not None:
     from . import gluon_gemm
