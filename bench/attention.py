@@ -16,7 +16,7 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
 - with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}``: ``ours``' kernel and P.V precision
   launched with each tile of :func:`sweep_configs` (quant blocks at their default 64); a tile that does not compile
   or run (e.g. past the GPU's shared memory) is printed with the reason and left out;
-- with ``--sweep-hopper``, ``ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}[_fp8]``: the Hopper kernel
+- with ``--sweep-hopper``, ``ours_hopper_m{bm}_n{bn}_s{stages}_w{warps}_r{regs}[_c2r{regs}][_fp8]``: the Hopper kernel
   with each tile of :data:`HOPPER_SWEEP` (same skipping).
 
 Time: median of CUDA-event-timed back-to-back calls (bench/timing.py). ``rel_err``: ``||out - ref|| / ||ref||`` on
