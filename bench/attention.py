@@ -10,6 +10,7 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
   Attention node runs: the warp-specialized Gluon kernel on sm_90 (:mod:`int8.launch.gluon_attention`), else the
   generic Triton kernel;
 - ``ours_fp8``: the same with fp8 P.V (sm_89+);
+- ``ours_int8pv``: the same with int8 P.V (both products on the int8 tensor cores; the generic kernel);
 - ``ours_generic``: the generic Triton kernel on any GPU (16-bit P.V), called through the launcher;
 - ``ours_hopper`` / ``ours_hopper_fp8``: the Gluon kernel with 16-bit / fp8 P.V, through the launcher with
   ``kernel="hopper"`` (sm_90);
@@ -48,8 +49,8 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "wan_480p_81f": (1, 40, 32760, 128),
     "wan_720p_81f": (1, 40, 75600, 128),
 }
-METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8", "ours_generic",
-           "ours_hopper", "ours_hopper_fp8")
+METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8", "ours_int8pv",
+           "ours_generic", "ours_hopper", "ours_hopper_fp8")
 # comfy-kitchen's int8 attention entry points this benchmark knows, by module attribute (none is documented yet).
 _KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
 # --sweep-tiles: attention tile rows/keys, warps, stages. Tiles under 64 query rows or keys are left out: Hopper's
@@ -227,6 +228,7 @@ def available_methods(names: list[str]) -> dict[str, Attention | str]:
         "sageattention_1.0.6": _sage,
         "ours": lambda: _ours("auto"),
         "ours_fp8": _ours_fp8,
+        "ours_int8pv": lambda: _ours("int8"),  # both products on the int8 tensor cores (the generic kernel)
         "ours_generic": _ours_generic,
         "ours_hopper": lambda: _ours_hopper("16bit"),
         "ours_hopper_fp8": _ours_hopper_fp8,

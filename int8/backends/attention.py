@@ -21,7 +21,7 @@ from .custom_ops import _define
 __all__ = ["PV_CHOICES", "AttentionOptions", "attention_unsupported_reason", "resolve_pv", "int8_attention", "forget"]
 
 
-PV_CHOICES = ("auto", "fp8", "16bit")
+PV_CHOICES = ("auto", "fp8", "16bit", "int8")
 _GRANULARITIES = ("block", "token")
 _HEAD_DIMS = (64, 128)  # int8.launch.attention.HEAD_DIMS (not imported: that module imports Triton)
 _DTYPES = (torch.float16, torch.bfloat16)
@@ -32,7 +32,8 @@ class AttentionOptions:
     """How the int8 attention runs.
 
     ``pv_precision``: ``auto`` (16-bit; see :func:`_device_pv`), ``fp8`` (float8 P and V; raises at the call on a
-    GPU without fp8), ``16bit`` (P and V in V's dtype). ``smooth_k``: subtract
+    GPU without fp8), ``16bit`` (P and V in V's dtype), ``int8`` (P and V in int8 with per-key-block scales, on the
+    generic kernel; :func:`int8.attention_reference.int8_attention_reference`). ``smooth_k``: subtract
     K's mean over the sequence before quantizing. ``granularity``: one int8 scale per ``block`` of rows or per
     ``token``. ``min_seq_len``: calls with fewer query rows run the caller's attention.
     """
@@ -74,6 +75,8 @@ def attention_unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 def _device_pv(device: torch.device, preference: str) -> str:
     # auto is 16-bit on every GPU: on an H100 the fp8 P.V kernel took 1.4-1.6x the 16-bit kernel's time at the
     # Flux and Wan shapes, with 3.9% error against 1.3% (docs/results/attention_h100.json). fp8 stays a choice.
+    if preference == "int8":
+        return "int8"  # any GPU the int8 Q.K^T runs on
     if preference != "fp8":
         return "16bit"
     reason = fp8_attention_unavailable_reason(device)
@@ -84,7 +87,7 @@ def _device_pv(device: torch.device, preference: str) -> str:
 
 
 def resolve_pv(device: torch.device, preference: str) -> str:
-    """``"fp8"`` or ``"16bit"`` for ``preference`` (:data:`PV_CHOICES`) on ``device``; an explicit ``fp8`` that
+    """``"fp8"``, ``"int8"`` or ``"16bit"`` for ``preference`` (:data:`PV_CHOICES`) on ``device``; an explicit ``fp8`` that
     the device cannot run raises RuntimeError (it never downgrades)."""
     return _device_pv(device, preference)
 

@@ -1,5 +1,5 @@
 """Generic Triton int8 attention (Ampere, Ada, and Hopper until a wgmma version exists): the Q/K quant pre-pass and a
-FlashAttention-style kernel with an int8 ``Q . K^T`` and a 16-bit or fp8 ``P . V``. The scheme and its float64
+FlashAttention-style kernel with an int8 ``Q . K^T`` and a 16-bit, fp8 or int8 ``P . V``. The scheme and its float64
 reference are :mod:`int8.attention_reference`; the launcher is :mod:`int8.launch.attention`.
 
 Layouts: the pre-pass reads ``x (B, H, L, D)`` through (batch, head, row) strides with a contiguous last dim and
@@ -49,15 +49,16 @@ def _attn_quant_kernel(x_ptr, mean_ptr, q_ptr, scale_ptr, L, H, stride_xb, strid
 
 
 @triton.jit
-def _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stride_vl,
-                  BLOCK_N: tl.constexpr, D: tl.constexpr, PV_FP8: tl.constexpr, MASKED: tl.constexpr):
+def _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, vs_base, start, Lk, stride_vl,
+                  BLOCK_N: tl.constexpr, D: tl.constexpr, PV_FP8: tl.constexpr, PV_INT8: tl.constexpr,
+                  MASKED: tl.constexpr):
     """One key block of the online softmax: returns the updated ``(acc, l_i, m_i)``. MASKED only for the ragged
     last block (keys past Lk load as 0 and score -inf): the full blocks skip the masks, so their loads need no
     predicates and the compiler can pipeline them as plain tiles."""
     cols = start + tl.arange(0, BLOCK_N)
     dcols = tl.arange(0, D)
     k_ptrs = k_base + cols.to(tl.int64)[:, None] * D + dcols[None, :]
-    if PV_FP8:  # V^T [D, keys], keys contiguous: a K-major operand (see the kernel)
+    if PV_FP8 or PV_INT8:  # V^T [D, keys], keys contiguous: a K-major operand (see the kernel)
         v_ptrs = v_base + dcols.to(tl.int64)[:, None] * stride_vl + cols[None, :]
     else:
         v_ptrs = v_base + cols.to(tl.int64)[:, None] * stride_vl + dcols[None, :]
@@ -73,22 +74,38 @@ def _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stri
     s = tl.dot(q, tl.trans(k), out_dtype=tl.int32).to(tl.float32) * qs[:, None] * ks[None, :]
     if MASKED:
         s = tl.where(col_mask[None, :], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    block_max = tl.max(s, axis=1)
+    m_new = tl.maximum(m_i, block_max)
     alpha = tl.math.exp2(m_i - m_new)
-    p = tl.math.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    if PV_FP8:
+    if PV_INT8:
+        # P against this block's own max, so every block keeps 127 levels; one exp2 per score as in the other
+        # paths: the running-max P is that times exp2(block_max - m_new) <= 1, a factor per row.
+        p_block = tl.math.exp2(s - block_max[:, None])
+        to_running = tl.math.exp2(block_max - m_new)
+        l_i = l_i * alpha + tl.sum(p_block, axis=1) * to_running
         if MASKED:
-            vt = tl.load(v_ptrs, mask=col_mask[None, :], other=0.0)
+            vt = tl.load(v_ptrs, mask=col_mask[None, :], other=0)
         else:
             vt = tl.load(v_ptrs)
-        pv = tl.dot((p * 448.0).to(vt.dtype), tl.trans(vt), out_dtype=tl.float32)
+        vs = tl.load(vs_base + (start // BLOCK_N) * D + dcols)  # this key block's per-channel V scales
+        p8 = (p_block * 127.0 + 0.5).to(tl.int8)  # in [0, 127]: truncation of a positive value rounds half up
+        pv = tl.dot(p8, tl.trans(vt), out_dtype=tl.int32).to(tl.float32)
+        pv = pv * (to_running * (1.0 / 127.0))[:, None] * vs[None, :]
     else:
-        if MASKED:
-            v = tl.load(v_ptrs, mask=col_mask[:, None], other=0.0)
+        p = tl.math.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if PV_FP8:
+            if MASKED:
+                vt = tl.load(v_ptrs, mask=col_mask[None, :], other=0.0)
+            else:
+                vt = tl.load(v_ptrs)
+            pv = tl.dot((p * 448.0).to(vt.dtype), tl.trans(vt), out_dtype=tl.float32)
         else:
-            v = tl.load(v_ptrs)
-        pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
+            if MASKED:
+                v = tl.load(v_ptrs, mask=col_mask[:, None], other=0.0)
+            else:
+                v = tl.load(v_ptrs)
+            pv = tl.dot(p.to(v.dtype), v, out_dtype=tl.float32)
     acc = acc * alpha[:, None] + pv
     return acc, l_i, m_new
 
@@ -96,7 +113,8 @@ def _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stri
 @triton.jit
 def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, Lq, Lk, H, GROUP,
                            stride_vb, stride_vh, stride_vl, stride_ob, stride_oh, stride_ol,
-                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PV_FP8: tl.constexpr):
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr, PV_FP8: tl.constexpr,
+                           PV_INT8: tl.constexpr):
     """One BLOCK_M tile of query rows of one (batch, head) against every key of its kv head (``h // GROUP``).
 
     ``s = (q_int8 . k_int8^T)_int32 * q_scale * k_scale`` is the score in log2 units (``q_scale`` carries
@@ -106,8 +124,11 @@ def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, L
     back by ``v_scale / 448`` at the end. The fp8 V comes transposed, ``V^T (D, keys)`` per kv head with row stride
     ``stride_vl``: fp8 wgmma takes only K-major operands, and a ``[keys, D]`` tile could not go to shared memory as
     one (Triton loaded it through registers, outside the software pipeline: fp8 ran 1.4-1.6x slower than 16-bit on
-    an H100, docs/results/attention_h100.json). The full key blocks run unmasked; a last partial block (``Lk % BLOCK_N``
-    keys) runs masked, its missing keys scoring -inf. Grid: (cdiv(Lq, BLOCK_M), B * H)."""
+    an H100, docs/results/attention_h100.json). PV_INT8: V^T in int8 the same way with one scale per (key block of
+    BLOCK_N, channel), ``vs (B*Hkv, cdiv(Lk, BLOCK_N), D)``, and P per key block against the block's own max
+    (:func:`int8.attention_reference.int8_attention_reference`, ``pv="int8"``). The full key blocks run unmasked; a
+    last partial block (``Lk % BLOCK_N`` keys) runs masked, its missing keys scoring -inf.
+    Grid: (cdiv(Lq, BLOCK_M), B * H)."""
     bh = tl.program_id(1)
     b = bh // H
     h = bh % H
@@ -122,17 +143,18 @@ def _int8_attention_kernel(q_ptr, qs_ptr, k_ptr, ks_ptr, v_ptr, vs_ptr, o_ptr, L
     k_base = k_ptr + bh_kv.to(tl.int64) * Lk * D
     ks_base = ks_ptr + bh_kv.to(tl.int64) * Lk
     v_base = v_ptr + b.to(tl.int64) * stride_vb + (h // GROUP).to(tl.int64) * stride_vh
+    vs_base = vs_ptr + bh_kv.to(tl.int64) * tl.cdiv(Lk, BLOCK_N) * D  # PV_INT8's per-block V scales
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     full_end = Lk - Lk % BLOCK_N
     for start in range(0, full_end, BLOCK_N):
-        acc, l_i, m_i = _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, start, Lk, stride_vl,
-                                      BLOCK_N, D, PV_FP8, False)
+        acc, l_i, m_i = _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, vs_base, start, Lk,
+                                      stride_vl, BLOCK_N, D, PV_FP8, PV_INT8, False)
     if full_end < Lk:
-        acc, l_i, m_i = _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, full_end, Lk, stride_vl,
-                                      BLOCK_N, D, PV_FP8, True)
+        acc, l_i, m_i = _attend_block(q, qs, acc, l_i, m_i, k_base, ks_base, v_base, vs_base, full_end, Lk,
+                                      stride_vl, BLOCK_N, D, PV_FP8, PV_INT8, True)
     if PV_FP8:
         v_scale = tl.load(vs_ptr + bh_kv.to(tl.int64) * D + dcols)
         acc = acc * (v_scale * (1.0 / 448.0))[None, :]

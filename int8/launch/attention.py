@@ -51,7 +51,9 @@ def attention_tiles(head_dim: int, pv: str) -> AttentionTiles:
         return AttentionTiles(block_m=16, block_n=16, warps=1, stages=1, quant_block_q=16, quant_block_k=16)
     if head_dim == 64:
         return AttentionTiles(block_m=128, block_n=64, warps=4, stages=3)
-    return AttentionTiles(block_m=128, block_n=64 if pv == "16bit" else 128, warps=8, stages=2)
+    # int8 P.V keeps 64-key blocks: its P and V scales are per key block, and 128 keys raised the emulated error at
+    # the Flux shape from 1.8% to 2.0% (bench/attention_numerics.py).
+    return AttentionTiles(block_m=128, block_n=128 if pv == "fp8" else 64, warps=8, stages=2)
 
 
 _hopper_broken: set[torch.device] = set()  # devices where the Hopper kernel failed to build (kernel="auto")
@@ -118,6 +120,21 @@ def _fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return vt, scale.reshape(-1, d).contiguous()
 
 
+def _int8_values(v: torch.Tensor, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """V in int8, transposed like :func:`_fp8_values`: ``(B, Hkv, D, Lk')`` with ``Lk'`` = Lk rounded up to
+    ``block_n`` (the padding is zero), and one fp32 scale per (batch, head, block of ``block_n`` keys, channel),
+    ``absmax / 127``, as ``(B*Hkv, Lk' / block_n, D)``: the kernel's ``PV_INT8`` operands (its BLOCK_N must be
+    ``block_n``). Plain torch ops, like the fp8 path's."""
+    b, hkv, lk, d = v.shape
+    blocks = cdiv(lk, block_n)
+    padded = torch.zeros(b, hkv, blocks * block_n, d, dtype=torch.float32, device=v.device)
+    padded[:, :, :lk] = v
+    tiles = padded.view(b, hkv, blocks, block_n, d)
+    scale = (tiles.abs().amax(dim=3, keepdim=True) / 127.0).clamp_(min=1e-12)
+    v8 = torch.round(tiles / scale).clamp_(-127, 127).to(torch.int8).view(b, hkv, blocks * block_n, d)
+    return v8.transpose(2, 3).contiguous(), scale.reshape(b * hkv, blocks, d).contiguous()
+
+
 def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,
                           smooth_k: bool = True, pv: str = "16bit", granularity: str = "block",
                           out_layout: str = "bhld", tiles: AttentionTiles | None = None,
@@ -128,10 +145,11 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
 
     ``q (B, H, Lq, D)``, ``k, v (B, Hkv, Lk, D)`` (any strides with a contiguous last dim; ``H % Hkv == 0``),
     ``D`` in :data:`HEAD_DIMS`, one float dtype. ``pv="fp8"`` needs a GPU that
-    :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks). ``kernel``: ``generic`` (the
-    Triton kernel, any GPU), ``hopper`` (the warp-specialized Gluon kernel, :mod:`int8.launch.gluon_attention`;
-    sm_90 only; ``hopper_tiles``: its :class:`~int8.launch.gluon_attention.GluonAttentionTiles`) or ``auto``
-    (:func:`hopper_kernel_runs` decides; a Hopper kernel that fails to build falls back to the generic one, said
+    :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks); ``pv="int8"`` runs on the
+    generic kernel only. ``kernel``: ``generic`` (the Triton kernel, any GPU), ``hopper`` (the warp-specialized
+    Gluon kernel, :mod:`int8.launch.gluon_attention`; sm_90 only, 16-bit or fp8 ``P . V``; ``hopper_tiles``: its
+    :class:`~int8.launch.gluon_attention.GluonAttentionTiles`) or ``auto`` (:func:`hopper_kernel_runs` decides, and
+    ``pv="int8"`` takes the generic kernel; a Hopper kernel that fails to build falls back to the generic one, said
     once). Returns the output in ``q``'s dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``, ``(B, Lq, H, D)``.
     Raises ValueError on bad inputs.
     """
@@ -140,7 +158,9 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     fallback = kernel == "auto"
     if fallback:
-        kernel = "hopper" if hopper_kernel_runs(q.device) else "generic"
+        kernel = "hopper" if pv != "int8" and hopper_kernel_runs(q.device) else "generic"
+    elif kernel == "hopper" and pv == "int8":
+        raise ValueError("the Hopper attention kernel has no int8 P.V: use kernel='generic' or 'auto'")
     elif kernel == "hopper":
         try:
             from .gluon_attention import gluon_attention_supported
@@ -159,6 +179,8 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     k8, ks = _quantize(k, mean, 1.0, tiles.quant_block_k, per_token)
     if pv == "fp8":
         v, vs = _fp8_values(v)
+    elif pv == "int8":
+        v, vs = _int8_values(v, tiles.block_n)
     else:
         vs = qs  # unused pointer
     if out_layout == "bhld":
@@ -182,7 +204,7 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     _int8_attention_kernel[(cdiv(lq, tiles.block_m), b * h)](
         q8, qs, k8, ks, v, vs, out, lq, k.shape[2], h, h // k.shape[1],
         v.stride(0), v.stride(1), v.stride(2), ob, oh, ol,
-        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d, PV_FP8=pv == "fp8",
+        BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=d, PV_FP8=pv == "fp8", PV_INT8=pv == "int8",
         num_warps=tiles.warps, num_stages=tiles.stages)
     return out
 

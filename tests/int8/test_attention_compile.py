@@ -60,23 +60,26 @@ def attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
     from comfy_int8_w8a8.int8.launch.attention import attention_tiles
 
     tiles = attention_tiles(head_dim, pv)
-    fp8 = pv == "fp8"
     hd = ATT_H * head_dim
-    # fp8: V is _fp8_values' transposed (B, H, D, L) e4m3 copy (L = 4608, a multiple of 16: no padding);
-    # 16-bit: V as given, (B, L, H, D) seen as (B, H, L, D)
-    v_dtype, v_strides = (torch.float8_e4m3fn, (ATT_L * hd, ATT_L * head_dim, ATT_L)) if fp8 else \
-        (dtype, (ATT_L * hd, head_dim, hd))
+    # fp8 / int8: V is _fp8_values' / _int8_values' transposed (B, H, D, L) copy (L = 4608, a multiple of the key
+    # block: no padding); 16-bit: V as given, (B, L, H, D) seen as (B, H, L, D)
+    transposed = (ATT_L * hd, ATT_L * head_dim, ATT_L)
+    v_dtype, v_strides = {"fp8": (torch.float8_e4m3fn, transposed), "int8": (torch.int8, transposed)}.get(
+        pv, (dtype, (ATT_L * hd, head_dim, hd)))
     return [Spec(f"attention D={head_dim} pv={pv} {tiles}", _int8_attention_kernel,
                  (torch.int8, torch.float32, torch.int8, torch.float32, v_dtype, torch.float32, dtype, ATT_L, ATT_L,
                   ATT_H, 1, *v_strides, ATT_L * hd, head_dim, hd),
-                 dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=head_dim, PV_FP8=fp8), tiles.warps,
-                 tiles.stages, ("int8", "fp8" if fp8 else "float"))]  # Q . K^T int8; P . V e4m3 or V's dtype
+                 dict(BLOCK_M=tiles.block_m, BLOCK_N=tiles.block_n, D=head_dim, PV_FP8=pv == "fp8",
+                      PV_INT8=pv == "int8"), tiles.warps,
+                 tiles.stages, ("int8", {"fp8": "fp8", "int8": "int8"}.get(pv, "float")))]  # Q . K^T int8; P . V
 
 
 # 16-bit P . V in both dtypes on every arch (the dtype reaches the dot); fp8 P . V on sm_89+ with a bf16 output, and
 # with fp16 on sm_90 only (there the output dtype is only the epilogue's cast).
-ATTENTION_CASES = [(a, d, pv) for a in ARCHS for d in DTYPES for pv in ("16bit", "fp8")
-                   if pv == "16bit" or (a >= FP8_ARCH and (d == torch.bfloat16 or a == 90))]
+# int8 P . V on every arch with a bf16 output (the output dtype is only the epilogue's cast).
+ATTENTION_CASES = [(a, d, pv) for a in ARCHS for d in DTYPES for pv in ("16bit", "fp8", "int8")
+                   if pv == "16bit" or (pv == "int8" and d == torch.bfloat16)
+                   or (pv == "fp8" and a >= FP8_ARCH and (d == torch.bfloat16 or a == 90))]
 
 
 @pytest.mark.parametrize("arch,dtype,pv", ATTENTION_CASES,
@@ -97,7 +100,7 @@ def test_attention_kernels_compile_for_arch_with_int8_mma(head_dim: int, arch: i
     check_all(specs, arch)
 
 
-@pytest.mark.parametrize("pv", ("16bit", "fp8"))
+@pytest.mark.parametrize("pv", ("16bit", "fp8", "int8"))
 def test_hopper_attention_pipelines_v_like_k(pv: str) -> None:
     # On sm_90 both operand tiles of the key loop must reach shared memory by asynchronous copies inside the software
     # pipeline. An fp8 V tile in [keys, D] layout (not K-major, which fp8 wgmma requires) was loaded through registers
@@ -115,15 +118,17 @@ def test_hopper_attention_pipelines_v_like_k(pv: str) -> None:
             pytest.skip(f"the pack runs 16-bit P . V here: {reason}")
     (spec,) = attention_specs(torch.bfloat16, 128, pv)
     ttgir = compile_spec(spec, 90).asm["ttgir"]
-    v_type = "f8E4M3FN" if pv == "fp8" else "bf16"
+    bn, d = spec.constexprs["BLOCK_N"], spec.constexprs["D"]
+    # K's tile is [keys, D] int8; V's [keys, D] (16-bit) or, transposed, [D, keys] (fp8, int8)
+    v_tile = {"fp8": f"{d}x{bn}xf8E4M3FN", "int8": f"{d}x{bn}xi8"}.get(pv, f"{bn}x{d}xbf16")
 
-    def async_copies(element: str) -> int:
-        return len(re.findall(rf"ttg\.async_copy_global_to_local [^\n]*-> <\d+x\d+x{element},", ttgir))
+    def async_copies(tile: str) -> int:
+        return len(re.findall(rf"ttg\.async_copy_global_to_local [^\n]*-> <{tile},", ttgir))
 
     # (the ragged last key block loads both tiles with plain loads, outside the loop)
-    assert async_copies(v_type) == async_copies("i8"), f"V ({v_type}) is not pipelined like K"
+    assert async_copies(v_tile) == async_copies(f"{bn}x{d}xi8"), f"V ({v_tile}) is not pipelined like K"
     if _triton_version() >= (3, 3):  # Triton 3.2's pipeliner copies neither tile asynchronously in this loop
-        assert async_copies("i8") > 0, "K is not copied asynchronously into shared memory"
+        assert async_copies(f"{bn}x{d}xi8") > 0, "K is not copied asynchronously into shared memory"
 
 
 # ------------------------------------------------------------------------------------- Hopper (Gluon) attention

@@ -69,6 +69,13 @@ def test_resolve_pv_auto_is_16bit_and_explicit_fp8_raises_without_fp8(monkeypatc
         resolve_pv(torch.device("cuda", 1), "fp8")
 
 
+def test_resolve_pv_int8_is_taken_where_fp8_is_not(monkeypatch):
+    # int8 P.V runs wherever the int8 Q.K^T does (no fp8 tensor cores needed): an sm_86 card takes it.
+    monkeypatch.setattr(dispatch, "fp8_attention_unavailable_reason", lambda device: "the GPU is sm_86")
+    assert resolve_pv(torch.device("cuda", 0), "int8") == "int8"
+    assert AttentionOptions(pv_precision="int8").pv_precision == "int8"
+
+
 def test_fp8_gate_refuses_ampere_and_the_switch(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv(compat.ARCH, "sm_86")

@@ -67,7 +67,7 @@ def test_key_blocks_change_only_how_p_is_rounded():
     qf, kf, vf = q.float(), k.float(), v.float()
     torch.testing.assert_close(int8_attention_reference(qf, kf, vf, key_block=64), int8_attention_reference(qf, kf, vf),
                                rtol=1e-6, atol=1e-7)
-    for pv in PV_PRECISIONS:
+    for pv in (p for p in PV_PRECISIONS if p != "int8"):  # int8 has no final-max form: its scales are per block
         assert torch.equal(int8_attention_reference(q, k, v, pv=pv, key_block=300),
                            int8_attention_reference(q, k, v, pv=pv))
     blocked = int8_attention_reference(q, k, v, pv="fp8", key_block=64)
@@ -129,3 +129,42 @@ def test_int8_attention_reference_unknown_pv_raises():
     q, k, v = _qkv(1, 1, 1, 4, 4, 64)
     with pytest.raises(ValueError, match="pv"):
         int8_attention_reference(q, k, v, pv="int4")
+
+
+def test_int8_pv_reference_needs_the_key_block():
+    q, k, v = _qkv(1, 1, 1, 4, 4, 64)
+    with pytest.raises(ValueError, match="key_block"):
+        int8_attention_reference(q, k, v, pv="int8")
+
+
+@pytest.mark.parametrize("kind", ["benchmark", "heavy_value_tokens"])
+def test_int8_pv_error_is_within_the_issue_bound_and_under_fp8s(kind):
+    # bench attention's inputs (and the same with log-normal value tokens), 256 query rows of Flux's 4608 keys:
+    # int8 P.V emulated 1.8% / 2.2% at the block granularity the kernels default to (1.6% / 2.0% per token),
+    # fp8 3.9%, 16-bit 1.3% (bench/attention_numerics.py). Bounds: int8 <= 2.5% at every granularity and <= 2%
+    # (the issue's) per token on the benchmark's inputs; fp8 is worse on both.
+    from comfy_int8_w8a8.bench.attention_numerics import make_inputs
+
+    q, k, v = make_inputs(kind, heads=1, rows=256)
+    exact = sdpa_reference(q, k, v)
+    errors = {(pv, block): relative_error(int8_attention_reference(q, k, v, pv=pv, block_q=block, block_k=block,
+                                                                   key_block=64 if pv == "int8" else 128), exact)
+              for pv in ("int8", "fp8") for block in (64, 1)}
+    assert max(errors[("int8", 64)], errors[("int8", 1)]) <= 0.025
+    assert errors[("int8", 1)] < errors[("int8", 64)]
+    if kind == "benchmark":
+        assert errors[("int8", 1)] <= 0.02
+    assert errors[("fp8", 64)] > 1.5 * errors[("int8", 64)]
+
+
+def test_int8_pv_rounds_p_against_each_key_blocks_own_max():
+    # A row whose first key dominates: rounded against the running max, the later blocks' P would all round to 0
+    # (exp(-8) * 127 < 1/2); against their own max each keeps 127 levels, so their values still count.
+    q = torch.zeros(1, 1, 1, 64, dtype=torch.float64)
+    q[..., 0] = 1.0
+    k = torch.zeros(1, 1, 32, 64, dtype=torch.float64)
+    k[0, 0, 0, 0] = 8.0 * 8  # score 8 (scale 1/8) for key 0, 0 for the rest
+    v = torch.randn(1, 1, 32, 64, dtype=torch.float64)
+    out = int8_attention_reference(q, k, v, pv="int8", smooth_k=False, block_q=1, block_k=1, key_block=8)
+    exact = sdpa_reference(q, k, v)
+    assert relative_error(out, exact) < 0.01

@@ -69,6 +69,54 @@ def test_int8_attention_kernel_matches_reference(b, h, hkv, lq, lk, d, granulari
     assert relative_error(out, sdpa_reference(q, k, v)) < 0.03
 
 
+@pytest.mark.parametrize("b,h,hkv,lq,lk,d,granularity", [
+    (1, 2, 2, 37, 29, 64, "block"),    # ragged query and key blocks: the last V scale block is partial
+    (2, 2, 1, 20, 77, 128, "block"),   # cross-attention to 77 keys, GQA 2:1, batch 2
+    (1, 4, 2, 33, 40, 64, "token"),    # per-token Q/K scales, GQA
+])
+def test_int8_pv_kernel_matches_reference(b, h, hkv, lq, lk, d, granularity):
+    attention, tiles = _launcher()
+    q, k, v = _qkv(b, h, hkv, lq, lk, d)
+    v = v * torch.exp(torch.randn(b, hkv, lk, 1)).half()  # values of unequal size per token: per-block V scales
+    out = attention.int8_attention_triton(q, k, v, pv="int8", granularity=granularity, tiles=tiles)
+    block = 1 if granularity == "token" else BLOCK
+    ref = int8_attention_reference(q, k, v, pv="int8", block_q=block, block_k=block, key_block=tiles.block_n)
+    assert out.shape == (b, h, lq, d) and out.dtype == torch.float16
+    # fp32 exp2 in the kernel, float64 exp in the reference: a P value on a rounding edge may land one level off
+    # (1/127 of its block's max), which moves the output by far less than the scheme's own error (~2%).
+    assert relative_error(out, ref) < 4e-3
+    assert relative_error(out, sdpa_reference(q, k, v)) < 0.04
+
+
+def test_int8_values_are_transposed_padded_and_scaled_per_key_block():
+    from comfy_int8_w8a8.int8.launch.attention import _int8_values
+
+    torch.manual_seed(0)
+    v = torch.randn(2, 3, 37, 64, dtype=torch.bfloat16)
+    v[:, :, 5] = 50.0  # one large value token: only its own block's scales grow
+    vt, scale = _int8_values(v, 16)
+    assert vt.dtype == torch.int8 and vt.shape == (2, 3, 64, 48) and vt.is_contiguous()
+    assert scale.shape == (6, 3, 64)
+    blocks = torch.zeros(2, 3, 48, 64)
+    blocks[:, :, :37] = v.float()
+    expected_scale = (blocks.reshape(2, 3, 3, 16, 64).abs().amax(dim=3) / 127).clamp(min=1e-12).reshape(6, 3, 64)
+    assert torch.equal(scale, expected_scale)
+    assert (scale[:, 0] > 10 * scale[:, 1]).all()
+    assert torch.equal(vt[..., 37:], torch.zeros_like(vt[..., 37:]))
+    deq = vt.float().reshape(2, 3, 64, 3, 16) * scale.reshape(2, 3, 3, 64).permute(0, 1, 3, 2)[..., None]
+    err = (deq.reshape(2, 3, 64, 48)[..., :37] - v.float().transpose(2, 3)).abs()
+    assert (err <= scale.reshape(2, 3, 3, 64).permute(0, 1, 3, 2).repeat_interleave(16, -1)[..., :37] / 2 + 1e-6).all()
+
+
+def test_int8_pv_runs_on_the_generic_kernel_and_is_refused_on_the_hopper_one():
+    attention, tiles = _launcher()
+    q, k, v = _qkv(1, 2, 2, 32, 32, 64)
+    with pytest.raises(ValueError, match="no int8 P.V"):
+        attention.int8_attention_triton(q, k, v, pv="int8", kernel="hopper")
+    auto = attention.int8_attention_triton(q, k, v, pv="int8", tiles=tiles, kernel="auto")
+    assert torch.equal(auto, attention.int8_attention_triton(q, k, v, pv="int8", tiles=tiles))
+
+
 def test_int8_attention_kernel_strided_input_and_blhd_output_with_scale():
     # ComfyUI's (B, L, H*D) layout: q/k/v as transposed views, the output written as (B, Lq, H, D) directly.
     attention, tiles = _launcher()
