@@ -1,6 +1,7 @@
 """Which attention runs: the int8 kernels (:mod:`int8.launch.attention`: the warp-specialized one on sm_90, else
 the generic Triton one) for calls they support, else the caller's own attention (SDPA), with the reason logged once
-by the caller.
+by the caller. A kernel that does not build on the user's GPU and Triton runs PyTorch's attention for that call
+(said once), and its reason refuses the later calls.
 
 Decided per call from tensor metadata only (device, dtype, head size, lengths, mask), so it traces under
 ``torch.compile``; compiled code calls the kernel through the ``comfy_int8::int8_attention`` op (opaque to
@@ -11,12 +12,17 @@ imports Triton.
 from __future__ import annotations
 
 import functools
+import logging
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
-from ..compat import fp8_attention_unavailable_reason, triton_unavailable_reason
+from ..compat import fp8_attention_unavailable_reason, triton_build_error, triton_unavailable_reason
+from ..log_once import log_once
 from .custom_ops import _define
+
+log = logging.getLogger("comfy_int8_w8a8")
 
 __all__ = ["PV_CHOICES", "AttentionOptions", "attention_unsupported_reason", "resolve_pv", "int8_attention", "forget"]
 
@@ -52,6 +58,15 @@ class AttentionOptions:
             raise ValueError(f"min_seq_len must be an integer >= 0, got {self.min_seq_len!r}")
 
 
+# (device, pv_precision) -> why the kernel does not build there (a Triton or GPU nobody has tried); filled by the
+# first failing call, which runs PyTorch's attention instead; later calls are refused up front.
+_unbuildable: dict[tuple[torch.device, str], str] = {}
+
+
+def _build_error() -> type[Exception]:
+    return triton_build_error()  # a function, so the tests can stand in for Triton's error class
+
+
 def attention_unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: AttentionOptions,
                                  mask: torch.Tensor | None = None) -> str | None:
     """Why the int8 kernel does not take this call (``q (B, H, Lq, D)``, ``k, v (B, Hkv, Lk, D)``), or None when
@@ -68,7 +83,8 @@ def attention_unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         return "the key/value heads or batch do not match the queries'"
     if q.shape[2] < options.min_seq_len:
         return f"fewer query rows than min_seq_len={options.min_seq_len}"
-    return triton_unavailable_reason(q.device)
+    broken = _unbuildable.get((q.device, options.pv_precision))
+    return broken if broken is not None else triton_unavailable_reason(q.device)
 
 
 @functools.cache
@@ -94,10 +110,23 @@ def resolve_pv(device: torch.device, preference: str) -> str:
 
 def _attention_impl(q, k, v, scale, smooth_k, pv_precision, granularity, out_layout):  # noqa: ANN001, ANN202
     # The precision is resolved here, inside the op, so TorchDynamo never traces the device probe.
-    from ..launch.attention import int8_attention_triton
+    # A kernel that does not build must not break sampling, compiled or not: this call (and, inside a compiled
+    # graph, every later one) runs PyTorch's attention; eager callers see the reason in attention_unsupported_reason.
+    if (q.device, pv_precision) not in _unbuildable:
+        from ..launch.attention import int8_attention_triton
 
-    return int8_attention_triton(q, k, v, scale=scale, smooth_k=smooth_k, pv=resolve_pv(q.device, pv_precision),
-                                 granularity=granularity, out_layout=out_layout, kernel="auto")
+        try:
+            return int8_attention_triton(q, k, v, scale=scale, smooth_k=smooth_k,
+                                         pv=resolve_pv(q.device, pv_precision), granularity=granularity,
+                                         out_layout=out_layout, kernel="auto")
+        except _build_error() as exc:
+            text = str(exc).strip()
+            reason = (f"the int8 kernel (pv_precision {pv_precision!r}) does not build on this GPU and Triton "
+                      f"({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})")
+            _unbuildable[(q.device, pv_precision)] = reason
+            log_once(log, logging.WARNING, f"INT8 Attention: {reason}; PyTorch's attention runs instead.")
+    out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=k.shape[1] != q.shape[1])
+    return out if out_layout == "bhld" else out.transpose(1, 2).contiguous()  # the fake's (B, Lq, H, D) strides
 
 
 def _attention_fake(q, k, v, scale, smooth_k, pv_precision, granularity, out_layout):  # noqa: ANN001, ANN202
@@ -126,5 +155,6 @@ def int8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: A
 
 
 def forget() -> None:
-    """Forget the per-device precision choices (tests: after faking the fp8 probe)."""
+    """Forget the per-device precision choices and kernel build failures (tests: after faking the fp8 probe)."""
     _device_pv.cache_clear()
+    _unbuildable.clear()

@@ -138,3 +138,48 @@ def test_int8_attention_node_every_input_has_a_tooltip_and_patch_returns_a_model
     assert all(spec[1].get("tooltip") for spec in inputs.values())
     (patched,) = INT8Attention().patch(_StandInPatcher(), "auto", True, "block", 1024)
     assert patched.model_options["transformer_options"][OVERRIDE_KEY].options.min_seq_len == 1024
+
+
+def test_a_kernel_that_does_not_build_runs_pytorch_attention_once_and_then_the_original(monkeypatch, caplog):
+    # A Triton or GPU nobody has tried: the kernel's build error must not break the workflow. The failing call runs
+    # PyTorch's attention (also what a compiled graph would run from then on) and says why, once; later eager calls
+    # are refused up front and go to ComfyUI's attention.
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    class FakeBuildError(Exception):
+        pass
+
+    launches = []
+
+    def failing_launcher(q, k, v, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        launches.append(kwargs["pv"])
+        raise FakeBuildError("PTXAS error: internal compiler error\nmore lines")
+
+    fake = types.ModuleType("comfy_int8_w8a8.int8.launch.attention")
+    fake.int8_attention_triton = failing_launcher
+    monkeypatch.setitem(sys.modules, "comfy_int8_w8a8.int8.launch.attention", fake)
+    monkeypatch.setattr(engine, "_build_error", lambda: FakeBuildError)
+    monkeypatch.setattr(engine, "triton_unavailable_reason", lambda device: None)  # a "GPU" with Triton
+    engine.forget()
+    clear_log_once()
+    options = engine.AttentionOptions(pv_precision="int8", min_seq_len=0)
+    override = Int8AttentionOverride(options)
+    q = torch.randn(1, 8, 2 * 64, dtype=torch.bfloat16)  # ComfyUI's (B, L, H * D), 2 heads
+    k = torch.randn(1, 5, 2 * 64, dtype=torch.bfloat16)
+    with caplog.at_level("INFO", logger="comfy_int8_w8a8"):
+        first = override(_original, q, k, k, 2)
+        assert override(_original, q, k, k, 2) == "original"
+    heads = [t.unflatten(-1, (2, 64)).transpose(1, 2) for t in (q, k, k)]
+    expected = F.scaled_dot_product_attention(*heads).transpose(1, 2).flatten(-2)
+    torch.testing.assert_close(first, expected)
+    assert launches == ["int8"]  # tried once, then refused up front
+    lines = [r.getMessage() for r in caplog.records if "does not build" in r.getMessage()]
+    assert len(lines) == 2 and "PTXAS error" in lines[0] and "more lines" not in lines[0]
+    assert "PyTorch's attention runs instead" in lines[0] and "original attention runs" in lines[1]
+    reason = engine.attention_unsupported_reason(*heads, options)
+    assert reason is not None and "FakeBuildError" in reason
+    assert engine.attention_unsupported_reason(*heads, engine.AttentionOptions(min_seq_len=0)) is None  # 16-bit
+    engine.forget()
