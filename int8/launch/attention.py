@@ -47,8 +47,9 @@ class AttentionTiles:
 def attention_tiles(head_dim: int, pv: str) -> AttentionTiles:
     """The tile for a head size on the GPU. A first table, not tuned on hardware (issue #21's benchmark will
     decide): FlashAttention-2's Triton tutorial shape, smaller key blocks for D=128 to fit the fp32 accumulator."""
-    if INTERPRETED:
-        return AttentionTiles(block_m=16, block_n=16, warps=1, stages=1, quant_block_q=16, quant_block_k=16)
+    if INTERPRETED:  # (int8 P.V: Triton 3.0/3.1 refuse an int8 dot over fewer than 32 keys)
+        return AttentionTiles(block_m=16, block_n=32 if pv == "int8" else 16, warps=1, stages=1, quant_block_q=16,
+                              quant_block_k=16)
     if head_dim == 64:
         return AttentionTiles(block_m=128, block_n=64, warps=4, stages=3)
     # int8 P.V keeps 64-key blocks: its P and V scales are per key block, and 128 keys raised the emulated error at

@@ -15,6 +15,7 @@ GQA mapping lands far outside.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 
@@ -43,6 +44,12 @@ def _launcher():  # noqa: ANN202 - imports Triton, so only inside the tests
     tiles = attention.AttentionTiles(block_m=BLOCK, block_n=BLOCK, warps=1, stages=1, quant_block_q=BLOCK,
                                      quant_block_k=BLOCK)
     return attention, tiles
+
+
+def _int8_pv_launcher():  # noqa: ANN202
+    # 32-key blocks: Triton 3.0/3.1 refuse an int8 tl.dot over fewer than 32 (its K is the key block here)
+    attention, tiles = _launcher()
+    return attention, dataclasses.replace(tiles, block_n=32)
 
 
 def _qkv(b, h, hkv, lq, lk, d, offset=3.0):  # noqa: ANN001, ANN202
@@ -75,7 +82,7 @@ def test_int8_attention_kernel_matches_reference(b, h, hkv, lq, lk, d, granulari
     (1, 4, 2, 33, 40, 64, "token"),    # per-token Q/K scales, GQA
 ])
 def test_int8_pv_kernel_matches_reference(b, h, hkv, lq, lk, d, granularity):
-    attention, tiles = _launcher()
+    attention, tiles = _int8_pv_launcher()
     q, k, v = _qkv(b, h, hkv, lq, lk, d)
     v = v * torch.exp(torch.randn(b, hkv, lk, 1)).half()  # values of unequal size per token: per-block V scales
     out = attention.int8_attention_triton(q, k, v, pv="int8", granularity=granularity, tiles=tiles)
@@ -109,7 +116,7 @@ def test_int8_values_are_transposed_padded_and_scaled_per_key_block():
 
 
 def test_int8_pv_runs_on_the_generic_kernel_and_is_refused_on_the_hopper_one():
-    attention, tiles = _launcher()
+    attention, tiles = _int8_pv_launcher()
     q, k, v = _qkv(1, 2, 2, 32, 32, 64)
     with pytest.raises(ValueError, match="no int8 P.V"):
         attention.int8_attention_triton(q, k, v, pv="int8", kernel="hopper")
