@@ -14,8 +14,9 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
 - ``ours_generic``: the generic Triton kernel on any GPU (16-bit P.V), called through the launcher;
 - ``ours_hopper`` / ``ours_hopper_fp8``: the Gluon kernel with 16-bit / fp8 P.V, through the launcher with
   ``kernel="hopper"`` (sm_90);
-- with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}``: ``ours``' kernel and P.V precision
-  launched with each tile of :func:`sweep_configs` (quant blocks at their default 64); a tile that does not compile
+- with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}[_{pv}pv]``: ``ours``' kernel, P.V
+  precision ``--sweep-pv`` (default ``ours``'), launched with each tile of :func:`sweep_configs` (quant blocks at
+  their default 64); a tile that does not compile
   or run (e.g. past the GPU's shared memory) is printed with the reason and left out;
 - with ``--sweep-hopper``, ``ours_hopper_m{bm}_n{bn}_s{stages}_w{warps}_r{regs}[_c2r{regs}][_fp8]``: the Hopper kernel
   with each tile of :data:`HOPPER_SWEEP` (same skipping).
@@ -78,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-ms", type=float, default=200.0, help="time per timing repeat")
     parser.add_argument("--sweep-tiles", action="store_true",
                         help="also time ours with each tile of the sweep (block_m, block_n, warps, stages)")
+    parser.add_argument("--sweep-pv", choices=("auto", "16bit", "fp8", "int8"), default="auto",
+                        help="P.V precision of the --sweep-tiles kernels (default: ours', auto)")
     parser.add_argument("--sweep-hopper", action="store_true",
                         help="also time the Hopper (sm_90) kernel with each tile of HOPPER_SWEEP, 16-bit and fp8 P.V")
 
@@ -100,22 +103,23 @@ def sweep_configs() -> list[tuple[int, int, int, int]]:
             if min(bm, bn) >= _MIN_SWEEP_BLOCK]
 
 
-def tile_method_name(block_m: int, block_n: int, warps: int, stages: int) -> str:
-    """The method name of one sweep tile in the rows: ``ours_tiles_m128_n64_w8_s2``."""
-    return f"ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}"
+def tile_method_name(block_m: int, block_n: int, warps: int, stages: int, pv: str = "auto") -> str:
+    """The method name of one sweep tile in the rows: ``ours_tiles_m128_n64_w8_s2`` (``_int8pv`` / ``_fp8pv`` /
+    ``_16bitpv`` appended for an explicit ``--sweep-pv``)."""
+    return f"ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}" + ("" if pv == "auto" else f"_{pv}pv")
 
 
-def tile_sweep_methods(device: str = "cuda") -> dict[str, Attention]:
-    """:func:`tile_method_name` -> ``fn(q, k, v)``: the generic kernel with that tile and ``ours``' P.V precision
-    (``auto`` resolved for ``device`` as the attention backend does)."""
+def tile_sweep_methods(device: str = "cuda", pv_precision: str = "auto") -> dict[str, Attention]:
+    """:func:`tile_method_name` -> ``fn(q, k, v)``: the generic kernel with that tile and P.V precision
+    ``pv_precision`` (``auto``, ``ours``', resolved for ``device`` as the attention backend does)."""
     from ..int8.backends.attention import resolve_pv
     from ..int8.launch.attention import AttentionTiles, int8_attention_triton
 
-    pv = resolve_pv(torch.device(device), "auto")
+    pv = resolve_pv(torch.device(device), pv_precision)
     methods: dict[str, Attention] = {}
     for bm, bn, warps, stages in sweep_configs():
         tiles = AttentionTiles(block_m=bm, block_n=bn, warps=warps, stages=stages)
-        methods[tile_method_name(bm, bn, warps, stages)] = \
+        methods[tile_method_name(bm, bn, warps, stages, pv_precision)] = \
             lambda q, k, v, tiles=tiles: int8_attention_triton(q, k, v, pv=pv, tiles=tiles)
     return methods
 
@@ -298,7 +302,7 @@ def run(args: argparse.Namespace, timer: Callable[[list[Callable[[], object]]], 
 
         timer = lambda fns: eager_time_ms(fns, target_ms=args.target_ms)  # noqa: E731
     methods = available_methods(args.methods)
-    sweep = tile_sweep_methods(device) if args.sweep_tiles else {}
+    sweep = tile_sweep_methods(device, args.sweep_pv) if args.sweep_tiles else {}
     if args.sweep_hopper:
         sweep.update(hopper_sweep_methods())
     rows = []

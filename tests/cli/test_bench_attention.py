@@ -119,7 +119,7 @@ def test_run_with_sweep_tiles_adds_one_row_per_runnable_tile(tmp_path, monkeypat
 
     sweep = {bench.tile_method_name(64, 64, 4, 2): lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
              bench.tile_method_name(128, 128, 8, 3): out_of_resources}
-    monkeypatch.setattr(bench, "tile_sweep_methods", lambda device: sweep)
+    monkeypatch.setattr(bench, "tile_sweep_methods", lambda device, pv: sweep)
     rows = _run_with_sweep(tmp_path, monkeypatch, "--sweep-tiles", "sweep_tiles")
     assert [r["method"] for r in rows] == ["sdpa_bf16", "ours_tiles_m64_n64_w4_s2"]
     assert all(set(r) == ROW_KEYS for r in rows)
@@ -140,6 +140,31 @@ def test_tile_sweep_methods_launch_each_tile_with_ours_pv(monkeypatch):
     assert calls == [{"pv": "fp8", "tiles": launch.AttentionTiles(block_m=128, block_n=64, warps=8, stages=3)}]
     assert calls[0]["tiles"].quant_block_q == calls[0]["tiles"].quant_block_k == 64
     assert bench.sweep_errors()[-1] is RuntimeError
+
+
+def test_tile_sweep_with_an_explicit_pv_names_and_launches_it(monkeypatch):
+    # (no Triton needed: the launcher module is a stand-in)
+    import dataclasses
+    import sys
+    import types
+
+    from comfy_int8_w8a8.int8.backends import attention as backend
+
+    calls = []
+    fake = types.ModuleType("comfy_int8_w8a8.int8.launch.attention")
+    fake.AttentionTiles = dataclasses.make_dataclass("AttentionTiles", ["block_m", "block_n", "warps", "stages"])
+    fake.int8_attention_triton = lambda q, k, v, **kw: calls.append(kw)
+    monkeypatch.setitem(sys.modules, "comfy_int8_w8a8.int8.launch.attention", fake)
+    monkeypatch.setattr(backend, "resolve_pv", lambda device, pref: pref)
+    methods = bench.tile_sweep_methods("cpu", "int8")
+    assert len(methods) == len(bench.sweep_configs()) and all(name.endswith("_int8pv") for name in methods)
+    methods[bench.tile_method_name(128, 64, 8, 3, "int8")](None, None, None)
+    assert calls[0]["pv"] == "int8" and calls[0]["tiles"] == fake.AttentionTiles(128, 64, 8, 3)
+    assert bench.tile_method_name(128, 64, 8, 3) == "ours_tiles_m128_n64_w8_s3"  # auto: the names as before
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    assert parser.parse_args(["--sweep-tiles", "--sweep-pv", "int8"]).sweep_pv == "int8"
+    assert parser.parse_args([]).sweep_pv == "auto"
 
 
 def test_hopper_sweep_names_are_unique_and_join_the_run(tmp_path, monkeypatch):
