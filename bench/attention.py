@@ -10,8 +10,9 @@ Shapes are the attention calls of the issue's models (#21): Flux-dev at 1024² a
   Attention node runs: the warp-specialized Gluon kernel on sm_90 (:mod:`int8.launch.gluon_attention`), else the
   generic Triton kernel;
 - ``ours_fp8``: the same with fp8 P.V (sm_89+);
-- ``ours_int8pv``: the same with int8 P.V (both products on the int8 tensor cores; the generic kernel);
-- ``ours_generic``: the generic Triton kernel on any GPU (16-bit P.V), called through the launcher;
+- ``ours_int8pv``: the same with int8 P.V (both products on the int8 tensor cores);
+- ``ours_generic`` / ``ours_generic_int8pv``: the generic Triton kernel on any GPU (16-bit / int8 P.V), called
+  through the launcher;
 - ``ours_hopper`` / ``ours_hopper_fp8``: the Gluon kernel with 16-bit / fp8 P.V, through the launcher with
   ``kernel="hopper"`` (sm_90);
 - with ``--sweep-tiles``, ``ours_tiles_m{block_m}_n{block_n}_w{warps}_s{stages}[_{pv}pv]``: ``ours``' kernel, P.V
@@ -51,7 +52,7 @@ SHAPES: dict[str, tuple[int, int, int, int]] = {
     "wan_720p_81f": (1, 40, 75600, 128),
 }
 METHODS = ("sdpa_bf16", "comfy_kitchen_int8", "sageattention_1.0.6", "ours", "ours_fp8", "ours_int8pv",
-           "ours_generic", "ours_hopper", "ours_hopper_fp8")
+           "ours_generic", "ours_generic_int8pv", "ours_hopper", "ours_hopper_fp8")
 # comfy-kitchen's int8 attention entry points this benchmark knows, by module attribute (none is documented yet).
 _KITCHEN_NAMES = ("int8_attention", "sage_attention", "attention_int8")
 # --sweep-tiles: attention tile rows/keys, warps, stages. Tiles under 64 query rows or keys are left out: Hopper's
@@ -127,18 +128,19 @@ def tile_sweep_methods(device: str = "cuda", pv_precision: str = "auto") -> dict
 def hopper_method_name(block_m: int, block_n: int, stages: int, warps: int, regs: int, consumers: int,
                        consumer_regs: int, pv: str) -> str:
     """The method name of one ``--sweep-hopper`` tile: ``ours_hopper_m128_n128_s2_w8_r168`` (``_c2r232`` for two
-    consumers, ``_fp8`` appended)."""
+    consumers, ``_fp8`` / ``_int8pv`` appended)."""
     two = f"_c{consumers}r{consumer_regs}" if consumers > 1 else ""
-    return f"ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}{two}" + ("_fp8" if pv == "fp8" else "")
+    return f"ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}{two}" + {"fp8": "_fp8", "int8": "_int8pv"}.get(
+        pv, "")
 
 
 def hopper_sweep_methods() -> dict[str, Attention]:
-    """:func:`hopper_method_name` -> ``fn(q, k, v)``: the Hopper kernel with each :data:`HOPPER_SWEEP` tile, 16-bit
-    and (where the GPU has it) fp8 P.V."""
+    """:func:`hopper_method_name` -> ``fn(q, k, v)``: the Hopper kernel with each :data:`HOPPER_SWEEP` tile, 16-bit,
+    int8 and (where the GPU has it) fp8 P.V."""
     from ..int8.launch.attention import int8_attention_triton
     from ..int8.launch.gluon_attention import GluonAttentionTiles
 
-    pvs = ["16bit"] + ([] if isinstance(_ours_fp8(), str) else ["fp8"])
+    pvs = ["16bit", "int8"] + ([] if isinstance(_ours_fp8(), str) else ["fp8"])
     methods: dict[str, Attention] = {}
     for pv in pvs:
         for cfg in HOPPER_SWEEP:
@@ -197,6 +199,15 @@ def _ours_generic() -> Attention:
     return attention
 
 
+def _ours_generic_int8pv() -> Attention:
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from ..int8.launch.attention import int8_attention_triton  # (imports Triton: only when timed)
+
+        return int8_attention_triton(q, k, v, pv="int8", kernel="generic")
+
+    return attention
+
+
 def _ours_hopper_fp8() -> Attention | str:
     fp8 = _ours_fp8()
     return fp8 if isinstance(fp8, str) else _ours_hopper("fp8")
@@ -232,7 +243,8 @@ def available_methods(names: list[str]) -> dict[str, Attention | str]:
         "sageattention_1.0.6": _sage,
         "ours": lambda: _ours("auto"),
         "ours_fp8": _ours_fp8,
-        "ours_int8pv": lambda: _ours("int8"),  # both products on the int8 tensor cores (the generic kernel)
+        "ours_int8pv": lambda: _ours("int8"),  # both products on the int8 tensor cores
+        "ours_generic_int8pv": _ours_generic_int8pv,
         "ours_generic": _ours_generic,
         "ours_hopper": lambda: _ours_hopper("16bit"),
         "ours_hopper_fp8": _ours_hopper_fp8,

@@ -146,11 +146,10 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
 
     ``q (B, H, Lq, D)``, ``k, v (B, Hkv, Lk, D)`` (any strides with a contiguous last dim; ``H % Hkv == 0``),
     ``D`` in :data:`HEAD_DIMS`, one float dtype. ``pv="fp8"`` needs a GPU that
-    :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks); ``pv="int8"`` runs on the
-    generic kernel only. ``kernel``: ``generic`` (the Triton kernel, any GPU), ``hopper`` (the warp-specialized
-    Gluon kernel, :mod:`int8.launch.gluon_attention`; sm_90 only, 16-bit or fp8 ``P . V``; ``hopper_tiles``: its
-    :class:`~int8.launch.gluon_attention.GluonAttentionTiles`) or ``auto`` (:func:`hopper_kernel_runs` decides, and
-    ``pv="int8"`` takes the generic kernel; a Hopper kernel that fails to build falls back to the generic one, said
+    :func:`int8.compat.fp8_attention_unavailable_reason` accepts (the caller asks). ``kernel``: ``generic`` (the
+    Triton kernel, any GPU), ``hopper`` (the warp-specialized Gluon kernel, :mod:`int8.launch.gluon_attention`;
+    sm_90 only; ``hopper_tiles``: its :class:`~int8.launch.gluon_attention.GluonAttentionTiles`) or ``auto``
+    (:func:`hopper_kernel_runs` decides; a Hopper kernel that fails to build falls back to the generic one, said
     once). Returns the output in ``q``'s dtype, ``(B, H, Lq, D)`` or, ``out_layout="blhd"``, ``(B, Lq, H, D)``.
     Raises ValueError on bad inputs.
     """
@@ -159,9 +158,7 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     fallback = kernel == "auto"
     if fallback:
-        kernel = "hopper" if pv != "int8" and hopper_kernel_runs(q.device) else "generic"
-    elif kernel == "hopper" and pv == "int8":
-        raise ValueError("the Hopper attention kernel has no int8 P.V: use kernel='generic' or 'auto'")
+        kernel = "hopper" if hopper_kernel_runs(q.device) else "generic"
     elif kernel == "hopper":
         try:
             from .gluon_attention import gluon_attention_supported
@@ -178,10 +175,15 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     mean = k.float().mean(dim=2).reshape(-1, d).contiguous() if smooth_k else None
     q8, qs = _quantize(q, None, softmax_scale * _LOG2E, tiles.quant_block_q, per_token)
     k8, ks = _quantize(k, mean, 1.0, tiles.quant_block_k, per_token)
+    v_given = v
     if pv == "fp8":
         v, vs = _fp8_values(v)
-    elif pv == "int8":
-        v, vs = _int8_values(v, tiles.block_n)
+    elif pv == "int8":  # V's scale blocks are the kernel's key blocks
+        if kernel == "hopper":
+            from .gluon_attention import gluon_attention_tiles
+
+            hopper_tiles = hopper_tiles or gluon_attention_tiles(d, pv)
+        v, vs = _int8_values(v, hopper_tiles.block_n if kernel == "hopper" else tiles.block_n)
     else:
         vs = qs  # unused pointer
     if out_layout == "bhld":
@@ -202,6 +204,8 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
             _hopper_broken.add(q.device)
             log.warning("INT8 Attention: the Hopper kernel does not build here (%s: %s); the generic Triton kernel "
                         "runs instead", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            if pv == "int8" and hopper_tiles.block_n != tiles.block_n:  # V's scales follow the key block
+                v, vs = _int8_values(v_given, tiles.block_n)
     _int8_attention_kernel[(cdiv(lq, tiles.block_m), b * h)](
         q8, qs, k8, ks, v, vs, out, lq, k.shape[2], h, h // k.shape[1],
         v.stride(0), v.stride(1), v.stride(2), ob, oh, ol,

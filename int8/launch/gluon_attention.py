@@ -16,7 +16,8 @@ from .host import capability, cdiv, descriptor, device_index
 
 __all__ = ["GluonAttentionTiles", "gluon_attention_tiles", "gluon_attention_supported", "gluon_attention"]
 
-_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float8_e4m3fn: gl.float8e4nv}
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float8_e4m3fn: gl.float8e4nv,
+              torch.int8: gl.int8}
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,8 @@ def gluon_attention(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: to
     """Write the attention of the quantized operands into ``out``: ``q8 (B*H, Lq, D)`` / ``k8 (B*Hkv, Lk, D)`` int8
     with fp32 row scales ``qs (B*H, Lq)`` / ``ks (B*Hkv, Lk)`` (the pre-pass's, ``qs`` carrying the softmax scale in
     log2 units); ``v`` the 16-bit ``(B, Hkv, Lk, D)``, or for ``pv="fp8"`` the transposed e4m3 ``(B, Hkv, D, Lk')``
-    with its zeroed padding and ``vs (B*Hkv, D)`` scales; ``out_strides``: the output's (batch, head, row) strides."""
+    with its zeroed padding and ``vs (B*Hkv, D)`` scales, or for ``pv="int8"`` the transposed int8 one with
+    ``vs (B*Hkv, Lk' / block_n, D)`` (:func:`int8.launch.attention._int8_values` with the tiles' ``block_n``); ``out_strides``: the output's (batch, head, row) strides."""
     bh, lq, d = q8.shape
     lk = k8.shape[1]
     b = bh // heads
@@ -84,7 +86,7 @@ def gluon_attention(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: to
     bm, bn = tiles.block_m, tiles.block_n
     q_desc = descriptor(q8.view(bh * lq, d), [bm, d], _layout(bm, d, torch.int8))
     k_desc = descriptor(k8.view(-1, d), [bn, d], _layout(bn, d, torch.int8))
-    if pv == "fp8":
+    if pv in ("fp8", "int8"):  # V^T (B*Hkv*D, Lk'); int8: vs holds one scale per (key block of bn, channel)
         v_desc = descriptor(v.view(b * hkv * d, v.shape[-1]), [d, bn], _layout(d, bn, v.dtype))
         v_rows_b = v_rows_h = v_col_h = 0  # the kernel addresses V^T by (batch, kv head) itself
     else:
@@ -92,5 +94,6 @@ def gluon_attention(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: to
         v_desc = descriptor(v2, [bn, d], _layout(bn, d, v.dtype))
     _int8_attention_ws_kernel[(cdiv(lq, bm), bh)](
         q_desc, k_desc, v_desc, qs, ks, vs, out, lq, lk, heads, heads // hkv, v_rows_b, v_rows_h, v_col_h,
-        *out_strides, STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=WORKER_REGS, CONSUMERS=tiles.consumers,
+        *out_strides, STAGES=tiles.stages, PV_FP8=pv == "fp8", PV_INT8=pv == "int8", WORKER_REGS=WORKER_REGS,
+        CONSUMERS=tiles.consumers,
         CONSUMER_REGS=tiles.consumer_regs, num_warps=tiles.warps, maxnreg=tiles.maxnreg)

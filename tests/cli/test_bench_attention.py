@@ -168,8 +168,9 @@ def test_tile_sweep_with_an_explicit_pv_names_and_launches_it(monkeypatch):
 
 
 def test_hopper_sweep_names_are_unique_and_join_the_run(tmp_path, monkeypatch):
-    names = {bench.hopper_method_name(*cfg, pv) for cfg in bench.HOPPER_SWEEP for pv in ("16bit", "fp8")}
-    assert len(names) == 2 * len(bench.HOPPER_SWEEP) and not names & set(bench.METHODS)
+    names = {bench.hopper_method_name(*cfg, pv) for cfg in bench.HOPPER_SWEEP for pv in ("16bit", "fp8", "int8")}
+    assert len(names) == 3 * len(bench.HOPPER_SWEEP) and not names & set(bench.METHODS)
+    assert bench.hopper_method_name(64, 128, 2, 4, 128, 1, 0, "int8") == "ours_hopper_m64_n128_s2_w4_r128_int8pv"
     assert bench.hopper_method_name(128, 128, 2, 8, 168, 1, 0, "fp8") == "ours_hopper_m128_n128_s2_w8_r168_fp8"
     assert bench.hopper_method_name(128, 64, 3, 4, 168, 2, 232, "16bit") == "ours_hopper_m128_n64_s3_w4_r168_c2r232"
     sweep = {bench.hopper_method_name(64, 64, 3, 4, 128, 1, 0, "16bit"): lambda q, k, v: F.scaled_dot_product_attention(

@@ -142,9 +142,9 @@ def gluon_attention_specs(dtype: torch.dtype, head_dim: int, pv: str, tiles: obj
     i8 = torch.empty(0, dtype=torch.int8)
     q = descriptor(i8, [ATT_H * ATT_L, d], [d, 1], [bm, d], _layout(bm, d, torch.int8))
     k = descriptor(i8, [ATT_H * ATT_L, d], [d, 1], [bn, d], _layout(bn, d, torch.int8))
-    if pv == "fp8":  # V^T (B*H*D, L) e4m3
-        v = descriptor(torch.empty(0, dtype=torch.float8_e4m3fn), [ATT_H * d, ATT_L], [ATT_L, 1], [d, bn],
-                       _layout(d, bn, torch.float8_e4m3fn))
+    if pv in ("fp8", "int8"):  # V^T (B*H*D, L) e4m3 / int8
+        v_dtype = torch.float8_e4m3fn if pv == "fp8" else torch.int8
+        v = descriptor(torch.empty(0, dtype=v_dtype), [ATT_H * d, ATT_L], [ATT_L, 1], [d, bn], _layout(d, bn, v_dtype))
         v_rows = (0, 0, 0)
     else:  # ComfyUI's (B, L, H*D)
         v = descriptor(torch.empty(0, dtype=dtype), [ATT_L, ATT_H * d], [ATT_H * d, 1], [bn, d], _layout(bn, d, dtype))
@@ -152,13 +152,13 @@ def gluon_attention_specs(dtype: torch.dtype, head_dim: int, pv: str, tiles: obj
     return [Spec(f"gluon attention D={d} pv={pv} {tiles}", kernel._int8_attention_ws_kernel,
                  (q, k, v, torch.float32, torch.float32, torch.float32, dtype, ATT_L, ATT_L, ATT_H, 1, *v_rows,
                   ATT_L * ATT_H * d, d, ATT_H * d),
-                 dict(STAGES=tiles.stages, PV_FP8=pv == "fp8", WORKER_REGS=kernel.WORKER_REGS,
+                 dict(STAGES=tiles.stages, PV_FP8=pv == "fp8", PV_INT8=pv == "int8", WORKER_REGS=kernel.WORKER_REGS,
                       CONSUMERS=tiles.consumers, CONSUMER_REGS=tiles.consumer_regs), tiles.warps, 1,
-                 ("int8", "fp8" if pv == "fp8" else "float"), dict(maxnreg=tiles.maxnreg))]
+                 ("int8", {"fp8": "fp8", "int8": "int8"}.get(pv, "float")), dict(maxnreg=tiles.maxnreg))]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
-@pytest.mark.parametrize("pv", ("16bit", "fp8"))
+@pytest.mark.parametrize("pv", ("16bit", "fp8", "int8"))
 @pytest.mark.parametrize("head_dim", (64, 128))
 def test_gluon_attention_compiles_for_sm90_with_wgmma(head_dim: int, pv: str, dtype: torch.dtype) -> None:
     from comfy_int8_w8a8.int8 import compat
@@ -169,7 +169,7 @@ def test_gluon_attention_compiles_for_sm90_with_wgmma(head_dim: int, pv: str, dt
     check_all(gluon_attention_specs(dtype, head_dim, pv), 90)
 
 
-@pytest.mark.parametrize("pv", ("16bit", "fp8"))
+@pytest.mark.parametrize("pv", ("16bit", "fp8", "int8"))
 def test_every_hopper_sweep_tile_compiles_for_sm90(pv: str) -> None:
     # bench attention --sweep-hopper times these on the GPU; each must at least build (one and two consumers).
     from comfy_int8_w8a8.bench.attention import HOPPER_SWEEP

@@ -115,10 +115,10 @@ def test_int8_values_are_transposed_padded_and_scaled_per_key_block():
     assert (err <= scale.reshape(2, 3, 3, 64).permute(0, 1, 3, 2).repeat_interleave(16, -1)[..., :37] / 2 + 1e-6).all()
 
 
-def test_int8_pv_runs_on_the_generic_kernel_and_is_refused_on_the_hopper_one():
+def test_int8_pv_auto_runs_the_generic_kernel_off_hopper():
     attention, tiles = _int8_pv_launcher()
     q, k, v = _qkv(1, 2, 2, 32, 32, 64)
-    with pytest.raises(ValueError, match="no int8 P.V"):
+    with pytest.raises(ValueError, match="sm_90|Hopper"):
         attention.int8_attention_triton(q, k, v, pv="int8", kernel="hopper")
     auto = attention.int8_attention_triton(q, k, v, pv="int8", tiles=tiles, kernel="auto")
     assert torch.equal(auto, attention.int8_attention_triton(q, k, v, pv="int8", tiles=tiles))
@@ -213,3 +213,28 @@ def test_auto_kernel_is_generic_off_hopper_and_falls_back_once_when_hopper_does_
     assert [r.message.count("does not build") for r in caplog.records] == [1]
     with pytest.raises(attention._BuildError):
         attention.int8_attention_triton(q, k, v, tiles=tiles, kernel="hopper")
+
+
+def test_int8_pv_falling_back_from_hopper_requantizes_v_for_the_generic_key_block(monkeypatch):
+    # V's int8 scales are per key block: quantized for the Hopper tile's 128 keys, they must be redone for the
+    # generic kernel's block when the Hopper kernel does not build.
+    attention, tiles = _int8_pv_launcher()
+    try:
+        from comfy_int8_w8a8.int8.launch import gluon_attention
+    except ImportError:
+        pytest.skip("this Triton has no Gluon: kernel='auto' never tries the Hopper kernel")
+    q, k, v = _qkv(1, 2, 2, 40, 150, 64)
+    v = v * torch.exp(torch.randn(1, 2, 150, 1)).half()
+    generic = attention.int8_attention_triton(q, k, v, pv="int8", tiles=tiles)
+    seen = []
+
+    def does_not_build(q8, qs, k8, ks, v8, vs, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        seen.append(vs.shape)
+        raise attention._BuildError("ptxas: out of registers")
+
+    monkeypatch.setattr(attention, "_hopper_broken", set())
+    monkeypatch.setattr(attention, "hopper_kernel_runs", lambda device: True)
+    monkeypatch.setattr(gluon_attention, "gluon_attention", does_not_build)
+    out = attention.int8_attention_triton(q, k, v, pv="int8", tiles=tiles, kernel="auto")
+    assert seen == [(2, 2, 64)]  # 150 keys in two blocks of the Hopper tile's 128, 64 channels
+    assert torch.equal(out, generic)
