@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .triton_quant_common import quantize_rn
 
-__all__ = ["_attn_quant_kernel", "_int8_attention_kernel"]
+__all__ = ["_attn_quant_kernel", "_attn_v_quant_kernel", "_int8_attention_kernel"]
 
 
 @triton.jit
@@ -46,6 +46,29 @@ def _attn_quant_kernel(x_ptr, mean_ptr, q_ptr, scale_ptr, L, H, stride_xb, strid
     out = bh.to(tl.int64) * L + rows
     tl.store(q_ptr + out[:, None] * D + cols[None, :], quantize_rn(x, scale, INTERPRETED), mask=row_mask[:, None])
     tl.store(scale_ptr + out, scale * mult, mask=row_mask)
+
+
+@triton.jit
+def _attn_v_quant_kernel(v_ptr, vt_ptr, scale_ptr, L, L_PAD, H, stride_vb, stride_vh, stride_vl,
+                         BLOCK_N: tl.constexpr, D: tl.constexpr, INTERPRETED: tl.constexpr):
+    """int8 P.V's V operand, one key block of one (batch, kv head) per program: the block read as ``[D, BLOCK_N]``
+    (channels x keys; keys past L as 0), one scale per channel ``absmax * (1/127)`` floored at 1e-12, and the
+    int8 values written transposed into ``V^T (B*H, D, L_PAD)`` (keys contiguous, the K-major operand), the scales
+    into ``(B*H, L_PAD / BLOCK_N, D)``. One read of V instead of the torch ops' five passes over an fp32 copy.
+    Grid: (L_PAD / BLOCK_N, B * H)."""
+    bh = tl.program_id(1)
+    blk = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    keys = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+    chans = tl.arange(0, D)
+    src = v_ptr + b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    x = tl.load(src + keys.to(tl.int64)[None, :] * stride_vl + chans[:, None], mask=(keys < L)[None, :],
+                other=0.0).to(tl.float32)
+    scale = tl.maximum(tl.max(tl.abs(x), axis=1) * (1.0 / 127.0), 1e-12)
+    rows = bh.to(tl.int64) * D + chans
+    tl.store(vt_ptr + rows[:, None] * L_PAD + keys[None, :], quantize_rn(x, scale, INTERPRETED))
+    tl.store(scale_ptr + (bh.to(tl.int64) * (L_PAD // BLOCK_N) + blk) * D + chans, scale)
 
 
 @triton.jit

@@ -14,7 +14,7 @@ import torch
 
 from .. import compat
 from ..attention_reference import FP8_MAX, PV_PRECISIONS
-from ..kernels.triton_attention import _attn_quant_kernel, _int8_attention_kernel
+from ..kernels.triton_attention import _attn_quant_kernel, _attn_v_quant_kernel, _int8_attention_kernel
 from ..kernels.triton_quant_common import INTERPRETED
 from .host import cdiv
 
@@ -124,16 +124,16 @@ def _fp8_values(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _int8_values(v: torch.Tensor, block_n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """V in int8, transposed like :func:`_fp8_values`: ``(B, Hkv, D, Lk')`` with ``Lk'`` = Lk rounded up to
     ``block_n`` (the padding is zero), and one fp32 scale per (batch, head, block of ``block_n`` keys, channel),
-    ``absmax / 127``, as ``(B*Hkv, Lk' / block_n, D)``: the kernel's ``PV_INT8`` operands (its BLOCK_N must be
-    ``block_n``). Plain torch ops, like the fp8 path's."""
+    ``absmax / 127``, as ``(B*Hkv, Lk' / block_n, D)``: the kernels' int8 ``P . V`` operands (their BLOCK_N must be
+    ``block_n``). One pass of :func:`~int8.kernels.triton_attention._attn_v_quant_kernel`."""
     b, hkv, lk, d = v.shape
-    blocks = cdiv(lk, block_n)
-    padded = torch.zeros(b, hkv, blocks * block_n, d, dtype=torch.float32, device=v.device)
-    padded[:, :, :lk] = v
-    tiles = padded.view(b, hkv, blocks, block_n, d)
-    scale = (tiles.abs().amax(dim=3, keepdim=True) / 127.0).clamp_(min=1e-12)
-    v8 = torch.round(tiles / scale).clamp_(-127, 127).to(torch.int8).view(b, hkv, blocks * block_n, d)
-    return v8.transpose(2, 3).contiguous(), scale.reshape(b * hkv, blocks, d).contiguous()
+    padded = cdiv(lk, block_n) * block_n
+    vt = torch.empty(b, hkv, d, padded, dtype=torch.int8, device=v.device)
+    scale = torch.empty(b * hkv, padded // block_n, d, dtype=torch.float32, device=v.device)
+    _attn_v_quant_kernel[(padded // block_n, b * hkv)](
+        v, vt, scale, lk, padded, hkv, v.stride(0), v.stride(1), v.stride(2), BLOCK_N=block_n, D=d,
+        INTERPRETED=INTERPRETED)
+    return vt, scale
 
 
 def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float | None = None,

@@ -55,6 +55,17 @@ def attention_quant_specs(dtype: torch.dtype, head_dim: int) -> list[Spec]:
     return specs
 
 
+def attention_v_quant_specs(dtype: torch.dtype, head_dim: int) -> list[Spec]:
+    from comfy_int8_w8a8.int8.kernels.triton_attention import _attn_v_quant_kernel
+    from comfy_int8_w8a8.int8.launch.attention import attention_tiles
+
+    block_n = attention_tiles(head_dim, "int8").block_n
+    return [Spec(f"attention V quant D={head_dim} block {block_n}", _attn_v_quant_kernel,
+                 (dtype, torch.int8, torch.float32, ATT_L, ATT_L, ATT_H, ATT_L * ATT_H * head_dim, head_dim,
+                  ATT_H * head_dim),
+                 dict(BLOCK_N=block_n, D=head_dim, INTERPRETED=False), 4, 3, None)]  # Triton's launch defaults
+
+
 def attention_specs(dtype: torch.dtype, head_dim: int, pv: str) -> list[Spec]:
     from comfy_int8_w8a8.int8.kernels.triton_attention import _int8_attention_kernel
     from comfy_int8_w8a8.int8.launch.attention import attention_tiles
@@ -97,6 +108,8 @@ def test_attention_kernels_compile_for_arch_with_int8_mma(head_dim: int, arch: i
     specs = attention_specs(dtype, head_dim, pv)
     if pv == "16bit":  # the pre-pass does not depend on the P . V precision
         specs += attention_quant_specs(dtype, head_dim)
+    if pv == "int8":
+        specs += attention_v_quant_specs(dtype, head_dim)
     check_all(specs, arch)
 
 
