@@ -172,7 +172,8 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     q, k, v = (_last_dim_contiguous(t) for t in (q, k, v))
     softmax_scale = d ** -0.5 if scale is None else float(scale)
     per_token = granularity == "token"
-    mean = k.float().mean(dim=2).reshape(-1, d).contiguous() if smooth_k else None
+    # (the reduction reads 16-bit K and accumulates in fp32: no fp32 copy of K)
+    mean = torch.mean(k, dim=2, dtype=torch.float32).reshape(-1, d).contiguous() if smooth_k else None
     q8, qs = _quantize(q, None, softmax_scale * _LOG2E, tiles.quant_block_q, per_token)
     k8, ks = _quantize(k, mean, 1.0, tiles.quant_block_k, per_token)
     v_given = v
