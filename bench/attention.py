@@ -130,8 +130,8 @@ def hopper_method_name(block_m: int, block_n: int, stages: int, warps: int, regs
     """The method name of one ``--sweep-hopper`` tile: ``ours_hopper_m128_n128_s2_w8_r168`` (``_c2r232`` for two
     consumers, ``_fp8`` / ``_int8pv`` appended)."""
     two = f"_c{consumers}r{consumer_regs}" if consumers > 1 else ""
-    return f"ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}{two}" + {"fp8": "_fp8", "int8": "_int8pv"}.get(
-        pv, "")
+    suffix = {"fp8": "_fp8", "int8": "_int8pv"}.get(pv, "")
+    return f"ours_hopper_m{block_m}_n{block_n}_s{stages}_w{warps}_r{regs}{two}{suffix}"
 
 
 def hopper_sweep_methods() -> dict[str, Attention]:

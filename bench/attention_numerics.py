@@ -69,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     rows = run(args.heads, args.rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"device": "cpu (float64 emulation)", "shape": f"1,{args.heads},{args.rows}x4608,128",
-                                    "rows": rows}, indent=1) + "\n")
+    shape = f"1,{args.heads},{args.rows}x4608,128"
+    result = {"device": "cpu (float64 emulation)", "shape": shape, "rows": rows}
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {args.out} ({time.perf_counter() - start:.0f} s)")
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..compat import fp8_attention_unavailable_reason, triton_build_error, triton_unavailable_reason
-from ..log_once import log_once
+from ..log_once import exception_line, log_once
 from .custom_ops import _define
 
 log = logging.getLogger("comfy_int8_w8a8")
@@ -38,8 +38,8 @@ class AttentionOptions:
     """How the int8 attention runs.
 
     ``pv_precision``: ``auto`` (16-bit; see :func:`_device_pv`), ``fp8`` (float8 P and V; raises at the call on a
-    GPU without fp8), ``16bit`` (P and V in V's dtype), ``int8`` (P and V in int8 with per-key-block scales, on the
-    generic kernel; :func:`int8.attention_reference.int8_attention_reference`). ``smooth_k``: subtract
+    GPU without fp8), ``16bit`` (P and V in V's dtype), ``int8`` (P and V in int8 with per-key-block scales;
+    :func:`int8.attention_reference.int8_attention_reference`). ``smooth_k``: subtract
     K's mean over the sequence before quantizing. ``granularity``: one int8 scale per ``block`` of rows or per
     ``token``. ``min_seq_len``: calls with fewer query rows run the caller's attention.
     """
@@ -61,10 +61,6 @@ class AttentionOptions:
 # (device, pv_precision) -> why the kernel does not build there (a Triton or GPU nobody has tried); filled by the
 # first failing call, which runs PyTorch's attention instead; later calls are refused up front.
 _unbuildable: dict[tuple[torch.device, str], str] = {}
-
-
-def _build_error() -> type[Exception]:
-    return triton_build_error()  # a function, so the tests can stand in for Triton's error class
 
 
 def attention_unsupported_reason(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, options: AttentionOptions,
@@ -103,8 +99,8 @@ def _device_pv(device: torch.device, preference: str) -> str:
 
 
 def resolve_pv(device: torch.device, preference: str) -> str:
-    """``"fp8"``, ``"int8"`` or ``"16bit"`` for ``preference`` (:data:`PV_CHOICES`) on ``device``; an explicit ``fp8`` that
-    the device cannot run raises RuntimeError (it never downgrades)."""
+    """``"fp8"``, ``"int8"`` or ``"16bit"`` for ``preference`` (:data:`PV_CHOICES`) on ``device``; an explicit
+    ``fp8`` that the device cannot run raises RuntimeError (it never downgrades)."""
     return _device_pv(device, preference)
 
 
@@ -119,10 +115,9 @@ def _attention_impl(q, k, v, scale, smooth_k, pv_precision, granularity, out_lay
             return int8_attention_triton(q, k, v, scale=scale, smooth_k=smooth_k,
                                          pv=resolve_pv(q.device, pv_precision), granularity=granularity,
                                          out_layout=out_layout, kernel="auto")
-        except _build_error() as exc:
-            text = str(exc).strip()
+        except triton_build_error() as exc:
             reason = (f"the int8 kernel (pv_precision {pv_precision!r}) does not build on this GPU and Triton "
-                      f"({type(exc).__name__}: {text.splitlines()[0][:200] if text else ''})")
+                      f"({exception_line(exc)})")
             _unbuildable[(q.device, pv_precision)] = reason
             log_once(log, logging.WARNING, f"INT8 Attention: {reason}; PyTorch's attention runs instead.")
     out = F.scaled_dot_product_attention(q, k, v, scale=scale, enable_gqa=k.shape[1] != q.shape[1])

@@ -2,10 +2,11 @@
 
 Same scheme and numerics as :mod:`triton_attention`'s kernel (int8 ``Q . K^T`` with per-row scales, online softmax
 in fp32 and base 2, ``P . V`` in V's 16-bit dtype, in e4m3 or in int8): the same int8 Q/K and scales from its
-pre-pass, the same V (int8 V with its scales per key block of this kernel's BLOCK_N). Why a second kernel: the generic kernel's one instruction stream issues every load and waits on every
-tensor-core op, and reached 290-390 TFLOPS on an H100 where SDPA reaches 570-640 (docs/results/attention_h100.json).
-Here a 1-warp partition only issues TMA loads (the Q tile once, then K and V key blocks into a ring of
-shared-memory stages) while the default partition's two warpgroups run the wgmma chain and the softmax.
+pre-pass, the same V (int8 V with its scales per key block of this kernel's BLOCK_N). Why a second kernel: the
+generic kernel's one instruction stream issues every load and waits on every tensor-core op, and reached 290-390
+TFLOPS on an H100 where SDPA reaches 570-640 (docs/results/attention_h100.json). Here a 1-warp partition only
+issues TMA loads (the Q tile once, then K and V key blocks into a ring of shared-memory stages) while the default
+partition's two warpgroups run the wgmma chain and the softmax.
 
 Per stage ``s``: ``k_ready`` / ``v_ready`` barriers (TMA bytes landed) and ``kv_empty`` (the block's ``P . V``
 retired, so the stage may be overwritten). Tiles are rows of 2-D views: the int8 Q and K ``(B*H*L, D)``; V

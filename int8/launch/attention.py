@@ -16,6 +16,7 @@ from .. import compat
 from ..attention_reference import FP8_MAX, PV_PRECISIONS
 from ..kernels.triton_attention import _attn_quant_kernel, _attn_v_quant_kernel, _int8_attention_kernel
 from ..kernels.triton_quant_common import INTERPRETED
+from ..log_once import exception_line
 from .host import cdiv
 
 _BuildError = compat.triton_build_error()
@@ -203,8 +204,8 @@ def int8_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
             if not fallback:
                 raise
             _hopper_broken.add(q.device)
-            log.warning("INT8 Attention: the Hopper kernel does not build here (%s: %s); the generic Triton kernel "
-                        "runs instead", type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            log.warning("INT8 Attention: the Hopper kernel does not build here (%s); the generic Triton kernel "
+                        "runs instead", exception_line(exc))
             if pv == "int8" and hopper_tiles.block_n != tiles.block_n:  # V's scales follow the key block
                 v, vs = _int8_values(v_given, tiles.block_n)
     _int8_attention_kernel[(cdiv(lq, tiles.block_m), b * h)](

@@ -18,6 +18,7 @@ from collections.abc import Callable, Hashable
 import torch
 
 from .. import compat
+from ..log_once import exception_line
 from . import tuning_cache
 from .fast_launch import recording_paused
 from .host import device_index, is_capturing
@@ -90,8 +91,8 @@ def choose(key: Hashable, run_tma: Callable[[], None], run_gluon: Callable[[obje
                 ms = sustained_bench(lambda cfg=cfg: run_gluon(cfg))
             except (_BuildError, RuntimeError, TypeError, AttributeError) as exc:  # does not build or launch here
                 _broken.add(cfg)
-                log.warning("int8 GEMM: the Gluon kernel config %s does not build here (%s: %s); using the Triton TMA "
-                            "kernel instead", cfg, type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+                log.warning("int8 GEMM: the Gluon kernel config %s does not build here (%s); using the Triton TMA "
+                            "kernel instead", cfg, exception_line(exc))
                 continue
             timings[str(cfg)] = ms
             if ms < best_ms:

@@ -77,7 +77,8 @@ def gluon_attention(q8: torch.Tensor, qs: torch.Tensor, k8: torch.Tensor, ks: to
     with fp32 row scales ``qs (B*H, Lq)`` / ``ks (B*Hkv, Lk)`` (the pre-pass's, ``qs`` carrying the softmax scale in
     log2 units); ``v`` the 16-bit ``(B, Hkv, Lk, D)``, or for ``pv="fp8"`` the transposed e4m3 ``(B, Hkv, D, Lk')``
     with its zeroed padding and ``vs (B*Hkv, D)`` scales, or for ``pv="int8"`` the transposed int8 one with
-    ``vs (B*Hkv, Lk' / block_n, D)`` (:func:`int8.launch.attention._int8_values` with the tiles' ``block_n``); ``out_strides``: the output's (batch, head, row) strides."""
+    ``vs (B*Hkv, Lk' / block_n, D)`` (:func:`int8.launch.attention._int8_values` with the tiles' ``block_n``);
+    ``out_strides``: the output's (batch, head, row) strides."""
     bh, lq, d = q8.shape
     lk = k8.shape[1]
     b = bh // heads

@@ -161,7 +161,7 @@ def test_a_kernel_that_does_not_build_runs_pytorch_attention_once_and_then_the_o
     fake = types.ModuleType("comfy_int8_w8a8.int8.launch.attention")
     fake.int8_attention_triton = failing_launcher
     monkeypatch.setitem(sys.modules, "comfy_int8_w8a8.int8.launch.attention", fake)
-    monkeypatch.setattr(engine, "_build_error", lambda: FakeBuildError)
+    monkeypatch.setattr(engine, "triton_build_error", lambda: FakeBuildError)
     monkeypatch.setattr(engine, "triton_unavailable_reason", lambda device: None)  # a "GPU" with Triton
     engine.forget()
     clear_log_once()
