@@ -68,8 +68,10 @@ def load_state_dict_for_comfy(source: str | Path | Checkpoint) -> tuple[dict[str
     ``bias``, ``input_smooth`` for HadaNorm files); fp8 layers are dequantized to bf16 (the loader re-quantizes
     them to int8); float tensors are returned as stored. Returns ``(state_dict, metadata)`` where metadata is the
     header's ``__metadata__`` (without ``_quantization_metadata``, already applied) plus ``int8_source_format``.
+    Opened from a path, tensors stored as they are in the file are views of a private mapping of it: nothing is
+    read until a layer touches it, and nothing is copied into fresh memory first.
     """
-    ckpt = source if isinstance(source, Checkpoint) else open_checkpoint(source)
+    ckpt = source if isinstance(source, Checkpoint) else open_checkpoint(source, mapped=True)
     try:
         sd: dict[str, torch.Tensor] = {}
         consumed: set[str] = {"scaled_fp8"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 from collections import defaultdict
 from pathlib import Path
 from typing import BinaryIO
@@ -13,7 +14,7 @@ from .errors import CheckpointError
 from .fileops import open_regular
 from .keys import QUANT_SUFFIXES, diffusion_model_prefix, key_layout, layer_of, strip_prefix
 from .quant_config import check_quant_config, loads_json
-from .safetensors_io import TensorInfo, read_header, read_tensor
+from .safetensors_io import TensorInfo, map_file, mapped_tensor, read_header, read_tensor
 
 __all__ = ["Checkpoint", "open_checkpoint"]
 
@@ -27,11 +28,14 @@ class Checkpoint:
     Attributes: ``path``; ``format`` (see :data:`.detect.FORMATS`); ``metadata`` (the header's ``__metadata__``);
     ``prefix`` (stripped from every key, e.g. ``model.diffusion_model.``); ``layout`` (``comfy`` or
     ``diffusers``); ``quant_configs`` (layer -> comfy_quant dict). Keys everywhere are bare (prefix stripped).
-    Never unpickles; every problem with the file raises :class:`CheckpointError`.
+    Never unpickles; every problem with the file raises :class:`CheckpointError`. ``mapped``: :meth:`tensor` returns
+    views of a private mapping of the file instead of fresh copies (the loader's way; see safetensors_io).
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, mapped: bool = False) -> None:
         self._file: BinaryIO | None = None  # first, so close() works even when the header check raises
+        self._mapping: mmap.mmap | None = None
+        self.mapped = mapped
         self.path = str(path)
         header = read_header(path)
         self.metadata: dict[str, str] = header.metadata
@@ -73,16 +77,27 @@ class Checkpoint:
 
     # -- data -------------------------------------------------------------------------------------------------
     def tensor(self, key: str) -> torch.Tensor:
-        """Read one tensor into memory (a fresh CPU tensor; nothing else of the file stays resident)."""
+        """One tensor on the CPU: a fresh copy (nothing else of the file stays resident), or for a ``mapped``
+        checkpoint a view of the mapping."""
         info = self.info(key)
         if self._file is None:
             try:
                 self._file = open_regular(self.path)  # kept open across calls, closed by close()
             except OSError as exc:
                 raise CheckpointError(self.path, f"cannot be opened ({exc.strerror}).", "Check the path.") from exc
-        return read_tensor(self._file, info, self.path)
+        if not self.mapped:
+            return read_tensor(self._file, info, self.path)
+        if self._mapping is None:
+            try:
+                self._mapping = map_file(self._file)
+            except (OSError, ValueError) as exc:  # ValueError: an empty file; OSError: a filesystem without mmap
+                raise CheckpointError(self.path, f"cannot be memory-mapped ({exc}).", "Copy the file to a local "
+                                      "disk.") from exc
+        return mapped_tensor(self._mapping, info, self.path)
 
     def close(self) -> None:
+        # The mapping is dropped, not closed: tensors viewing it keep it alive and it is unmapped with the last.
+        self._mapping = None
         if self._file is not None:
             self._file.close()
             self._file = None
@@ -132,7 +147,7 @@ class Checkpoint:
         return out
 
 
-def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Open ``path`` (safetensors only). Raises :class:`CheckpointError` naming the file and the fix for a missing
+def open_checkpoint(path: str | Path, mapped: bool = False) -> Checkpoint:
+    """Open ``path`` (safetensors only; ``mapped``: see :class:`Checkpoint`). Raises :class:`CheckpointError` naming the file and the fix for a missing
     file, a pickled ``.ckpt``/``.pt``/``.bin``/``.pth``, a non-safetensors file or a truncated/corrupt header."""
-    return Checkpoint(path)
+    return Checkpoint(path, mapped)

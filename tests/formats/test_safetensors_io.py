@@ -203,3 +203,64 @@ def test_header_length_starting_with_pickle_byte_is_still_safetensors(tmp_path):
     path = tmp_path / "x.safetensors"
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + struct.pack("<f", 1.5))
     assert open_checkpoint(path).tensor("x").item() == 1.5
+
+
+@pytest.mark.parametrize("mapped", [False, True])
+def test_every_dtype_reads_back_exactly_copied_or_mapped(tmp_path, mapped):
+    good_file, expected = tmp_path / "good.safetensors", _tensors()
+    st.save_file(expected, str(good_file))
+    with open_checkpoint(good_file, mapped=mapped) as ckpt:
+        got = {k: ckpt.tensor(k) for k in ckpt.keys()}
+    assert got.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert got[key].dtype == tensor.dtype and got[key].shape == tensor.shape, key
+        assert torch.equal(got[key].reshape(-1).view(torch.uint8), tensor.reshape(-1).view(torch.uint8)), key
+
+
+def test_mapped_tensors_are_private_writes_never_reach_the_file(tmp_path):
+    good_file, expected = tmp_path / "good.safetensors", _tensors()
+    st.save_file(expected, str(good_file))
+    before = good_file.read_bytes()
+    with open_checkpoint(good_file, mapped=True) as ckpt:
+        weight = ckpt.tensor("a.weight")
+    weight.fill_(7.0)  # still alive after close(): the mapping lives with its tensors
+    assert torch.all(weight == 7.0)
+    assert good_file.read_bytes() == before
+    with open_checkpoint(good_file, mapped=True) as ckpt:
+        assert torch.equal(ckpt.tensor("a.weight"), expected["a.weight"])
+
+
+def test_mapped_tensor_at_an_unaligned_offset_is_copied_aligned(tmp_path):
+    # A 3-byte uint8 tensor first puts the bf16 tensor at an odd offset (safetensors writers may pad; not all do).
+    values = torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)
+    header = {"pad": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "w": {"dtype": "BF16", "shape": [2, 3], "data_offsets": [3, 15]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-(8 + len(raw)) % 8)  # data start 8-aligned, so only the offset inside the data is odd
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"abc" + values.view(torch.uint8).numpy().tobytes())
+    with open_checkpoint(path, mapped=True) as ckpt:
+        w = ckpt.tensor("w")
+    assert w.data_ptr() % 2 == 0 and torch.equal(w, values)
+
+
+def test_mapped_read_of_a_file_truncated_after_open_is_a_clean_error(good_file):
+    ckpt = open_checkpoint(good_file, mapped=True)  # header checked against the full file
+    with open(good_file, "r+b") as f:
+        f.truncate(os.path.getsize(good_file) - 4)
+    with pytest.raises(CheckpointError, match="truncated"):
+        [ckpt.tensor(k) for k in ckpt.keys()]
+    ckpt.close()
+
+
+def test_loader_state_dict_of_a_path_maps_the_file(tmp_path, monkeypatch):
+    good_file, expected = tmp_path / "good.safetensors", {"a.weight": torch.randn(4, 8, dtype=torch.bfloat16)}
+    st.save_file(expected, str(good_file))
+    from comfy_int8_w8a8.int8.formats import checkpoint, load_state_dict_for_comfy
+
+    def no_copy(*args, **kwargs):
+        raise AssertionError("the loader's state dict was copied tensor by tensor instead of mapped")
+
+    monkeypatch.setattr(checkpoint, "read_tensor", no_copy)
+    sd, _ = load_state_dict_for_comfy(good_file)
+    assert torch.equal(sd["a.weight"], expected["a.weight"])
