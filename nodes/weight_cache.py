@@ -31,8 +31,8 @@ from ..int8.formats.safetensors_io import (
     SafetensorsStreamWriter,
     TensorSpec,
     read_header,
-    read_tensor,
 )
+from ..int8.formats.tensor_data import read_tensor
 from ..int8.formats.writer import META_PREFIX, pack_version
 
 __all__ = ["CACHE_FORMAT_REVISION", "CachedWeights", "CacheKey", "CacheLimits", "CacheRecorder", "make_key", "cache_file",

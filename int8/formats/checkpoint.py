@@ -14,7 +14,8 @@ from .errors import CheckpointError
 from .fileops import open_regular
 from .keys import QUANT_SUFFIXES, diffusion_model_prefix, key_layout, layer_of, strip_prefix
 from .quant_config import check_quant_config, loads_json
-from .safetensors_io import TensorInfo, map_file, mapped_tensor, read_header, read_tensor
+from .safetensors_io import TensorInfo, read_header
+from .tensor_data import map_file, mapped_tensor, read_tensor
 
 __all__ = ["Checkpoint", "open_checkpoint"]
 

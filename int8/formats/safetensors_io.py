@@ -2,10 +2,9 @@
 
 Why not ``safetensors.safe_open``: it memory-maps the whole file, and every page a conversion touches stays
 in the process's resident set (file-backed RSS), so converting a 24 GB file would show ~24 GB peak RSS. Plain
-positioned reads (:func:`read_tensor`) keep the resident set at about one tensor, and the header check below turns
-every malformed file into a :class:`CheckpointError` instead of a crash deep inside a reader. The loader, which
-hands ComfyUI the whole state dict at once, maps the file instead (:func:`map_file`, :func:`mapped_tensor`): its
-tensors are views of the page cache, read when a layer first touches them, and never copied into fresh memory. The format itself
+positioned reads (``tensor_data.read_tensor``) keep the resident set at about one tensor, and the header check below
+turns every malformed file into a :class:`CheckpointError` instead of a crash deep inside a reader. The loader, which
+hands ComfyUI the whole state dict at once, maps the file instead (``tensor_data.mapped_tensor``). The format itself
 (https://github.com/huggingface/safetensors): 8-byte little-endian header length, a JSON header
 ``{name: {dtype, shape, data_offsets: [begin, end]}, "__metadata__": {str: str}}``, then the tensor bytes,
 contiguous, offsets relative to the end of the header.
@@ -13,11 +12,9 @@ contiguous, offsets relative to the end of the header.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import json
 import math
-import mmap
 import os
 import shutil
 import struct
@@ -37,9 +34,6 @@ __all__ = [
     "TensorInfo",
     "SafetensorsHeader",
     "read_header",
-    "read_tensor",
-    "map_file",
-    "mapped_tensor",
     "SafetensorsStreamWriter",
     "TensorSpec",
 ]
@@ -177,43 +171,6 @@ def _short_json(value: object) -> str:
     if isinstance(value, list) and len(value) <= 8 and all(isinstance(v, int | float | str | None) for v in value):
         return repr(value)[:80]
     return f"(a JSON {type(value).__name__})"
-
-
-def read_tensor(f: BinaryIO, info: TensorInfo, path: str = "") -> torch.Tensor:
-    """Read one tensor from the open file ``f`` into a fresh CPU tensor (exactly ``info.nbytes`` of memory)."""
-    if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=info.dtype)
-    # Read straight into uninitialised tensor memory: a bytearray would first zero every page (on a Flux-dev
-    # file that zeroing took longer than the read itself).
-    out = torch.empty(info.nbytes, dtype=torch.uint8)
-    f.seek(info.begin)
-    got = f.readinto((ctypes.c_char * info.nbytes).from_address(out.data_ptr()))
-    if got != info.nbytes:
-        raise CheckpointError(path, f"ended while reading tensor '{info.name}' (the file changed or is truncated).",
-                              "Download it again.")
-    return out.view(info.dtype).reshape(info.shape)
-
-
-def map_file(f: BinaryIO) -> mmap.mmap:
-    """A private (copy-on-write) mapping of the whole open file: writing to a tensor viewing it never changes the
-    file, and the mapping outlives ``f``."""
-    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-
-
-def mapped_tensor(mapping: mmap.mmap, info: TensorInfo, path: str = "") -> torch.Tensor:
-    """``info``'s tensor as a view of ``mapping`` (no copy; the mapping lives as long as the tensor). A tensor
-    whose offset is not a multiple of its element size is copied into aligned memory instead."""
-    if info.nbytes == 0:
-        return torch.empty(info.shape, dtype=info.dtype)
-    if info.end > len(mapping):
-        raise CheckpointError(path, f"ended before tensor '{info.name}' (the file changed or is truncated).",
-                              "Download it again.")
-    element = torch.empty((), dtype=info.dtype).element_size()
-    if info.begin % element:
-        raw = torch.frombuffer(mapping, dtype=torch.uint8, count=info.nbytes, offset=info.begin).clone()
-        return raw.view(info.dtype).reshape(info.shape)
-    return torch.frombuffer(mapping, dtype=info.dtype, count=info.nbytes // element,
-                            offset=info.begin).reshape(info.shape)
 
 
 def _size(n: int) -> str:
