@@ -1,14 +1,21 @@
 """What the family and defaults benchmarks do around ComfyUI, in one place: check that its code imports, apply the
-stock TorchCompileModel node and INT8 Lazy Torch Compile at their defaults, free the models between variants."""
+stock TorchCompileModel node and INT8 Lazy Torch Compile at their defaults, free the models between variants, run a
+variant in a fresh process."""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import torch
 
 __all__ = ["comfy_import_problem", "gpu_short_name", "sync", "free_models", "node_defaults", "node_compile",
-           "stock_compile", "load_model"]
+           "stock_compile", "load_model", "run_worker"]
 
 
 def comfy_import_problem(bench: str) -> str | None:
@@ -45,6 +52,33 @@ def free_models() -> None:
     gc.collect()
     mm.soft_empty_cache()
     torch._dynamo.reset()
+
+
+def _worker_env(caches: str, folder: Path, tag: str) -> dict:
+    """The environment of a worker: this process's import path (ComfyUI and this pack under whatever name it has)
+    and, for cold caches, empty cache folders of its own."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    if caches == "cold":
+        cache = folder / f"caches_{tag}"
+        env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"),
+                   INT8_W8A8_TUNING_CACHE=str(cache / "tuning"))
+    return env
+
+
+def run_worker(module: str, spec: dict, folder: Path, tag: str, caches: str, timeout: float) -> dict:
+    """Run ``python -m <module> --worker <spec file>`` in a fresh process (``caches`` ``cold``: with empty on-disk
+    compile and tuning caches of its own, removed after) and return the JSON it wrote beside the spec file."""
+    spec_path = folder / f"spec_{tag}.json"
+    spec_path.write_text(json.dumps(spec))
+    package = __package__.rpartition(".")[0]  # the pack's import name
+    cmd = [sys.executable, "-m", f"{package}.{module}", "--worker", str(spec_path)]
+    done = subprocess.run(cmd, env=_worker_env(caches, folder, tag), timeout=timeout, check=False)
+    if caches == "cold":
+        shutil.rmtree(folder / f"caches_{tag}", ignore_errors=True)
+    result_path = spec_path.with_suffix(".result.json")
+    if done.returncode != 0 or not result_path.is_file():
+        raise RuntimeError(f"worker exited with {done.returncode} (its log is above)")
+    return json.loads(result_path.read_text())
 
 
 def _input_defaults(node: type) -> dict:

@@ -48,9 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -58,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from .comfy_run import comfy_import_problem, free_models, gpu_short_name, load_model
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, load_model, run_worker
 
 __all__ = ["add_arguments", "run", "VARIANTS", "RESOLUTIONS", "markdown_table", "lora_table"]
 
@@ -200,31 +198,10 @@ def _worker(spec_path: Path) -> int:
     return 0
 
 
-def _child_env(caches: str, folder: Path, tag: str) -> dict:
-    """The environment of a worker: this process's import path (ComfyUI and this pack under whatever name it has)
-    and, for cold caches, empty cache folders of its own."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
-    if caches == "cold":
-        cache = folder / f"caches_{tag}"
-        env.update(TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"),
-                   INT8_W8A8_TUNING_CACHE=str(cache / "tuning"))
-    return env
-
-
 def _in_worker(variant: str, resolutions: list[str], spec: dict, args: argparse.Namespace) -> dict:
-    folder = Path(spec["folder"])
     tag = f"{variant}_{'_'.join(resolutions)}"
-    spec_path = folder / f"spec_{tag}.json"
-    spec_path.write_text(json.dumps({**spec, "variant": variant, "resolutions": resolutions}))
-    package = __package__.rpartition(".")[0]  # the pack's import name
-    cmd = [sys.executable, "-m", f"{package}.bench.defaults", "--worker", str(spec_path)]
-    done = subprocess.run(cmd, env=_child_env(args.caches, folder, tag), timeout=args.timeout, check=False)
-    if args.caches == "cold":
-        shutil.rmtree(folder / f"caches_{tag}", ignore_errors=True)
-    result_path = spec_path.with_suffix(".result.json")
-    if done.returncode != 0 or not result_path.is_file():
-        raise RuntimeError(f"worker exited with {done.returncode} (its log is above)")
-    return json.loads(result_path.read_text())
+    return run_worker("bench.defaults", {**spec, "variant": variant, "resolutions": resolutions},
+                      Path(spec["folder"]), tag, args.caches, args.timeout)
 
 
 def _write_files(folder: Path, variants: list[str], tiny: bool, lora: bool = False) -> dict:

@@ -17,6 +17,12 @@ one after another on the same file and noise, through ``comfy.sample.sample`` (K
 Per variant: load seconds, the first call's seconds (one forward at sigma 0.5, compiling included), the median
 step milliseconds of ``--steps`` steps, peak VRAM (``torch.cuda.max_memory_allocated`` from the load on), the
 cosine of that forward's prediction against the reference's, and the cosine of the final latent.
+
+Process model (``--isolate``, as ``bench defaults``): by default every variant runs in a fresh Python process, as
+after a ComfyUI restart, so nothing one variant leaves in the process (compiled code, tuned kernels, allocator
+state) reaches the next; ``--caches cold`` (default) also gives it empty compile and tuning cache folders. The
+predictions come back through files in the work folder. ``--isolate none`` runs them one after another in this
+process, freeing the models and resetting dynamo between them (faster; what the CPU tests use).
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from .comfy_run import comfy_import_problem, free_models, gpu_short_name, load_model
+from .comfy_run import comfy_import_problem, free_models, gpu_short_name, load_model, run_worker
 from .family_table import DEFAULT_FAMILIES, FAMILIES, Family
 
 __all__ = ["add_arguments", "run", "VARIANTS"]
@@ -65,9 +71,69 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "inductor; eager with --tiny, where inductor would spend minutes per model in the C++ compiler)")
     parser.add_argument("--workdir", type=Path, default=None, help="where the model files go (deleted per family; "
                         "default: a temp folder). Needs bf16 + int8 size of the largest family free")
+    parser.add_argument("--isolate", choices=("variant", "none"), default="variant",
+                        help="a fresh process per variant (default) or all in this process")
+    parser.add_argument("--caches", choices=("cold", "warm"), default="cold",
+                        help="with --isolate variant: on-disk compile / tuning caches empty per process (default) "
+                             "or the user's own")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
+    parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
 
 
-def _run_variant(variant: str, family: Family, files: dict, inputs: dict, args: argparse.Namespace) -> dict:
+def _inputs(family: Family, tiny: bool) -> dict:
+    """The noise and conditioning every variant samples from (seeded: a worker process makes the same)."""
+    from . import family_models as fm
+
+    latent = family.tiny_latent if tiny else family.latent
+    return {"noise": torch.randn(latent, generator=torch.Generator().manual_seed(1)),
+            "positive": fm.conditioning(family, tiny, seed=2)}
+
+
+def _variant_in_process(variant: str, family: Family, files: dict, args: argparse.Namespace) -> dict:
+    from . import family_models as fm
+
+    with fm.tiny_sizes(family) if args.tiny else contextlib.nullcontext():
+        return _measure(variant, family, files, _inputs(family, args.tiny), args)
+
+
+def _variant_in_worker(variant: str, family: Family, files: dict, args: argparse.Namespace, folder: Path) -> dict:
+    spec = {"family": family.name, "variant": variant, "files": {k: str(v) for k, v in files.items()},
+            "folder": str(folder), "tiny": args.tiny, "steps": args.steps, "backend": args.backend}
+    result = run_worker("bench.families", spec, folder, f"{family.name}_{variant}", args.caches, args.timeout)
+    for key in ("_prediction", "_latent"):
+        path = folder / f"{key[1:]}_{family.name}_{variant}.pt"
+        result[key] = torch.load(path)
+        path.unlink()
+    return result
+
+
+def _worker(spec_path: Path) -> int:
+    """A fresh process's variant: read the spec, run it, write the tensors and ``<spec>.result.json``."""
+    from .e2e_models import import_comfy
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import_comfy()
+    torch._dynamo.config.cache_size_limit = 640  # as run() sets it for in-process variants
+    spec = json.loads(spec_path.read_text())
+    files = {k: Path(v) if k in ("bf16", "native_int8") else v for k, v in spec["files"].items()}
+    args = argparse.Namespace(tiny=spec["tiny"], steps=spec["steps"], backend=spec["backend"])
+    result = _variant_in_process(spec["variant"], FAMILIES[spec["family"]], files, args)
+    folder = Path(spec["folder"])
+    for key in ("_prediction", "_latent"):
+        torch.save(result.pop(key), folder / f"{key[1:]}_{spec['family']}_{spec['variant']}.pt")
+    spec_path.with_suffix(".result.json").write_text(json.dumps(result))
+    return 0
+
+
+def _run_variant(variant: str, family: Family, files: dict, args: argparse.Namespace, folder: Path) -> dict:
+    """One variant's results (with its prediction and final latent as ``_prediction``/``_latent``), measured in a
+    worker process or in this one (``--isolate``)."""
+    if args.isolate == "variant":
+        return _variant_in_worker(variant, family, files, args, folder)
+    return _variant_in_process(variant, family, files, args)
+
+
+def _measure(variant: str, family: Family, files: dict, inputs: dict, args: argparse.Namespace) -> dict:
     from . import family_sampling as fs
 
     cuda = torch.cuda.is_available()
@@ -143,15 +209,12 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path,
                progress: Callable[[dict], None] | None = None) -> dict:
     """One family's variants; ``progress(summary)`` after each variant, so a run cut off by a time limit keeps the
     variants it finished."""
-    from . import family_models as fm
     from . import family_sampling as fs
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     files = _write_files(family, folder, args.tiny, device)
     variants, note = _variants_for(files["params"], args)
     latent = family.tiny_latent if args.tiny else family.latent
-    inputs = {"noise": torch.randn(latent, generator=torch.Generator().manual_seed(1)),
-              "positive": fm.conditioning(family, args.tiny, seed=2)}
     out: dict = {"resolution": "tiny" if args.tiny else family.resolution, "latent": list(latent),
                  "text_tokens": (family.tiny_context if args.tiny else family.context)[0],
                  "params_b": round(files["params"] / 1e9, 3), "model_class": family.model_class,
@@ -164,8 +227,7 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path,
             if variant.startswith("native") and "native_int8" not in files:
                 _native_int8(files)
                 out["convert_s"] = files["convert_s"]
-            with fm.tiny_sizes(family) if args.tiny else contextlib.nullcontext():
-                result = _run_variant(variant, family, files, inputs, args)
+            result = _run_variant(variant, family, files, args, folder)
         # A benchmark of many families records a variant's failure (OOM, a shape a kernel refuses, ...) and goes
         # on: the failure is the finding. The message is kept in the JSON and logged.
         except Exception as exc:  # noqa: BLE001
@@ -202,6 +264,8 @@ def _summarise(out: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.worker is not None:
+        return _worker(args.worker)
     started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args.backend = args.backend or ("eager" if args.tiny else "inductor")
@@ -212,7 +276,9 @@ def run(args: argparse.Namespace) -> int:
     gpu = gpu_short_name()
     out_path = args.out or Path(f"docs/results/families_{gpu}{'_tiny' if args.tiny else ''}.json")
     results: dict = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tiny": args.tiny,
-                     "steps": args.steps, "compile_backend": args.backend, "torch": torch.__version__, "families": {}}
+                     "steps": args.steps, "compile_backend": args.backend, "torch": torch.__version__,
+                     "isolate": args.isolate, "caches": args.caches if args.isolate == "variant" else "warm",
+                     "families": {}}
     folder = args.workdir or Path(tempfile.mkdtemp(prefix="int8_families_"))
     folder.mkdir(parents=True, exist_ok=True)
     torch._dynamo.config.cache_size_limit = 640
@@ -234,3 +300,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:16s} {fam['resolution']:>12s}  step_ms {fam['step_ms']}  cos {fam['cos']}")
     print(f"wrote {out_path} in {results.get('elapsed_s', 0)} s")
     return 0
+
+
+if __name__ == "__main__":  # a worker: python -m <pack>.bench.families --worker SPEC
+    _parser = argparse.ArgumentParser(prog="comfy-int8 bench families (worker)")
+    add_arguments(_parser)
+    raise SystemExit(run(_parser.parse_args()))

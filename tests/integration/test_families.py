@@ -136,7 +136,7 @@ def test_bench_families_keeps_finished_variants_when_cut_off(comfy, tmp_path, cu
     families.add_arguments(parser)
     out = tmp_path / "families.json"
     args = parser.parse_args(["--tiny", "--families", "flux1_dev", "--steps", "2", "--out", str(out),
-                              "--variants", "bf16", "ours_eager"])
+                              "--variants", "bf16", "ours_eager", "--isolate", "none"])
     cut_off_at(families, "ours_eager")
     with pytest.raises(KeyboardInterrupt):
         families.run(args)
