@@ -80,7 +80,6 @@ RESOLUTIONS = {"512x512": (1, 512, 512), "1024x1024": (1, 1024, 1024), "1536x153
 FIELDS = ("step_ms", "load_s", "first_call_s", "peak_vram_gib", "cos")
 LORA_FIELDS = ("lora_read_s", "lora_first_call_s", "lora_step_ms", "lora_restrength_first_call_s",
                "lora_restrength_step_ms", "lora_cos")
-LORA_STRENGTHS = (("lora", 1.0), ("lora_restrength", 0.5))
 FAMILY = "flux1_dev"
 TINY_DIVISOR = 64  # --tiny: latent side = pixels / 64 (8, 16, 24 for the three sizes) instead of pixels / 8
 
@@ -127,7 +126,7 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     if spec.get("vram_cap_gib"):
-        _cap_vram(spec["vram_cap_gib"])
+        fs.cap_vram(spec["vram_cap_gib"])
     start = time.perf_counter()
     patcher = load_model(spec["files"], *LOADS[variant], spec["backend"])
     load_s = time.perf_counter() - start
@@ -143,46 +142,14 @@ def run_cells(variant: str, resolutions: list[str], spec: dict) -> dict:
                            "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
                            "cos": None}
         if spec.get("vram_cap_gib"):
-            out[resolution].update(vram_cap_gib=spec["vram_cap_gib"], streamed_layers=sum(
-                1 for m in patcher.model.modules() if isinstance(m, torch.nn.Linear) and getattr(m, "comfy_cast_weights", False)))
+            out[resolution].update(vram_cap_gib=spec["vram_cap_gib"], streamed_layers=fs.streamed_layers(patcher))
         log.info("defaults: %s / %s: %s", variant, resolution, json.dumps(out[resolution]))
         if spec.get("lora") and i == 0:
-            out[resolution].update(_lora_cells(patcher, noise, positive, spec, f"{variant}_{resolution}"))
+            lora = fs.lora_runs(patcher, spec["files"]["lora"], noise, positive, spec["steps"])
+            torch.save(lora.pop("_prediction"), Path(spec["folder"]) / f"pred_{variant}_{resolution}_lora.pt")
+            log.info("defaults: %s / %s LoRA: %s", variant, resolution, json.dumps(lora))
+            out[resolution].update(lora)
     del patcher
-    return out
-
-
-def _cap_vram(cap_gib: float) -> None:
-    """Reserve all of the GPU but ``cap_gib`` from ComfyUI's model management (what its ``--reserve-vram`` sets)."""
-    import comfy.model_management as mm
-
-    if torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-        mm.EXTRA_RESERVED_VRAM = max(0, total - int(cap_gib * 2**30))
-
-
-def _lora_cells(patcher, noise: torch.Tensor, positive: list, spec: dict, tag: str) -> dict:  # noqa: ANN001
-    """The ``--lora`` fields of one cell (see the module docstring); the strength-1.0 prediction is saved as
-    ``pred_<tag>_lora.pt``."""
-    import comfy.sd
-    import comfy.utils
-
-    from . import family_sampling as fs
-
-    start = time.perf_counter()
-    lora = comfy.utils.load_torch_file(spec["files"]["lora"], safe_load=True)
-    out: dict = {"lora_read_s": round(time.perf_counter() - start, 2)}
-    for key, strength in LORA_STRENGTHS:
-        start = time.perf_counter()
-        patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, strength, 0)
-        apply_s = time.perf_counter() - start  # (a clone and a key map: the patching itself is in the first call)
-        run = fs.timed_run(patched, noise, positive, spec["steps"])
-        out[f"{key}_first_call_s"] = round(apply_s + run.first_call_s, 2)
-        out[f"{key}_step_ms"] = round(run.step_ms, 2)
-        if strength == 1.0:
-            torch.save(run.prediction, Path(spec["folder"]) / f"pred_{tag}_lora.pt")
-        del patched
-    log.info("defaults: %s LoRA: %s", tag, json.dumps(out))
     return out
 
 

@@ -18,6 +18,13 @@ Per variant: load seconds, the first call's seconds (one forward at sigma 0.5, c
 step milliseconds of ``--steps`` steps, peak VRAM (``torch.cuda.max_memory_allocated`` from the load on), the
 cosine of that forward's prediction against the reference's, and the cosine of the final latent.
 
+``--lora`` (as ``bench defaults``): a random rank-32 LoRA on every Linear, applied per variant the way
+LoraLoaderModelOnly does: ``lora_read_s``, ``lora_first_call_s``, ``lora_step_ms``, then a strength change to 0.5
+without reading the file again (``lora_restrength_*``), ``lora_cos`` against the reference with the same LoRA,
+and ``lora_vs_plain_cos`` against the variant's own prediction without it (under 1: the LoRA took effect).
+``--vram-cap GIB``: ComfyUI may use only that much of the GPU, so a large model loads partially, as on a 12-16 GB
+card; each variant also records ``vram_cap_gib`` and ``streamed_layers``.
+
 Process model (``--isolate``, as ``bench defaults``): by default every variant runs in a fresh Python process, as
 after a ComfyUI restart, so nothing one variant leaves in the process (compiled code, tuned kernels, allocator
 state) reaches the next; ``--caches cold`` (default) also gives it empty compile and tuning cache folders. The
@@ -76,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caches", choices=("cold", "warm"), default="cold",
                         help="with --isolate variant: on-disk compile / tuning caches empty per process (default) "
                              "or the user's own")
+    parser.add_argument("--lora", action="store_true", help="also a rank-32 LoRA on every Linear per variant: "
+                        "apply, steps after it, a strength change (LoRA fields in each variant)")
+    parser.add_argument("--vram-cap", type=float, default=None, metavar="GIB",
+                        help="let ComfyUI use at most GIB of the GPU (the rest reserved, as --reserve-vram does)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -98,9 +109,9 @@ def _variant_in_process(variant: str, family: Family, files: dict, args: argpars
 
 def _variant_in_worker(variant: str, family: Family, files: dict, args: argparse.Namespace, folder: Path) -> dict:
     spec = {"family": family.name, "variant": variant, "files": {k: str(v) for k, v in files.items()},
-            "folder": str(folder), "tiny": args.tiny, "steps": args.steps, "backend": args.backend}
+            "folder": str(folder), "options": {k: getattr(args, k) for k in _WORKER_OPTIONS}}
     result = run_worker("bench.families", spec, folder, f"{family.name}_{variant}", args.caches, args.timeout)
-    for key in ("_prediction", "_latent"):
+    for key in result.pop("_tensors"):
         path = folder / f"{key[1:]}_{family.name}_{variant}.pt"
         result[key] = torch.load(path)
         path.unlink()
@@ -115,14 +126,18 @@ def _worker(spec_path: Path) -> int:
     import_comfy()
     torch._dynamo.config.cache_size_limit = 640  # as run() sets it for in-process variants
     spec = json.loads(spec_path.read_text())
-    files = {k: Path(v) if k in ("bf16", "native_int8") else v for k, v in spec["files"].items()}
-    args = argparse.Namespace(tiny=spec["tiny"], steps=spec["steps"], backend=spec["backend"])
-    result = _variant_in_process(spec["variant"], FAMILIES[spec["family"]], files, args)
+    files = {k: Path(v) if k in ("bf16", "native_int8", "lora") else v for k, v in spec["files"].items()}
+    result = _variant_in_process(spec["variant"], FAMILIES[spec["family"]], files, argparse.Namespace(**spec["options"]))
     folder = Path(spec["folder"])
-    for key in ("_prediction", "_latent"):
+    tensors = [k for k in result if k.startswith("_")]
+    for key in tensors:
         torch.save(result.pop(key), folder / f"{key[1:]}_{spec['family']}_{spec['variant']}.pt")
-    spec_path.with_suffix(".result.json").write_text(json.dumps(result))
+    spec_path.with_suffix(".result.json").write_text(json.dumps({**result, "_tensors": tensors}))
     return 0
+
+
+# what a worker needs of the command line (the rest is the parent's business)
+_WORKER_OPTIONS = ("tiny", "steps", "backend", "lora", "vram_cap")
 
 
 def _run_variant(variant: str, family: Family, files: dict, args: argparse.Namespace, folder: Path) -> dict:
@@ -139,6 +154,8 @@ def _measure(variant: str, family: Family, files: dict, inputs: dict, args: argp
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
+    if args.vram_cap:
+        fs.cap_vram(args.vram_cap)
     start = time.perf_counter()
     patcher = load_model(files, *LOADS[variant], args.backend)
     load_s = time.perf_counter() - start
@@ -148,6 +165,12 @@ def _measure(variant: str, family: Family, files: dict, inputs: dict, args: argp
               "int8_layers": _int8_layers(patcher.model.diffusion_model)}
     if cuda:
         result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if args.vram_cap:
+        result.update(vram_cap_gib=args.vram_cap, streamed_layers=fs.streamed_layers(patcher))
+    if args.lora:
+        lora = fs.lora_runs(patcher, files["lora"], inputs["noise"], inputs["positive"], args.steps)
+        result["_lora_prediction"] = lora.pop("_prediction")
+        result.update(lora)
     del patcher
     free_models()
     return {**result, "_prediction": run.prediction, "_latent": run.latent}
@@ -161,7 +184,7 @@ def _int8_layers(model: torch.nn.Module) -> int:
                and m.weight.dtype != torch.float8_e4m3fn and getattr(m.weight, "_qdata", m.weight).dtype == torch.int8)
 
 
-def _write_files(family: Family, folder: Path, tiny: bool, device: torch.device) -> dict:
+def _write_files(family: Family, folder: Path, tiny: bool, device: torch.device, lora: bool = False) -> dict:
     from . import family_models as fm
 
     start = time.perf_counter()
@@ -169,6 +192,9 @@ def _write_files(family: Family, folder: Path, tiny: bool, device: torch.device)
     params = sum(p.numel() for p in model.parameters())
     files = {"bf16": folder / f"{family.name}_bf16.safetensors", "params": params}
     fm.save_bf16(model, files["bf16"])
+    if lora:
+        files["lora"] = folder / f"{family.name}_lora_r32.safetensors"
+        fm.save_lora(model, files["lora"])
     del model
     free_models()
     files["write_s"] = round(time.perf_counter() - start, 1)
@@ -212,7 +238,7 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path,
     from . import family_sampling as fs
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    files = _write_files(family, folder, args.tiny, device)
+    files = _write_files(family, folder, args.tiny, device, args.lora)
     variants, note = _variants_for(files["params"], args)
     latent = family.tiny_latent if args.tiny else family.latent
     out: dict = {"resolution": "tiny" if args.tiny else family.resolution, "latent": list(latent),
@@ -235,15 +261,18 @@ def run_family(family: Family, args: argparse.Namespace, folder: Path,
             out["variants"][variant] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
             free_models()
             continue
-        tensors = (result.pop("_prediction"), result.pop("_latent"))
+        tensors = (result.pop("_prediction"), result.pop("_latent"), result.pop("_lora_prediction", None))
         reference = reference or tensors  # the first variant that ran (bf16, or fp8 where bf16 does not fit)
         result["cos"] = round(fs.cosine(tensors[0], reference[0]), 6)
         result["final_latent_cos"] = round(fs.cosine(tensors[1], reference[1]), 6)
+        if tensors[2] is not None and reference[2] is not None:
+            result["lora_cos"] = round(fs.cosine(tensors[2], reference[2]), 6)
+            result["lora_vs_plain_cos"] = round(fs.cosine(tensors[2], tensors[0]), 6)  # < 1: the LoRA acted
         out["variants"][variant] = result
         log.info("families: %s / %s: %s", family.name, variant, json.dumps(result))
         if progress is not None:
             progress(_summarise(out))
-    for path in (files.get("bf16"), files.get("native_int8")):
+    for path in (files.get("bf16"), files.get("native_int8"), files.get("lora")):
         if path is not None:
             path.unlink(missing_ok=True)
     return _summarise(out)

@@ -13,9 +13,12 @@ import torch
 
 from .comfy_run import sync
 
-__all__ = ["zero_negative", "model_output", "sample_timed", "timed_run", "TimedRun", "cosine", "MID_SIGMA"]
+__all__ = ["zero_negative", "model_output", "sample_timed", "timed_run", "TimedRun", "cosine", "MID_SIGMA",
+           "LORA_STRENGTHS", "lora_runs", "cap_vram", "streamed_layers"]
 
 MID_SIGMA = 0.5
+# (field prefix, strength) of the LoRA runs: applied at 1.0, then changed to 0.5 without reading the file again
+LORA_STRENGTHS = (("lora", 1.0), ("lora_restrength", 0.5))
 
 
 def zero_negative(positive: list) -> list:
@@ -83,3 +86,43 @@ def timed_run(patcher, noise: torch.Tensor, positive: list, steps: int) -> Timed
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine similarity of two tensors, flattened, in float64."""
     return torch.nn.functional.cosine_similarity(a.double().flatten(), b.double().flatten(), dim=0).item()
+
+
+def lora_runs(patcher, lora_file: str, noise: torch.Tensor, positive: list, steps: int) -> dict:  # noqa: ANN001
+    """A LoRA on ``patcher``'s model as LoraLoaderModelOnly applies it (``comfy.sd.load_lora_for_models``): the file
+    read once (``lora_read_s``), then per :data:`LORA_STRENGTHS` a timed run (``<prefix>_first_call_s``: the apply
+    and the first call, in which ComfyUI patches the weights; ``<prefix>_step_ms``). ``_prediction``: the
+    strength-1.0 prediction (float32, CPU), for the caller's cosine."""
+    import comfy.sd
+    import comfy.utils
+
+    start = time.perf_counter()
+    lora = comfy.utils.load_torch_file(str(lora_file), safe_load=True)
+    out: dict = {"lora_read_s": round(time.perf_counter() - start, 2)}
+    for key, strength in LORA_STRENGTHS:
+        start = time.perf_counter()
+        patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, strength, 0)
+        apply_s = time.perf_counter() - start  # (a clone and a key map: the patching itself is in the first call)
+        run = timed_run(patched, noise, positive, steps)
+        out[f"{key}_first_call_s"] = round(apply_s + run.first_call_s, 2)
+        out[f"{key}_step_ms"] = round(run.step_ms, 2)
+        if strength == 1.0:
+            out["_prediction"] = run.prediction
+        del patched
+    return out
+
+
+def cap_vram(cap_gib: float) -> None:
+    """Reserve all of the GPU but ``cap_gib`` from ComfyUI's model management (what its ``--reserve-vram`` sets), so
+    a model that does not fit loads partially, as on a smaller card. No effect without CUDA."""
+    import comfy.model_management as mm
+
+    if torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+        mm.EXTRA_RESERVED_VRAM = max(0, total - int(cap_gib * 2**30))
+
+
+def streamed_layers(patcher) -> int:  # noqa: ANN001
+    """Linear layers ComfyUI left off the GPU and casts per call (0 where the whole model is resident)."""
+    return sum(1 for m in patcher.model.modules()
+               if isinstance(m, torch.nn.Linear) and getattr(m, "comfy_cast_weights", False))

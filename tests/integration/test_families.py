@@ -142,3 +142,35 @@ def test_bench_families_keeps_finished_variants_when_cut_off(comfy, tmp_path, cu
         families.run(args)
     flux = json.loads(out.read_text())["families"]["flux1_dev"]
     assert list(flux["variants"]) == ["bf16"] and flux["step_ms"]["bf16"] > 0
+
+
+def test_bench_families_lora_and_vram_cap_in_worker_processes(comfy, tmp_path) -> None:
+    # #23's LoRA and partial-loading runs on a video family: each variant in its own process (the default), the
+    # LoRA applied as LoraLoaderModelOnly does, its prediction compared with bf16's with the same LoRA.
+    from comfy_int8_w8a8.bench import families
+
+    parser = argparse.ArgumentParser()
+    families.add_arguments(parser)
+    out = tmp_path / "families.json"
+    args = parser.parse_args(["--tiny", "--families", "wan22_5b_ti2v", "--steps", "2", "--out", str(out),
+                              "--variants", "bf16", "ours_eager", "--lora", "--vram-cap", "1",
+                              "--workdir", str(tmp_path / "work")])
+    assert families.run(args) == 0
+
+    result = json.loads(out.read_text())
+    assert result["isolate"] == "variant" and result["caches"] == "cold"
+    wan = result["families"]["wan22_5b_ti2v"]
+    for variant in ("bf16", "ours_eager"):
+        cell = wan["variants"][variant]
+        assert cell["lora_read_s"] >= 0  # a tiny file: rounds to 0.0 s
+        for field in ("lora_first_call_s", "lora_step_ms", "lora_restrength_first_call_s", "lora_restrength_step_ms"):
+            assert cell[field] > 0, (variant, field)
+        assert cell["vram_cap_gib"] == 1 and cell["streamed_layers"] == 0  # no CUDA: nothing to stream
+        assert cell["lora_vs_plain_cos"] < 0.9999, variant  # the LoRA changed the prediction
+    assert wan["variants"]["bf16"]["lora_cos"] == 1.0
+    assert wan["variants"]["ours_eager"]["lora_cos"] >= COSINE_MIN
+    assert wan["variants"]["ours_eager"]["int8_layers"] > 0
+    work = tmp_path / "work"
+    assert sorted(p.name for p in work.glob("spec_*.result.json")) == [
+        "spec_wan22_5b_ti2v_bf16.result.json", "spec_wan22_5b_ti2v_ours_eager.result.json"]
+    assert not list(work.glob("*.safetensors")) and not list(work.glob("*.pt"))  # model files and tensors removed
