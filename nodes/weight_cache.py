@@ -32,7 +32,7 @@ from ..int8.formats.safetensors_io import (
     TensorSpec,
     read_header,
 )
-from ..int8.formats.tensor_data import read_tensor
+from ..int8.formats.tensor_data import map_file, mapped_tensor
 from ..int8.formats.writer import META_PREFIX, pack_version
 
 __all__ = ["CACHE_FORMAT_REVISION", "CachedWeights", "CacheKey", "CacheLimits", "CacheRecorder", "make_key", "cache_file",
@@ -167,7 +167,12 @@ class CachedWeights:
 
 def read_cache(path: Path, key: CacheKey) -> CachedWeights | None:
     """The cached weights for ``key``, or None on a miss. A file that is there but cannot serve (corrupt,
-    truncated, foreign, stale) is logged in one line and left for :func:`write_cache` to replace."""
+    truncated, foreign, stale) is logged in one line and left for :func:`write_cache` to replace.
+
+    A hit's tensors view a private mapping of the file, as the loader's do of a checkpoint: nothing is read before a
+    layer touches it. A writer never changes a cache file in place (it renames a new one over it), so the mapping
+    keeps the bytes it was opened with; on Windows a mapped file cannot be replaced or evicted, which costs one
+    logged line there, not the load."""
     if not path.exists():
         return None
     try:
@@ -176,8 +181,9 @@ def read_cache(path: Path, key: CacheKey) -> CachedWeights | None:
         reason = "it has no cache key (not written by this pack)" if stored is None else key.mismatch(stored)
         if reason is None:
             with open(path, "rb") as f:
-                sd = {name: read_tensor(f, info, str(path)) for name, info in header.tensors.items()}
-    except (CheckpointError, OSError) as exc:
+                mapping = map_file(f)
+            sd = {name: mapped_tensor(mapping, info, str(path)) for name, info in header.tensors.items()}
+    except (CheckpointError, OSError, ValueError) as exc:  # ValueError: mmap of an empty file
         reason = f"it cannot be read ({exc})"
     if reason is not None:
         log.warning("INT8 W8A8: ignoring the weight cache '%s': %s; it will be rebuilt.", path, reason)

@@ -61,6 +61,23 @@ def test_write_then_read_gives_the_same_tensors_and_source_metadata(tmp_path, so
     assert meta == {"config": "x"}  # the cache's own keys are not handed to ComfyUI
 
 
+def test_hit_maps_the_file_privately_and_outlives_a_rewrite(tmp_path, source) -> None:
+    # A hit's tensors view the cache file (nothing copied at load); writes to them stay private, and a writer
+    # renaming a new file over it (a later rebuild) leaves the mapped bytes as they were.
+    path = _write(tmp_path / "cache", source)
+    before = path.read_bytes()
+    got = read_cache(path, make_key(source, OPTIONS))
+    assert got is not None
+    weight = got.state_dict["blocks.0.w.weight"]
+    kept = weight.clone()
+    weight.fill_(3)
+    assert path.read_bytes() == before
+    again = read_cache(path, make_key(source, OPTIONS))
+    assert torch.equal(again.state_dict["blocks.0.w.weight"], kept)
+    _write(tmp_path / "cache", source)  # replaces the file by rename while `again` maps the old one
+    assert torch.equal(again.state_dict["blocks.0.w.weight"], kept)
+
+
 def test_read_without_a_file_is_a_silent_miss(tmp_path, source, caplog) -> None:
     assert read_cache(cache_file(tmp_path, make_key(source, OPTIONS)), make_key(source, OPTIONS)) is None
     assert _warnings(caplog) == []
