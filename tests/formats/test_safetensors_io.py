@@ -264,3 +264,17 @@ def test_loader_state_dict_of_a_path_maps_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint, "read_tensor", no_copy)
     sd, _ = load_state_dict_for_comfy(good_file)
     assert torch.equal(sd["a.weight"], expected["a.weight"])
+
+
+def test_a_filesystem_that_refuses_mmap_is_a_clean_error(tmp_path, monkeypatch):
+    from comfy_int8_w8a8.int8.formats import checkpoint
+
+    path = tmp_path / "good.safetensors"
+    st.save_file({"w": torch.ones(2, 2)}, str(path))
+
+    def refuse(f):
+        raise OSError(errno.ENODEV, "No such device")
+
+    monkeypatch.setattr(checkpoint, "map_file", refuse)
+    with open_checkpoint(path, mapped=True) as ckpt, pytest.raises(CheckpointError, match="memory-mapped.*local disk"):
+        ckpt.tensor("w")
