@@ -23,7 +23,9 @@ LoraLoaderModelOnly does: ``lora_read_s``, ``lora_first_call_s``, ``lora_step_ms
 without reading the file again (``lora_restrength_*``), ``lora_cos`` against the reference with the same LoRA,
 and ``lora_vs_plain_cos`` against the variant's own prediction without it (under 1: the LoRA took effect).
 ``--vram-cap GIB``: ComfyUI may use only that much of the GPU, so a large model loads partially, as on a 12-16 GB
-card; each variant also records ``vram_cap_gib`` and ``streamed_layers``.
+card; each variant also records ``vram_cap_gib`` and ``streamed_layers``. ``--profile STEPS``: that many more steps
+under torch.profiler per variant, the op table written to ``<out>_profiles/<family>_<variant>.txt`` and
+``gpu_kernel_ms_per_step`` recorded (step_ms minus it: launch gaps and host cost).
 
 Process model (``--isolate``, as ``bench defaults``): by default every variant runs in a fresh Python process, as
 after a ComfyUI restart, so nothing one variant leaves in the process (compiled code, tuned kernels, allocator
@@ -87,6 +89,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "apply, steps after it, a strength change (LoRA fields in each variant)")
     parser.add_argument("--vram-cap", type=float, default=None, metavar="GIB",
                         help="let ComfyUI use at most GIB of the GPU (the rest reserved, as --reserve-vram does)")
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="also run STEPS steps under torch.profiler per variant: its op table in a folder beside "
+                             "the JSON (<out>_profiles/) and gpu_kernel_ms_per_step in the variant's results")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per worker process")
     parser.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -137,7 +142,7 @@ def _worker(spec_path: Path) -> int:
 
 
 # what a worker needs of the command line (the rest is the parent's business)
-_WORKER_OPTIONS = ("tiny", "steps", "backend", "lora", "vram_cap")
+_WORKER_OPTIONS = ("tiny", "steps", "backend", "lora", "vram_cap", "profile", "profile_dir")
 
 
 def _run_variant(variant: str, family: Family, files: dict, args: argparse.Namespace, folder: Path) -> dict:
@@ -167,6 +172,13 @@ def _measure(variant: str, family: Family, files: dict, inputs: dict, args: argp
         result["peak_vram_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if args.vram_cap:
         result.update(vram_cap_gib=args.vram_cap, streamed_layers=fs.streamed_layers(patcher))
+    if args.profile:
+        table, result["gpu_kernel_ms_per_step"] = fs.profile_steps(patcher, inputs["noise"], inputs["positive"],
+                                                                   args.profile)
+        folder = Path(args.profile_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{family.name}_{variant}.txt").write_text(
+            f"{family.name} / {variant}: step_ms {result['step_ms']}, {args.profile} steps profiled\n{table}\n")
     if args.lora:
         lora = fs.lora_runs(patcher, files["lora"], inputs["noise"], inputs["positive"], args.steps)
         result["_lora_prediction"] = lora.pop("_prediction")
@@ -304,6 +316,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     gpu = gpu_short_name()
     out_path = args.out or Path(f"docs/results/families_{gpu}{'_tiny' if args.tiny else ''}.json")
+    args.profile_dir = str(out_path.with_name(out_path.stem + "_profiles"))
     results: dict = {"gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "tiny": args.tiny,
                      "steps": args.steps, "compile_backend": args.backend, "torch": torch.__version__,
                      "isolate": args.isolate, "caches": args.caches if args.isolate == "variant" else "warm",

@@ -14,7 +14,7 @@ import torch
 from .comfy_run import sync
 
 __all__ = ["zero_negative", "model_output", "sample_timed", "timed_run", "TimedRun", "cosine", "MID_SIGMA",
-           "LORA_STRENGTHS", "lora_runs", "cap_vram", "streamed_layers"]
+           "LORA_STRENGTHS", "lora_runs", "cap_vram", "streamed_layers", "profile_steps"]
 
 MID_SIGMA = 0.5
 # (field prefix, strength) of the LoRA runs: applied at 1.0, then changed to 0.5 without reading the file again
@@ -126,3 +126,23 @@ def streamed_layers(patcher) -> int:  # noqa: ANN001
     """Linear layers ComfyUI left off the GPU and casts per call (0 where the whole model is resident)."""
     return sum(1 for m in patcher.model.modules()
                if isinstance(m, torch.nn.Linear) and getattr(m, "comfy_cast_weights", False))
+
+
+def profile_steps(patcher, noise: torch.Tensor, positive: list, steps: int) -> tuple[str, float | None]:  # noqa: ANN001
+    """``steps`` more Euler steps under torch.profiler: the op table (by GPU time where there is a GPU, else by CPU
+    time) and the summed kernel and copy milliseconds per step (None without CUDA). On one stream that is the GPU's
+    busy time: a step's wall time minus it is what launches and the host cost."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    with profile(activities=activities) as prof:
+        sample_timed(patcher, noise, positive, steps)
+    averages = prof.key_averages()
+    table = averages.table(sort_by="self_cuda_time_total" if cuda else "self_cpu_time_total", row_limit=30,
+                           max_name_column_width=90)
+    if not cuda:
+        return table, None
+    # device-side events only (kernels, copies); the ops that launched them carry the same time again
+    busy_us = sum(e.self_device_time_total for e in averages if e.device_type == torch.autograd.DeviceType.CUDA)
+    return table, busy_us / 1e3 / steps

@@ -153,7 +153,7 @@ def test_bench_families_lora_and_vram_cap_in_worker_processes(comfy, tmp_path) -
     families.add_arguments(parser)
     out = tmp_path / "families.json"
     args = parser.parse_args(["--tiny", "--families", "wan22_5b_ti2v", "--steps", "2", "--out", str(out),
-                              "--variants", "bf16", "ours_eager", "--lora", "--vram-cap", "1",
+                              "--variants", "bf16", "ours_eager", "--lora", "--vram-cap", "1", "--profile", "1",
                               "--workdir", str(tmp_path / "work")])
     assert families.run(args) == 0
 
@@ -170,6 +170,11 @@ def test_bench_families_lora_and_vram_cap_in_worker_processes(comfy, tmp_path) -
     assert wan["variants"]["bf16"]["lora_cos"] == 1.0
     assert wan["variants"]["ours_eager"]["lora_cos"] >= COSINE_MIN
     assert wan["variants"]["ours_eager"]["int8_layers"] > 0
+    # --profile: one more step under torch.profiler per variant, its op table beside the JSON (no GPU: no kernel time)
+    for variant in ("bf16", "ours_eager"):
+        assert wan["variants"][variant]["gpu_kernel_ms_per_step"] is None
+        table = (tmp_path / "families_profiles" / f"wan22_5b_ti2v_{variant}.txt").read_text()
+        assert table.startswith(f"wan22_5b_ti2v / {variant}: step_ms") and "Self CPU" in table
     work = tmp_path / "work"
     assert sorted(p.name for p in work.glob("spec_*.result.json")) == [
         "spec_wan22_5b_ti2v_bf16.result.json", "spec_wan22_5b_ti2v_ours_eager.result.json"]
