@@ -1,8 +1,9 @@
 """A checked header entry's bytes as a CPU tensor: copied by a positioned read, or viewed through a file mapping.
 
-Copies (:func:`read_tensor`) suit the converter and the weight cache, which hold about one tensor at a time. The
-loader hands ComfyUI the whole state dict at once, so it maps the file (:func:`map_file`, :func:`mapped_tensor`):
-its tensors are views of the page cache, read when a layer first touches them, never copied into fresh memory.
+Copies (:func:`read_tensor`) suit the converter, which holds about one tensor at a time. The loader hands ComfyUI
+the whole state dict at once, so it maps the file, a checkpoint or a weight-cache hit alike (:func:`map_file`,
+:func:`mapped_tensor`): its tensors are views of the page cache, read when a layer first touches them, never copied
+into fresh memory.
 """
 
 from __future__ import annotations
