@@ -172,22 +172,16 @@ def _in_worker(variant: str, resolutions: list[str], spec: dict, args: argparse.
 
 
 def _write_files(folder: Path, variants: list[str], tiny: bool, lora: bool = False) -> dict:
-    from . import family_models as fm
-    from .families import _native_int8
+    """The Flux-dev-sized bf16 file (and the LoRA, and the native int8 file when a variant needs them): the family
+    benchmark's files for ``flux1_dev``, as strings for the workers' specs."""
+    from . import families
     from .family_table import FAMILIES
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = fm.build_model(FAMILIES[FAMILY], tiny, device)
-    files: dict = {"bf16": folder / "flux1_dev_bf16.safetensors"}
-    fm.save_bf16(model, files["bf16"])
-    if lora:
-        files["lora"] = folder / "flux1_dev_lora_r32.safetensors"
-        fm.save_lora(model, files["lora"])
-    del model
-    free_models()
+    files = families._write_files(FAMILIES[FAMILY], folder, tiny, device, lora)
     if any(v.startswith("native") for v in variants):
-        _native_int8(files)  # files["native_int8"]: flux1_dev_int8.safetensors
-    return {k: str(v) for k, v in files.items()}
+        families._native_int8(files)  # files["native_int8"]: flux1_dev_int8.safetensors
+    return {k: str(v) for k, v in files.items() if isinstance(v, Path)}
 
 
 def _with_cos(results: dict, folder: Path) -> None:

@@ -181,9 +181,9 @@ def read_cache(path: Path, key: CacheKey) -> CachedWeights | None:
         reason = "it has no cache key (not written by this pack)" if stored is None else key.mismatch(stored)
         if reason is None:
             with open(path, "rb") as f:
-                mapping = map_file(f)
+                mapping = map_file(f, str(path))
             sd = {name: mapped_tensor(mapping, info, str(path)) for name, info in header.tensors.items()}
-    except (CheckpointError, OSError, ValueError) as exc:  # ValueError: mmap of an empty file
+    except (CheckpointError, OSError) as exc:
         reason = f"it cannot be read ({exc})"
     if reason is not None:
         log.warning("INT8 W8A8: ignoring the weight cache '%s': %s; it will be rebuilt.", path, reason)

@@ -30,7 +30,7 @@ class Checkpoint:
     ``prefix`` (stripped from every key, e.g. ``model.diffusion_model.``); ``layout`` (``comfy`` or
     ``diffusers``); ``quant_configs`` (layer -> comfy_quant dict). Keys everywhere are bare (prefix stripped).
     Never unpickles; every problem with the file raises :class:`CheckpointError`. ``mapped``: :meth:`tensor` returns
-    views of a private mapping of the file instead of fresh copies (the loader's way; see safetensors_io).
+    views of a private mapping of the file instead of fresh copies (the loader's way; see tensor_data).
     """
 
     def __init__(self, path: str | Path, mapped: bool = False) -> None:
@@ -89,11 +89,7 @@ class Checkpoint:
         if not self.mapped:
             return read_tensor(self._file, info, self.path)
         if self._mapping is None:
-            try:
-                self._mapping = map_file(self._file)
-            except (OSError, ValueError) as exc:  # ValueError: an empty file; OSError: a filesystem without mmap
-                raise CheckpointError(self.path, f"cannot be memory-mapped ({exc}).", "Copy the file to a local "
-                                      "disk.") from exc
+            self._mapping = map_file(self._file, self.path)
         return mapped_tensor(self._mapping, info, self.path)
 
     def close(self) -> None:
@@ -149,6 +145,7 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | Path, mapped: bool = False) -> Checkpoint:
-    """Open ``path`` (safetensors only; ``mapped``: see :class:`Checkpoint`). Raises :class:`CheckpointError` naming the file and the fix for a missing
-    file, a pickled ``.ckpt``/``.pt``/``.bin``/``.pth``, a non-safetensors file or a truncated/corrupt header."""
+    """Open ``path`` (safetensors only; ``mapped``: see :class:`Checkpoint`). Raises :class:`CheckpointError` naming
+    the file and the fix for a missing file, a pickled ``.ckpt``/``.pt``/``.bin``/``.pth``, a non-safetensors file
+    or a truncated/corrupt header."""
     return Checkpoint(path, mapped)

@@ -35,10 +35,13 @@ def read_tensor(f: BinaryIO, info: TensorInfo, path: str = "") -> torch.Tensor:
     return out.view(info.dtype).reshape(info.shape)
 
 
-def map_file(f: BinaryIO) -> mmap.mmap:
+def map_file(f: BinaryIO, path: str = "") -> mmap.mmap:
     """A private (copy-on-write) mapping of the whole open file: writing to a tensor viewing it never changes the
-    file, and the mapping outlives ``f``."""
-    return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    file, and the mapping outlives ``f``. A file that cannot be mapped raises :class:`CheckpointError`."""
+    try:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError) as exc:  # ValueError: an empty file; OSError: a filesystem without mmap
+        raise CheckpointError(path, f"cannot be memory-mapped ({exc}).", "Copy the file to a local disk.") from exc
 
 
 def mapped_tensor(mapping: mmap.mmap, info: TensorInfo, path: str = "") -> torch.Tensor:

@@ -267,14 +267,14 @@ def test_loader_state_dict_of_a_path_maps_the_file(tmp_path, monkeypatch):
 
 
 def test_a_filesystem_that_refuses_mmap_is_a_clean_error(tmp_path, monkeypatch):
-    from comfy_int8_w8a8.int8.formats import checkpoint
+    from comfy_int8_w8a8.int8.formats import tensor_data
 
     path = tmp_path / "good.safetensors"
     st.save_file({"w": torch.ones(2, 2)}, str(path))
 
-    def refuse(f):
+    def refuse(*args, **kwargs):
         raise OSError(errno.ENODEV, "No such device")
 
-    monkeypatch.setattr(checkpoint, "map_file", refuse)
+    monkeypatch.setattr(tensor_data.mmap, "mmap", refuse)
     with open_checkpoint(path, mapped=True) as ckpt, pytest.raises(CheckpointError, match="memory-mapped.*local disk"):
         ckpt.tensor("w")
